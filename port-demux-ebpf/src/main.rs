@@ -1,0 +1,104 @@
+//! The port-demux XDP program: parse Ethernet, IPv4 (with options), TCP and UDP, look the
+//! (protocol, destination port) up in `BINDINGS` and pass, drop or redirect; count every frame.
+//!
+//! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    Global,
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::XdpContext,
+};
+use port_demux_common::{
+    BINDINGS_LEN, Binding, GlobalCounters, Meta, PortCounters, REDIRECT_SLOTS, action, outcome,
+    taken,
+};
+
+/// Bindings, indexed by `port_index(proto, port)`.
+#[map]
+static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, 0);
+
+/// Packets and bytes per (protocol, destination port), per CPU.
+#[map]
+static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(BINDINGS_LEN, 0);
+
+/// Global outcome and action counters, per CPU.
+#[map]
+static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Redirect targets; a binding's `slot` indexes it.
+#[map]
+static REDIRECT: DevMap = DevMap::with_max_entries(REDIRECT_SLOTS, 0);
+
+/// What the loader recorded about this instance; never read here.
+#[map]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// Action for unbound ports, set at load time. It lives in `.rodata`, so the verifier knows it
+/// and prunes the branch not taken.
+#[unsafe(no_mangle)]
+static DEFAULT_ACTION: Global<u32> = Global::new(action::PASS);
+
+#[xdp]
+pub fn port_demux(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    let len = (ctx.data_end() - start) as u64;
+    let (outcome, taken, ret) = match parse::dest_port_index(&ctx) {
+        Ok(index) => demux(&ctx, index, len),
+        Err(outcome) => (outcome, taken::PASS, XDP_PASS),
+    };
+    if let Some(globals) = GLOBALS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value, only this CPU writes it and the program is not reentrant.
+        let globals = unsafe { &mut *globals };
+        if let Some(n) = globals.outcomes.get_mut(outcome) {
+            *n += 1;
+        }
+        if let Some(n) = globals.taken.get_mut(taken) {
+            *n += 1;
+        }
+        globals.bytes += len;
+    }
+    ret
+}
+
+/// Counts a demultiplexed frame under its port and applies its binding.
+#[inline(always)]
+fn demux(ctx: &XdpContext, index: u32, len: u64) -> (usize, usize, u32) {
+    if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
+        // SAFETY: as for GLOBALS.
+        let counters = unsafe { &mut *counters };
+        counters.packets += 1;
+        counters.bytes += len;
+    }
+    let (mut act, slot) = match BINDINGS.get(index) {
+        Some(binding) => (binding.action, binding.slot),
+        None => (action::UNBOUND, 0),
+    };
+    if act == action::UNBOUND {
+        act = DEFAULT_ACTION.load();
+    }
+    aya_log_ebpf::debug!(ctx, "port index {} action {}", index, act);
+    match act {
+        action::DROP => (outcome::DEMUXED, taken::DROP, XDP_DROP),
+        action::REDIRECT => match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
+            Ok(ret) => (outcome::DEMUXED, taken::REDIRECT, ret),
+            Err(_) => (outcome::DEMUXED, taken::REDIRECT_FALLBACK, XDP_PASS),
+        },
+        _ => (outcome::DEMUXED, taken::PASS, XDP_PASS),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,172 @@
+//! The `port-demux` command line: clap definitions and one module per verb.
+//!
+//! Each verb writes its output to the writer it is given, so tests can run it in-process.
+
+mod bind;
+mod bindings;
+mod load;
+mod log;
+mod stats;
+mod status;
+
+use std::{ffi::OsString, io::Write};
+
+use clap::{Parser, Subcommand};
+
+use crate::{Error, PortDemux, Scope};
+
+/// XDP demultiplexer for TCP and UDP ports: pass, drop or redirect by destination port at the
+/// driver, and count every frame.
+#[derive(Debug, Parser)]
+#[command(name = "port-demux", version)]
+pub struct Cli {
+    /// Run the interface side of the command inside this network namespace (a name from
+    /// `ip netns`, or a path); state stays in the host's bpffs.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// bpffs mount point holding the pins.
+    #[arg(long, global = true, default_value = crate::BPFFS, hide = true)]
+    pub bpffs: std::path::PathBuf,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach port-demux to an interface and pin it; it keeps running after this command.
+    Load(load::LoadArgs),
+    /// Detach port-demux from an interface and remove every pin.
+    Unload(load::UnloadArgs),
+    /// Bind PROTO/PORT[-PORT] to pass, drop or redirect:IFACE.
+    Bind(bind::BindArgs),
+    /// Remove the bindings of PROTO/PORT[-PORT].
+    Unbind(bind::UnbindArgs),
+    /// List bindings.
+    Bindings(bindings::BindingsArgs),
+    /// Per-port packets and bytes, busiest first, and the global counters.
+    Stats(stats::StatsArgs),
+    /// Interfaces with port-demux, attach mode, program id, bindings.
+    Status(status::StatusArgs),
+    /// Follow the debug log of an instance loaded with `--debug`.
+    Log(log::LogArgs),
+}
+
+/// A failed command: the one-line message and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Exit code: 2 for usage errors, 1 otherwise.
+    pub code: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self {
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self {
+            message: format!("cannot write output: {e}"),
+            code: 1,
+        }
+    }
+}
+
+/// Parses `args` (program name first) and runs the verb, writing to `out`.
+///
+/// # Errors
+/// A [`Failure`] with a one-line message.
+pub async fn run(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                write!(out, "{e}")?;
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    Err(Failure {
+                        message: "a command is needed: see port-demux --help".into(),
+                        code: 2,
+                    })
+                } else {
+                    Ok(())
+                };
+            }
+            return Err(usage(&e));
+        }
+    };
+    let scope = match &cli.netns {
+        Some(ns) => Scope::netns(ns)?,
+        None => Scope::current()?,
+    }
+    .with_bpffs(&cli.bpffs);
+    match cli.command {
+        Command::Load(args) => load::load(&scope, &args, out),
+        Command::Unload(args) => load::unload(&scope, &args, out),
+        Command::Bind(args) => bind::bind(&scope, &args, out),
+        Command::Unbind(args) => bind::unbind(&scope, &args, out),
+        Command::Bindings(args) => bindings::bindings(&scope, &args, out),
+        Command::Stats(args) => stats::stats(&scope, &args, out),
+        Command::Status(args) => status::status(&scope, &args, out),
+        Command::Log(args) => log::log(&scope, &args, out).await,
+    }
+}
+
+/// Clap's error as one line: its first line, without the `error: ` prefix, plus a pointer to
+/// the help.
+fn usage(e: &clap::Error) -> Failure {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    Failure {
+        message: format!("{first} (see port-demux --help)"),
+        code: 2,
+    }
+}
+
+/// Opens `-i IFACE`, or the only loaded interface when it was left out.
+fn open(scope: &Scope, iface: Option<&str>) -> Result<PortDemux, Error> {
+    match iface {
+        Some(iface) => PortDemux::open(scope, iface),
+        None => PortDemux::open_only(scope),
+    }
+}
+
+/// Whether the process has the capabilities that changing XDP state needs.
+fn check_privileges(what: &str) -> Result<(), Error> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
+        Ok(())
+    } else {
+        Err(Error::Privileges {
+            what: what.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,926 @@
+//! [`PortDemux`]: one instance of the data path on one interface, found through its pins.
+
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use bytemuck::Zeroable as _;
+use port_demux_common::{
+    BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, MODE_NATIVE, MODE_SKB, Meta, OWNER_LEN,
+    PortCounters, REDIRECT_SLOTS, action, outcome, port_index, taken,
+};
+
+use crate::{
+    Action, DefaultAction, Error, PortSpec, Proto, Result, netlink,
+    scope::{DirLock, Scope},
+    spec::valid_ifname,
+    sys,
+};
+
+/// The XDP program, built from `port-demux-ebpf` by the build script.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-demux"));
+/// The program's name in the object.
+pub const PROGRAM: &str = "port_demux";
+
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_DEVMAP: u32 = 14;
+/// Devmap values: `struct bpf_devmap_val { u32 ifindex; union { int fd; u32 id; } }`.
+const DEVMAP_VALUE: u32 = 8;
+
+/// The pinned maps: name, type, value size, entries.
+const MAPS: [(&str, u32, u32, u32); 5] = [
+    (
+        "BINDINGS",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<Binding>() as u32,
+        BINDINGS_LEN,
+    ),
+    (
+        "PORT_STATS",
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        size_of::<PortCounters>() as u32,
+        BINDINGS_LEN,
+    ),
+    (
+        "GLOBALS",
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        size_of::<GlobalCounters>() as u32,
+        1,
+    ),
+    (
+        "REDIRECT",
+        BPF_MAP_TYPE_DEVMAP,
+        DEVMAP_VALUE,
+        REDIRECT_SLOTS,
+    ),
+    ("META", BPF_MAP_TYPE_ARRAY, size_of::<Meta>() as u32, 1),
+];
+const PROG_PIN: &str = "prog";
+const LINK_PIN: &str = "link";
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native if the driver supports it, else generic (skb).
+    #[default]
+    Auto,
+    /// Native (driver) XDP.
+    Native,
+    /// Generic XDP, run by the stack on the skb.
+    Skb,
+}
+
+impl Mode {
+    /// `"native"`, `"skb"` or `"auto"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// Options of [`PortDemux::load`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Attach mode.
+    pub mode: Mode,
+    /// Action for unbound ports.
+    pub default_action: DefaultAction,
+    /// Replace a foreign XDP program instead of refusing.
+    pub force: bool,
+    /// Compile debug logging in (read it with `port-demux log`).
+    pub debug: bool,
+}
+
+/// What [`PortDemux::load`] did.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// The mode the program runs in: native or skb.
+    pub mode: Mode,
+    /// Why native was not used, when `auto` fell back to skb.
+    pub fallback_reason: Option<String>,
+    /// Id of the program in the kernel.
+    pub prog_id: u32,
+    /// Id of a foreign program that `force` replaced.
+    pub replaced: Option<u32>,
+}
+
+/// Options of [`PortDemux::bind`].
+#[derive(Clone, Debug, Default)]
+pub struct BindOptions {
+    /// Overwrite existing bindings instead of refusing.
+    pub replace: bool,
+    /// Who binds, recorded with the binding (at most 16 bytes).
+    pub owner: String,
+}
+
+/// A run of consecutive ports with the same binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingRange {
+    /// Ports.
+    pub ports: PortSpec,
+    /// Action.
+    pub action: Action,
+    /// Owner label, may be empty.
+    pub owner: String,
+}
+
+/// Counters of one (protocol, port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStat {
+    /// Protocol.
+    pub proto: Proto,
+    /// Destination port.
+    pub port: u16,
+    /// Frames.
+    pub packets: u64,
+    /// Bytes, Ethernet header included.
+    pub bytes: u64,
+    /// The binding, if bound.
+    pub action: Option<Action>,
+}
+
+/// Global counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Every frame the program saw.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`].
+    pub outcomes: [u64; outcome::COUNT],
+    /// Frames per action taken, indexed like [`port_demux_common::taken::NAMES`].
+    pub taken: [u64; taken::COUNT],
+}
+
+/// All counters of an instance.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Every port with a non-zero counter or a binding, busiest first.
+    pub ports: Vec<PortStat>,
+    /// Global counters.
+    pub totals: Totals,
+}
+
+/// What `status` reports of an instance.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Interface.
+    pub iface: String,
+    /// Interface index recorded at load.
+    pub ifindex: u32,
+    /// Native or skb.
+    pub mode: Mode,
+    /// Program id, from the pinned program.
+    pub prog_id: u32,
+    /// Whether the interface runs that program now.
+    pub attached: bool,
+    /// Number of bound ports.
+    pub bound_ports: u32,
+    /// Default action.
+    pub default_action: DefaultAction,
+    /// Debug logging compiled in.
+    pub debug: bool,
+    /// Pin folder.
+    pub pin_dir: PathBuf,
+}
+
+/// One instance of port-demux on one interface, opened through its pins.
+#[derive(Debug)]
+pub struct PortDemux {
+    scope: Scope,
+    iface: String,
+    dir: PathBuf,
+    meta: Meta,
+    bindings: OwnedFd,
+    port_stats: OwnedFd,
+    globals: OwnedFd,
+    redirect: OwnedFd,
+}
+
+impl PortDemux {
+    /// Loads the program, attaches it to `iface` and pins program, link and maps; the data path
+    /// keeps running after this process exits. All or nothing: on error no pin is left.
+    ///
+    /// # Errors
+    /// Unknown interface, already loaded, a foreign program (unless `force`), attach or load
+    /// failures, missing privileges.
+    pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
+        check_ifname(iface)?;
+        let ifindex = scope
+            .ifindex(iface)?
+            .ok_or_else(|| Error::UnknownInterface {
+                iface: iface.to_owned(),
+                where_: scope.where_(),
+            })?;
+        scope.ensure_bpffs()?;
+        let ns_dir = scope.create_dir()?;
+        let _lock = DirLock::exclusive(&ns_dir)?;
+        let dir = ns_dir.join(pin_name(iface));
+        if dir.exists() {
+            return Err(Error::AlreadyLoaded {
+                iface: iface.to_owned(),
+            });
+        }
+        let replaced = replace_foreign(scope, iface, ifindex, opts.force)?;
+        let tmp = ns_dir.join(format!(
+            "{STAGING}{}-{}",
+            std::process::id(),
+            pin_name(iface)
+        ));
+        remove_pins(&tmp)?;
+        fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
+        match load_into(scope, iface, ifindex, opts, &tmp) {
+            Ok((mode, fallback_reason, prog_id)) => {
+                fs::rename(&tmp, &dir).map_err(|e| {
+                    let _ = remove_pins(&tmp);
+                    Error::io("cannot rename pins to", &dir, e)
+                })?;
+                let this = Self::open(scope, iface)?;
+                Ok((
+                    this,
+                    LoadReport {
+                        mode,
+                        fallback_reason,
+                        prog_id,
+                        replaced,
+                    },
+                ))
+            }
+            Err(e) => {
+                let _ = remove_pins(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the instance on `iface` through its pins.
+    ///
+    /// # Errors
+    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Privileges`].
+    pub fn open(scope: &Scope, iface: &str) -> Result<Self> {
+        check_ifname(iface)?;
+        let dir = scope.dir().join(pin_name(iface));
+        match fs::metadata(&dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotLoaded {
+                    iface: iface.to_owned(),
+                    where_: scope.where_(),
+                });
+            }
+            Err(e) => return Err(Error::io("cannot read", &dir, e)),
+        }
+        let [bindings, port_stats, globals, redirect, meta_fd] = open_maps(&dir)?;
+        let mut meta = Meta::zeroed();
+        sys::lookup(
+            meta_fd.as_fd(),
+            &0u32.to_ne_bytes(),
+            bytemuck::bytes_of_mut(&mut meta),
+        )
+        .map_err(|e| Error::io("cannot read", dir.join("META"), e))?;
+        if meta.layout_version != LAYOUT_VERSION {
+            return Err(Error::Layout {
+                path: dir,
+                found: meta.layout_version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        Ok(Self {
+            scope: scope.clone(),
+            iface: iface.to_owned(),
+            dir,
+            meta,
+            bindings,
+            port_stats,
+            globals,
+            redirect,
+        })
+    }
+
+    /// Opens the only instance in `scope`, for commands whose `-i` was left out.
+    ///
+    /// # Errors
+    /// [`Error::WhichInterface`] when none or several are loaded.
+    pub fn open_only(scope: &Scope) -> Result<Self> {
+        let loaded = scope.loaded()?;
+        match loaded.as_slice() {
+            [iface] => Self::open(scope, iface),
+            [] => Err(Error::WhichInterface(format!(
+                "port-demux is not loaded on any interface{}: run `port-demux load IFACE` first",
+                scope.where_()
+            ))),
+            many => Err(Error::WhichInterface(format!(
+                "port-demux is loaded on {}: say which with -i IFACE",
+                many.join(", ")
+            ))),
+        }
+    }
+
+    /// Detaches the program and removes every pin of `iface`.
+    ///
+    /// # Errors
+    /// [`Error::NotLoaded`], or when a pin cannot be removed.
+    pub fn unload(scope: &Scope, iface: &str) -> Result<()> {
+        check_ifname(iface)?;
+        let ns_dir = scope.dir();
+        let dir = ns_dir.join(pin_name(iface));
+        if !dir.exists() {
+            return Err(Error::NotLoaded {
+                iface: iface.to_owned(),
+                where_: scope.where_(),
+            });
+        }
+        let _lock = DirLock::exclusive(&ns_dir)?;
+        // The link first: removing its last reference detaches the program.
+        remove_pins(&dir)?;
+        if scope.loaded()?.is_empty() {
+            let _ = fs::remove_dir(&ns_dir);
+        }
+        Ok(())
+    }
+
+    /// The interface.
+    #[must_use]
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// The pin folder.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The scope it was opened in.
+    #[must_use]
+    pub const fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Binds every port of `ports` to `action`; all or nothing. A port already bound is a
+    /// conflict unless `opts.replace`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`].
+    pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
+        if opts.owner.len() > OWNER_LEN {
+            return Err(Error::BadSpec(format!(
+                "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
+                opts.owner
+            )));
+        }
+        let _lock = DirLock::exclusive(&self.dir)?;
+        let current = self.read_bindings()?;
+        if !opts.replace
+            && let Some(port) = ports.ports().find(|&p| {
+                current[port_index(ports.proto.index(), p) as usize].action != action::UNBOUND
+            })
+        {
+            let b = current[port_index(ports.proto.index(), port) as usize];
+            let owner = owner_str(&b);
+            return Err(Error::Conflict {
+                port: PortSpec::single(ports.proto, port).to_string(),
+                action: self.describe(&b)?.to_string(),
+                owner: if owner.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (owner {owner})")
+                },
+            });
+        }
+        let mut value = Binding::zeroed();
+        value.owner[..opts.owner.len()].copy_from_slice(opts.owner.as_bytes());
+        value.action = match act {
+            Action::Pass => action::PASS,
+            Action::Drop => action::DROP,
+            Action::Redirect(target) => {
+                value.slot = self.redirect_slot(target, &current)?;
+                action::REDIRECT
+            }
+        };
+        self.write_bindings(ports, &value)?;
+        if opts.replace {
+            let after = self.read_bindings()?;
+            self.collect_slots(&after)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the bindings of every port of `ports`; all or nothing: every one must be bound.
+    ///
+    /// # Errors
+    /// [`Error::NotBound`].
+    pub fn unbind(&self, ports: PortSpec) -> Result<()> {
+        let _lock = DirLock::exclusive(&self.dir)?;
+        let current = self.read_bindings()?;
+        if let Some(port) = ports.ports().find(|&p| {
+            current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
+        }) {
+            return Err(Error::NotBound {
+                port: PortSpec::single(ports.proto, port).to_string(),
+            });
+        }
+        self.write_bindings(ports, &Binding::zeroed())?;
+        let after = self.read_bindings()?;
+        self.collect_slots(&after)
+    }
+
+    /// Every binding, as runs of consecutive ports with the same action and owner.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn bindings(&self) -> Result<Vec<BindingRange>> {
+        let all = self.read_bindings()?;
+        let mut ranges: Vec<(u32, u32, Binding)> = Vec::new();
+        for (index, b) in (0u32..).zip(&all) {
+            if b.action == action::UNBOUND {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some((_, last, prev)) if *last + 1 == index && prev == b && index & 0xffff != 0 => {
+                    *last = index;
+                }
+                _ => ranges.push((index, index, *b)),
+            }
+        }
+        ranges
+            .into_iter()
+            .map(|(first, last, b)| {
+                Ok(BindingRange {
+                    ports: PortSpec {
+                        proto: Proto::from_index(first),
+                        first: low16(first),
+                        last: low16(last),
+                    },
+                    action: self.describe(&b)?,
+                    owner: owner_str(&b),
+                })
+            })
+            .collect()
+    }
+
+    /// Per-port and global counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn stats(&self) -> Result<Stats> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let stride = size_of::<PortCounters>() * cpus;
+        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
+        sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
+            .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
+        let bindings = self.read_bindings()?;
+        let mut ports = Vec::new();
+        for (index, (per_cpu, b)) in (0u32..).zip(raw.chunks_exact(stride).zip(&bindings)) {
+            let (mut packets, mut bytes) = (0u64, 0u64);
+            for c in per_cpu.chunks_exact(size_of::<PortCounters>()) {
+                let c: PortCounters = bytemuck::pod_read_unaligned(c);
+                packets += c.packets;
+                bytes += c.bytes;
+            }
+            if packets == 0 && bytes == 0 && b.action == action::UNBOUND {
+                continue;
+            }
+            ports.push(PortStat {
+                proto: Proto::from_index(index),
+                port: low16(index),
+                packets,
+                bytes,
+                action: if b.action == action::UNBOUND {
+                    None
+                } else {
+                    Some(self.describe(b)?)
+                },
+            });
+        }
+        ports.sort_by(|a, b| {
+            (b.packets, b.bytes)
+                .cmp(&(a.packets, a.bytes))
+                .then((a.proto, a.port).cmp(&(b.proto, b.port)))
+        });
+        Ok(Stats {
+            ports,
+            totals: self.totals()?,
+        })
+    }
+
+    /// The global counters alone, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn totals(&self) -> Result<Totals> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
+        sys::lookup(self.globals.as_fd(), &0u32.to_ne_bytes(), &mut raw)
+            .map_err(|e| Error::io("cannot read", self.dir.join("GLOBALS"), e))?;
+        let mut totals = Totals::default();
+        for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
+            let c: GlobalCounters = bytemuck::pod_read_unaligned(c);
+            for (sum, n) in totals.outcomes.iter_mut().zip(c.outcomes) {
+                *sum += n;
+            }
+            for (sum, n) in totals.taken.iter_mut().zip(c.taken) {
+                *sum += n;
+            }
+            totals.bytes += c.bytes;
+        }
+        totals.packets = totals.outcomes.iter().sum();
+        Ok(totals)
+    }
+
+    /// Attach mode, program id, whether it is attached, bindings.
+    ///
+    /// # Errors
+    /// When the pins cannot be read.
+    pub fn status(&self) -> Result<Status> {
+        let link_path = self.dir.join(LINK_PIN);
+        let link: FdLink = PinnedLink::from_pin(&link_path)
+            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
+            .into();
+        let prog_id = link
+            .info()
+            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
+            .program_id();
+        let attached = self
+            .scope
+            .run(|| netlink::xdp_query(self.meta.ifindex))?
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.prog_id == prog_id);
+        let bound_ports = u32::try_from(
+            self.read_bindings()?
+                .iter()
+                .filter(|b| b.action != action::UNBOUND)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        Ok(Status {
+            iface: self.iface.clone(),
+            ifindex: self.meta.ifindex,
+            mode: if self.meta.mode == MODE_SKB {
+                Mode::Skb
+            } else {
+                Mode::Native
+            },
+            prog_id,
+            attached,
+            bound_ports,
+            default_action: if self.meta.default_action == action::DROP {
+                DefaultAction::Drop
+            } else {
+                DefaultAction::Pass
+            },
+            debug: self.meta.debug != 0,
+            pin_dir: self.dir.clone(),
+        })
+    }
+
+    /// Reads the whole `BINDINGS` array.
+    fn read_bindings(&self) -> Result<Vec<Binding>> {
+        let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+        sys::lookup_array_batch(
+            self.bindings.as_fd(),
+            BINDINGS_LEN,
+            size_of::<Binding>(),
+            bytemuck::cast_slice_mut(&mut all),
+        )
+        .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))?;
+        Ok(all)
+    }
+
+    /// Writes `value` at every port of `ports`, one batch.
+    fn write_bindings(&self, ports: PortSpec, value: &Binding) -> Result<()> {
+        let keys: Vec<u32> = ports
+            .ports()
+            .map(|p| port_index(ports.proto.index(), p))
+            .collect();
+        let values = vec![*value; keys.len()];
+        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(&values))
+            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// The devmap slot that redirects to `target`, filling a free one if needed.
+    fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
+        let ifindex = self
+            .scope
+            .ifindex(target)?
+            .ok_or_else(|| Error::BadRedirectTarget {
+                iface: target.to_owned(),
+                where_: self.scope.where_(),
+            })?;
+        let slots = self.read_slots()?;
+        if let Some(slot) = (0u32..)
+            .zip(&slots)
+            .find_map(|(s, i)| (*i == Some(ifindex)).then_some(s))
+        {
+            return Ok(slot);
+        }
+        let used = |slot: u32| {
+            current
+                .iter()
+                .any(|b| b.action == action::REDIRECT && b.slot == slot)
+        };
+        let slot = (0..REDIRECT_SLOTS)
+            .find(|&s| slots[s as usize].is_none() && !used(s))
+            .ok_or(Error::NoRedirectSlot(REDIRECT_SLOTS))?;
+        let mut value = [0u8; DEVMAP_VALUE as usize];
+        value[..4].copy_from_slice(&ifindex.to_ne_bytes());
+        // The devmap resolves the ifindex in the writer's network namespace.
+        self.scope
+            .run(|| sys::update(self.redirect.as_fd(), &slot.to_ne_bytes(), &value))?
+            .map_err(|e| Error::io("cannot write", self.dir.join("REDIRECT"), e))?;
+        Ok(slot)
+    }
+
+    /// The ifindex in each devmap slot.
+    fn read_slots(&self) -> Result<Vec<Option<u32>>> {
+        (0..REDIRECT_SLOTS)
+            .map(|slot| {
+                let mut value = [0u8; DEVMAP_VALUE as usize];
+                let found = sys::lookup(self.redirect.as_fd(), &slot.to_ne_bytes(), &mut value)
+                    .map_err(|e| Error::io("cannot read", self.dir.join("REDIRECT"), e))?;
+                Ok(found.then(|| u32::from_ne_bytes([value[0], value[1], value[2], value[3]])))
+            })
+            .collect()
+    }
+
+    /// Empties the devmap slots no binding uses any more.
+    fn collect_slots(&self, bindings: &[Binding]) -> Result<()> {
+        let slots = self.read_slots()?;
+        for (slot, ifindex) in (0u32..).zip(slots) {
+            if ifindex.is_some()
+                && !bindings
+                    .iter()
+                    .any(|b| b.action == action::REDIRECT && b.slot == slot)
+            {
+                sys::delete(self.redirect.as_fd(), &slot.to_ne_bytes())
+                    .map_err(|e| Error::io("cannot write", self.dir.join("REDIRECT"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The [`Action`] of a binding, naming the redirect target.
+    fn describe(&self, b: &Binding) -> Result<Action> {
+        Ok(match b.action {
+            action::DROP => Action::Drop,
+            action::REDIRECT => {
+                let mut value = [0u8; DEVMAP_VALUE as usize];
+                let found = sys::lookup(self.redirect.as_fd(), &b.slot.to_ne_bytes(), &mut value)
+                    .map_err(|e| Error::io("cannot read", self.dir.join("REDIRECT"), e))?;
+                let ifindex = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
+                let name = if found {
+                    self.scope
+                        .ifname(ifindex)?
+                        .unwrap_or_else(|| format!("ifindex-{ifindex}"))
+                } else {
+                    "(gone)".to_owned()
+                };
+                Action::Redirect(name)
+            }
+            _ => Action::Pass,
+        })
+    }
+}
+
+/// Prefix of the folders a `load` in progress pins into (longer than any interface name).
+pub(crate) const STAGING: &str = "staging-loader-pid";
+
+/// The pin folder name of an interface: bpffs refuses names with dots, so `.` becomes `%2E`
+/// (and `%` becomes `%25`).
+pub(crate) fn pin_name(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2E")
+}
+
+/// The interface named by a pin folder.
+pub(crate) fn iface_of_pin(name: &str) -> String {
+    name.replace("%2E", ".").replace("%25", "%")
+}
+
+fn low16(index: u32) -> u16 {
+    (index & 0xffff) as u16
+}
+
+fn owner_str(b: &Binding) -> String {
+    let end = b.owner.iter().position(|&c| c == 0).unwrap_or(OWNER_LEN);
+    String::from_utf8_lossy(&b.owner[..end]).into_owned()
+}
+
+fn check_ifname(iface: &str) -> Result<()> {
+    if valid_ifname(iface) {
+        Ok(())
+    } else {
+        Err(Error::BadSpec(format!(
+            "{iface:?} is not an interface name: check the name with `ip link`"
+        )))
+    }
+}
+
+/// Opens the pinned maps and checks each one's type and sizes against this build's layout.
+fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
+    let open = |(name, map_type, value_size, max_entries): (&str, u32, u32, u32)| {
+        let path = dir.join(name);
+        let fd = sys::obj_get(&path, false).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Layout {
+                    path: dir.to_owned(),
+                    found: 0,
+                    expected: LAYOUT_VERSION,
+                }
+            } else {
+                Error::io("cannot open", &path, e)
+            }
+        })?;
+        let info = sys::map_info(fd.as_fd()).map_err(|e| Error::io("cannot inspect", &path, e))?;
+        if (
+            info.map_type,
+            info.key_size,
+            info.value_size,
+            info.max_entries,
+        ) != (map_type, 4, value_size, max_entries)
+        {
+            return Err(Error::Layout {
+                path: dir.to_owned(),
+                found: 0,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        Ok(fd)
+    };
+    let [a, b, c, d, e] = MAPS;
+    Ok([open(a)?, open(b)?, open(c)?, open(d)?, open(e)?])
+}
+
+/// Refuses, or with `force` detaches, an XDP program port-demux did not load.
+fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Result<Option<u32>> {
+    let attached = scope
+        .run(|| netlink::xdp_query(ifindex))?
+        .map_err(|e| Error::io("cannot query XDP on", iface, e))?;
+    let Some(attached) = attached else {
+        return Ok(None);
+    };
+    if !force {
+        return Err(Error::ForeignProgram {
+            iface: iface.to_owned(),
+            prog_id: attached.prog_id,
+        });
+    }
+    scope
+        .run(|| netlink::xdp_detach(ifindex, attached.mode_flags))?
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Error::BadSpec(format!(
+                    "XDP program id {} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)",
+                    attached.prog_id
+                ))
+            } else {
+                Error::io("cannot detach the XDP program on", iface, e)
+            }
+        })?;
+    Ok(Some(attached.prog_id))
+}
+
+/// Loads, attaches and pins into `tmp`; returns the mode, the fallback reason and the
+/// program id.
+fn load_into(
+    scope: &Scope,
+    iface: &str,
+    ifindex: u32,
+    opts: &LoadOptions,
+    tmp: &Path,
+) -> Result<(Mode, Option<String>, u32)> {
+    let default_action = match opts.default_action {
+        DefaultAction::Pass => action::PASS,
+        DefaultAction::Drop => action::DROP,
+    };
+    let log_level: u8 = if opts.debug {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    };
+    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, tmp.join(m.0))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("DEFAULT_ACTION", &default_action, true)
+        .override_global(aya_log::LEVEL, &log_level, false);
+    for (name, path) in &paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| privileged(e.into()))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .expect("the object has the port_demux program")
+        .try_into()
+        .expect("port_demux is an XDP program");
+    prog.load().map_err(|e| privileged(Error::Ebpf(e.into())))?;
+    let attach = |prog: &mut Xdp, mode: Mode| {
+        let xdp_mode = if mode == Mode::Skb {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
+        scope
+            .run(|| prog.attach_to_if_index(ifindex, xdp_mode))?
+            .map_err(|source| Error::Attach {
+                iface: iface.to_owned(),
+                mode: mode.name().to_owned(),
+                source,
+            })
+    };
+    let (link_id, mode, fallback) = match opts.mode {
+        Mode::Auto => match attach(prog, Mode::Native) {
+            Ok(id) => (id, Mode::Native, None),
+            Err(native) => (
+                attach(prog, Mode::Skb)?,
+                Mode::Skb,
+                Some(native.to_string()),
+            ),
+        },
+        mode => (attach(prog, mode)?, mode, None),
+    };
+    let prog_id = prog.info().map_err(|e| Error::Ebpf(e.into()))?.id();
+    let mut meta = Meta::zeroed();
+    meta.layout_version = LAYOUT_VERSION;
+    meta.ifindex = ifindex;
+    meta.default_action = default_action;
+    meta.mode = if mode == Mode::Skb {
+        MODE_SKB
+    } else {
+        MODE_NATIVE
+    };
+    meta.netns_ino = scope.netns_ino();
+    meta.debug = u32::from(opts.debug);
+    meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
+    let meta_path = tmp.join("META");
+    let meta_fd =
+        sys::obj_get(&meta_path, false).map_err(|e| Error::io("cannot open", &meta_path, e))?;
+    sys::update(
+        meta_fd.as_fd(),
+        &0u32.to_ne_bytes(),
+        bytemuck::bytes_of(&meta),
+    )
+    .map_err(|e| Error::io("cannot write", &meta_path, e))?;
+    prog.pin(tmp.join(PROG_PIN))
+        .map_err(|e| Error::io("cannot pin", tmp.join(PROG_PIN), io::Error::other(e)))?;
+    let link = prog.take_link(link_id).map_err(|e| Error::Ebpf(e.into()))?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| {
+            Error::io("cannot pin", tmp.join(LINK_PIN), io::Error::other(e))
+        })?;
+    link.pin(tmp.join(LINK_PIN))
+        .map_err(|e| Error::io("cannot pin", tmp.join(LINK_PIN), io::Error::other(e)))?;
+    Ok((mode, fallback, prog_id))
+}
+
+/// Maps a load error caused by missing privileges to [`Error::Privileges`].
+fn privileged(e: Error) -> Error {
+    let text = format!("{e:?}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        Error::Privileges {
+            what: "loading the XDP program".to_owned(),
+        }
+    } else {
+        e
+    }
+}
+
+/// Removes a pin folder: the link first (detaching the program), then everything else.
+fn remove_pins(dir: &Path) -> Result<()> {
+    // bpffs answers EPERM, not ENOENT, to unlink in a missing folder.
+    if !dir.exists() {
+        return Ok(());
+    }
+    let link = dir.join(LINK_PIN);
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot remove", link, e)),
+    }
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("cannot read", dir, e)),
+    }
+    fs::remove_dir(dir).map_err(|e| Error::io("cannot remove", dir, e))
+}

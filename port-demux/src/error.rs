@@ -1,0 +1,168 @@
+//! Errors. Each reads as one line that says what is wrong and what to do about it.
+
+use std::{io, path::PathBuf};
+
+/// Everything the library can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed port, range, protocol, action or interface name.
+    #[error("{0}")]
+    BadSpec(String),
+    /// The interface does not exist (in the namespace the command runs in).
+    #[error("no interface named {iface:?}{where_}: check the name with `ip link`")]
+    UnknownInterface {
+        /// The name given.
+        iface: String,
+        /// " in network namespace X", or empty.
+        where_: String,
+    },
+    /// A redirect target that does not exist.
+    #[error(
+        "cannot redirect to {iface:?}: no such interface{where_}; create it or pick one from `ip link`"
+    )]
+    BadRedirectTarget {
+        /// The target given.
+        iface: String,
+        /// " in network namespace X", or empty.
+        where_: String,
+    },
+    /// The network namespace given with `--netns` cannot be opened.
+    #[error("cannot open network namespace {name:?} ({source}): check `ip netns list`")]
+    NetNs {
+        /// Name or path given.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Not root or missing capabilities.
+    #[error("{what} needs root (CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN): run it with sudo")]
+    Privileges {
+        /// What was attempted.
+        what: String,
+    },
+    /// No instance on this interface.
+    #[error("port-demux is not loaded on {iface}{where_}: run `port-demux load {iface}` first")]
+    NotLoaded {
+        /// Interface.
+        iface: String,
+        /// " in network namespace X", or empty.
+        where_: String,
+    },
+    /// `-i` left out, but not exactly one interface is loaded.
+    #[error("{0}")]
+    WhichInterface(String),
+    /// `load` on an interface that already has port-demux.
+    #[error(
+        "port-demux is already loaded on {iface}: `port-demux unload {iface}` first, or `load --upgrade` to replace the program"
+    )]
+    AlreadyLoaded {
+        /// Interface.
+        iface: String,
+    },
+    /// Another XDP program is attached.
+    #[error(
+        "interface {iface} already has XDP program id {prog_id} that port-demux did not load: detach it, or `load --force` to replace it"
+    )]
+    ForeignProgram {
+        /// Interface.
+        iface: String,
+        /// Its id.
+        prog_id: u32,
+    },
+    /// The pins exist but the interface runs another program or none.
+    #[error(
+        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` and load again"
+    )]
+    Detached {
+        /// Interface.
+        iface: String,
+        /// What was found instead.
+        detail: String,
+    },
+    /// Pins written by another layout version.
+    #[error(
+        "pins at {path} have layout version {found}, this port-demux reads version {expected}: unload with the port-demux that loaded them, then load again"
+    )]
+    Layout {
+        /// Pin folder.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version understood.
+        expected: u32,
+    },
+    /// A port of the range is bound already.
+    #[error(
+        "{port} is already bound to {action}{owner}: nothing changed; unbind it first or bind with --replace"
+    )]
+    Conflict {
+        /// The first conflicting port, like `udp/53`.
+        port: String,
+        /// Its action.
+        action: String,
+        /// " (owner X)" or empty.
+        owner: String,
+    },
+    /// Unbind of a port that is not bound.
+    #[error("{port} is not bound: nothing changed; see `port-demux bindings`")]
+    NotBound {
+        /// The first unbound port of the range.
+        port: String,
+    },
+    /// Every devmap slot is in use.
+    #[error(
+        "all {0} redirect targets are in use: unbind ports redirected elsewhere before adding another target"
+    )]
+    NoRedirectSlot(u32),
+    /// Attaching failed.
+    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    Attach {
+        /// Interface.
+        iface: String,
+        /// Mode tried.
+        mode: String,
+        /// Why.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// bpffs is missing and cannot be mounted.
+    #[error("no bpf filesystem at {path} and mounting one failed ({source}): mount it with `mount -t bpf bpf {path}`", path = .path.display())]
+    Bpffs {
+        /// Mount point.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Loading the eBPF object failed.
+    #[error("cannot load the XDP program: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    /// A kernel call on a pin or map failed.
+    #[error("{what} {path}: {source}", path = .path.display())]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// Pin or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`], or [`Error::Privileges`] when the kernel said EPERM or EACCES.
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+            return Self::Privileges {
+                what: format!("{what} {}", path.display()),
+            };
+        }
+        Self::Io { what, path, source }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

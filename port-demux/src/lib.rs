@@ -1,0 +1,39 @@
+//! port-demux: an XDP demultiplexer for TCP and UDP ports.
+//!
+//! An XDP program parses each frame's Ethernet, IPv4 (with options), TCP and UDP headers, looks
+//! the (protocol, destination port) up in a map of bindings and passes, drops or redirects the
+//! frame, counting packets and bytes per port and every frame under a global outcome.
+//!
+//! This library loads it, finds running instances through their bpffs pins, manages bindings
+//! and reads counters. The `port-demux` CLI is a thin layer over it.
+//!
+//! ```no_run
+//! use port_demux::{Action, BindOptions, LoadOptions, PortDemux, Scope};
+//!
+//! let scope = Scope::netns("test-ns")?; // or Scope::current()?
+//! let (demux, _report) = PortDemux::load(&scope, "veth0", &LoadOptions::default())?;
+//! demux.bind("udp/7777".parse()?, &Action::Drop, &BindOptions::default())?;
+//! // ... send traffic ...
+//! let stats = demux.stats()?;
+//! println!("{} frames", stats.totals.packets);
+//! PortDemux::unload(&scope, "veth0")?;
+//! # Ok::<(), port_demux::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod cli;
+mod demux;
+mod error;
+pub mod netlink;
+mod scope;
+mod spec;
+pub mod sys;
+
+pub use demux::{
+    BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PortDemux,
+    PortStat, Stats, Status, Totals,
+};
+pub use error::{Error, Result};
+pub use port_demux_common as common;
+pub use scope::{BPFFS, DirLock, Scope, is_bpffs};
+pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};

@@ -1,0 +1,243 @@
+//! The few `bpf(2)` commands the control plane needs on pinned maps, called directly: aya's
+//! typed wrappers lack delete on devmaps and batch operations, and the per-port arrays are
+//! read and written whole with `BPF_MAP_*_BATCH` (one syscall for 131,072 entries).
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_F_RDONLY: u32 = 1 << 3;
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialised `bpf_attr` prefix of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn raw(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("file descriptors are non-negative")
+}
+
+/// Opens a pinned BPF object; read-only when `read_only`.
+pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        file_flags: if read_only { BPF_F_RDONLY } else { 0 },
+        ..ObjAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd fits i32")) })
+}
+
+/// Looks `key` up; `Ok(false)` when the element does not exist.
+pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: raw(fd),
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates or replaces the element at `key`.
+pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: raw(fd),
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Deletes the element at `key`; `Ok(false)` when it did not exist.
+pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: raw(fd),
+        key: key.as_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads every element of an array map of `len` entries into `values` (`len` values of
+/// `value_size` bytes each; for per-CPU arrays `value_size` is the rounded size times the
+/// number of possible CPUs), in one `BPF_MAP_LOOKUP_BATCH` call.
+pub fn lookup_array_batch(
+    fd: BorrowedFd<'_>,
+    len: u32,
+    value_size: usize,
+    values: &mut [u8],
+) -> io::Result<()> {
+    assert_eq!(values.len(), len as usize * value_size, "value buffer size");
+    let mut keys = vec![0u32; len as usize];
+    let mut out_batch = 0u32;
+    let mut done = 0u32;
+    let mut in_batch_storage = 0u32;
+    while done < len {
+        let mut attr = BatchAttr {
+            in_batch: if done == 0 {
+                0
+            } else {
+                std::ptr::from_ref(&in_batch_storage) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut out_batch) as u64,
+            keys: keys[done as usize..].as_mut_ptr() as u64,
+            values: values[done as usize * value_size..].as_mut_ptr() as u64,
+            count: len - done,
+            map_fd: raw(fd),
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        done += attr.count;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        in_batch_storage = out_batch;
+    }
+    if done != len {
+        return Err(io::Error::other(format!(
+            "batch lookup returned {done} of {len} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `values` (one per key) at `keys` in one `BPF_MAP_UPDATE_BATCH` call.
+pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len()).expect("fewer than 2^32 keys"),
+        map_fd: raw(fd),
+        ..BatchAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    if attr.count as usize == keys.len() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "batch update wrote {} of {} entries",
+            attr.count,
+            keys.len()
+        )))
+    }
+}
+
+/// Number of possible CPUs: the length of every per-CPU value.
+pub fn possible_cpus() -> io::Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| e)
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The leading fields of `struct bpf_map_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapInfo {
+    /// `BPF_MAP_TYPE_*`.
+    pub map_type: u32,
+    /// Map id.
+    pub id: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+    /// Number of entries.
+    pub max_entries: u32,
+    /// `BPF_F_*` flags.
+    pub map_flags: u32,
+}
+
+/// The type, sizes and id of a map.
+pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut info = MapInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: raw(fd),
+        info_len: u32::try_from(size_of::<MapInfo>()).expect("small struct"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
