@@ -1,0 +1,1 @@
+//! The XDP program loaded (unattached, unpinned) for BPF_PROG_TEST_RUN.
