@@ -1,1 +1,163 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, demo, test, fuzz and bench for port-demux.
+
+mod bench;
+mod demo;
+mod net;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, llvm-22-dev, bpf-linker, iproute2, ethtool,
+    /// bpftool, xdp-tools, netsniff-ng.
+    Setup,
+    /// Set up, then build the XDP program and the CLI.
+    Build {
+        /// Release build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run port-demux on a private namespace pair with real traffic.
+    Demo,
+    /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests.
+    Test,
+    /// The differential fuzz test against the reference model, with many frames.
+    Fuzz {
+        /// Frames to generate.
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: u64,
+        /// PRNG seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Benchmarks: per-packet cost against an empty XDP program and xdp-filter, control plane,
+    /// live traffic. Writes target/bench/latest.json.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build { release } => {
+            setup::setup()?;
+            build(release)
+        }
+        Cmd::Demo => {
+            setup::setup()?;
+            build(false)?;
+            demo::demo(&workspace().join("target/debug/port-demux"))
+        }
+        Cmd::Test => {
+            setup::setup()?;
+            test()
+        }
+        Cmd::Fuzz { frames, seed } => {
+            setup::setup()?;
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "-p",
+                "port-demux-tests",
+                "--test",
+                "differential",
+                "--",
+                "--nocapture",
+            ])
+            .env("PORT_DEMUX_FUZZ_FRAMES", frames.to_string());
+            if let Some(seed) = seed {
+                cmd.env("PORT_DEMUX_FUZZ_SEED", seed.to_string());
+            }
+            run(&mut cmd)
+        }
+        Cmd::Bench(args) => {
+            setup::setup()?;
+            build(true)?;
+            bench::bench(&args)
+        }
+    }
+}
+
+/// The workspace root.
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// `cargo` run from the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+/// Runs `cmd`, failing with its command line when it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "port-demux"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["+nightly", "fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate in its own pass, for its own target.
+    run(cargo()
+        .current_dir(workspace().join("port-demux-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "port-demux-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    build(false)?;
+    let bin = workspace().join("target/debug/port-demux");
+    net::ensure_bpffs()?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("PORT_DEMUX_BIN", &bin))
+}
