@@ -29,7 +29,7 @@ pub const BINDINGS_LEN: u32 = NUM_PROTOS * PORTS_PER_PROTO;
 pub const REDIRECT_SLOTS: u32 = 64;
 
 /// The array index of a (protocol, port) pair; `proto` is [`PROTO_TCP`] or [`PROTO_UDP`].
-#[inline(always)]
+#[inline]
 #[must_use]
 pub const fn port_index(proto: u32, port: u16) -> u32 {
     (proto << 16) | port as u32
@@ -114,18 +114,50 @@ pub struct PortCounters {
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
 
-/// Value of the single-entry per-CPU `GLOBALS` array.
+/// Value of the single-entry per-CPU `GLOBALS` array: every frame is counted once, in the
+/// cell of its [`outcome`] and the action [`taken`] on it (`frames[outcome * taken::COUNT +
+/// taken]`), so the outcome totals and the action totals add up to the same number by
+/// construction. Frames that are not demultiplexed are always passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GlobalCounters {
-    /// Frames per [`outcome`]; they sum to all frames seen.
-    pub outcomes: [u64; outcome::COUNT],
-    /// Frames per action [`taken`]; they sum to all frames seen too.
-    pub taken: [u64; taken::COUNT],
-    /// Bytes of all frames seen.
-    pub bytes: u64,
+    /// Frames per (outcome, action taken).
+    pub frames: [u64; outcome::COUNT * taken::COUNT],
 }
-const _: () = assert!(size_of::<GlobalCounters>() == 80);
+const _: () = assert!(size_of::<GlobalCounters>() == 160);
+
+impl GlobalCounters {
+    /// Frames counted under (`outcome`, `taken`).
+    #[must_use]
+    pub const fn get(&self, outcome: usize, taken: usize) -> u64 {
+        self.frames[outcome * taken::COUNT + taken]
+    }
+
+    /// Frames per [`outcome`].
+    #[must_use]
+    pub fn outcomes(&self) -> [u64; outcome::COUNT] {
+        core::array::from_fn(|o| (0..taken::COUNT).map(|t| self.get(o, t)).sum())
+    }
+
+    /// Frames per action [`taken`].
+    #[must_use]
+    pub fn taken(&self) -> [u64; taken::COUNT] {
+        core::array::from_fn(|t| (0..outcome::COUNT).map(|o| self.get(o, t)).sum())
+    }
+
+    /// All frames.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.frames.iter().sum()
+    }
+
+    /// Adds `other` cell by cell (summing per-CPU values).
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.frames.iter_mut().zip(other.frames) {
+            *a += b;
+        }
+    }
+}
 
 /// Value of the single-entry `META` array: what the loader recorded about this instance.
 /// The data path never reads it.
@@ -144,8 +176,8 @@ pub struct Meta {
     pub netns_ino: u64,
     /// 1 when debug logging was compiled in at load time.
     pub debug: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
     /// Interface name, NUL-padded.
     pub ifname: [u8; 16],
 }

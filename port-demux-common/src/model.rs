@@ -1,6 +1,6 @@
 //! The reference model: what the XDP program does with one frame, as a pure function.
 //!
-//! This is the specification the kernel program is tested against (BPF_PROG_TEST_RUN on the
+//! This is the specification the kernel program is tested against (`BPF_PROG_TEST_RUN` on the
 //! same frames must give the same action and the same counter deltas).
 
 use crate::{Binding, PROTO_TCP, PROTO_UDP, action, outcome, port_index, taken};
@@ -14,7 +14,7 @@ pub const XDP_REDIRECT: u32 = 4;
 
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
-/// EtherType of IPv4.
+/// `EtherType` of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
 /// Minimum IPv4 header length.
 pub const IPV4_MIN_LEN: usize = 20;

@@ -4,6 +4,10 @@
 //! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF: the hot path stays one function, without bpf-to-bpf calls"
+)]
 
 mod parse;
 
@@ -45,35 +49,42 @@ static META: Array<Meta> = Array::with_max_entries(1, 0);
 static DEFAULT_ACTION: Global<u32> = Global::new(action::PASS);
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro fixes the signature"
+)]
 pub fn port_demux(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    let len = (ctx.data_end() - start) as u64;
-    let (outcome, taken, ret) = match parse::dest_port_index(&ctx) {
-        Ok(index) => demux(&ctx, index, len),
-        Err(outcome) => (outcome, taken::PASS, XDP_PASS),
+    let (cell, ret) = match parse::dest_port_index(&ctx) {
+        Ok(index) => demux(&ctx, index),
+        Err(outcome) => (cell(outcome, taken::PASS), XDP_PASS),
     };
+    // One counter per frame: the (outcome, action taken) cell. Outcome and action totals are
+    // its row and column sums, so they add up by construction.
     if let Some(globals) = GLOBALS.get_ptr_mut(0) {
-        // SAFETY: a per-CPU map value, only this CPU writes it and the program is not reentrant.
-        let globals = unsafe { &mut *globals };
-        if let Some(n) = globals.outcomes.get_mut(outcome) {
+        // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
+        // reentrant.
+        if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
             *n += 1;
         }
-        if let Some(n) = globals.taken.get_mut(taken) {
-            *n += 1;
-        }
-        globals.bytes += len;
     }
     ret
 }
 
-/// Counts a demultiplexed frame under its port and applies its binding.
+/// Index of the (outcome, taken) cell in `GlobalCounters::frames`.
 #[inline(always)]
-fn demux(ctx: &XdpContext, index: u32, len: u64) -> (usize, usize, u32) {
+const fn cell(outcome: usize, taken: usize) -> usize {
+    outcome * taken::COUNT + taken
+}
+
+/// Counts a demultiplexed frame under its port and applies its binding; returns the global
+/// counter cell and the XDP action.
+#[inline(always)]
+fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
     if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
         // SAFETY: as for GLOBALS.
         let counters = unsafe { &mut *counters };
         counters.packets += 1;
-        counters.bytes += len;
+        counters.bytes += (ctx.data_end() - ctx.data()) as u64;
     }
     let (mut act, slot) = match BINDINGS.get(index) {
         Some(binding) => (binding.action, binding.slot),
@@ -84,12 +95,12 @@ fn demux(ctx: &XdpContext, index: u32, len: u64) -> (usize, usize, u32) {
     }
     aya_log_ebpf::debug!(ctx, "port index {} action {}", index, act);
     match act {
-        action::DROP => (outcome::DEMUXED, taken::DROP, XDP_DROP),
+        action::DROP => (cell(outcome::DEMUXED, taken::DROP), XDP_DROP),
         action::REDIRECT => match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
-            Ok(ret) => (outcome::DEMUXED, taken::REDIRECT, ret),
-            Err(_) => (outcome::DEMUXED, taken::REDIRECT_FALLBACK, XDP_PASS),
+            Ok(ret) => (cell(outcome::DEMUXED, taken::REDIRECT), ret),
+            Err(_) => (cell(outcome::DEMUXED, taken::REDIRECT_FALLBACK), XDP_PASS),
         },
-        _ => (outcome::DEMUXED, taken::PASS, XDP_PASS),
+        _ => (cell(outcome::DEMUXED, taken::PASS), XDP_PASS),
     }
 }
 

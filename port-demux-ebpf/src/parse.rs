@@ -1,65 +1,83 @@
-//! Header parsing: every read is bounds-checked against `data_end` right before it, in the
-//! form the verifier tracks (`pointer + constant or bounded offset > data_end`).
+//! Header parsing: every read is bounds-checked against `data_end` before it, in the form the
+//! verifier tracks (`data + constant or bounded offset > data_end`).
+//!
+//! Reads are whole aligned words (`u8`, `u16` at even offsets): the Ethernet header is 14
+//! bytes and IPv4 headers are multiples of 4, so every `u16` read here is 2-aligned relative to
+//! `data`, and one load replaces the byte loads and shifts `read_unaligned` costs on BPF.
 
 use aya_ebpf::programs::XdpContext;
 use port_demux_common::{
     PROTO_TCP, PROTO_UDP,
     model::{ETH_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_LEN, TCP_MIN_LEN, UDP_LEN},
-    outcome, port_index,
+    outcome,
 };
 
-/// A pointer to a `T` at `offset` into the frame, if the whole `T` lies inside it.
+/// Reads a `T` at `addr`, which the caller has bounds-checked.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
-/// Reads a `T` at `offset`; `Err(MALFORMED)` when the frame is too short.
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, usize> {
-    let ptr = ptr_at::<T>(ctx, offset).ok_or(outcome::MALFORMED)?;
-    // SAFETY: `ptr_at` checked that the `T` lies inside the frame.
-    Ok(unsafe { ptr.read_unaligned() })
+unsafe fn load<T: Copy>(addr: usize) -> T {
+    // SAFETY: the caller checked `addr + size_of::<T>() <= data_end`.
+    unsafe { (addr as *const T).read() }
 }
 
 /// The `PORT_STATS`/`BINDINGS` index of a frame, or the outcome that stops it short.
 #[inline(always)]
 pub fn dest_port_index(ctx: &XdpContext) -> Result<u32, usize> {
-    let ether_type: u16 = read(ctx, 12)?;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let ip = start + ETH_LEN;
+    if ip + IPV4_MIN_LEN > end {
+        // Too short for Ethernet and a minimal IPv4 header: a runt, or not IPv4 at all.
+        if ip > end {
+            return Err(outcome::MALFORMED);
+        }
+        // SAFETY: 14 bytes are there.
+        let ether_type: u16 = unsafe { load(start + 12) };
+        return Err(if ether_type == ETH_P_IP.to_be() {
+            outcome::MALFORMED
+        } else {
+            outcome::NOT_IPV4
+        });
+    }
+    // SAFETY: Ethernet and the fixed IPv4 header are there.
+    let (ether_type, version_ihl, total_len, frag, proto) = unsafe {
+        (
+            load::<u16>(start + 12),
+            load::<u8>(ip),
+            load::<u16>(ip + 2),
+            load::<u16>(ip + 6),
+            load::<u8>(ip + 9),
+        )
+    };
     if ether_type != ETH_P_IP.to_be() {
         return Err(outcome::NOT_IPV4);
     }
-    // The fixed IPv4 header: [version/IHL, TOS, total length, id, flags/fragment offset, TTL,
-    // protocol, ...].
-    let ip: [u8; IPV4_MIN_LEN] = read(ctx, ETH_LEN)?;
-    let version_ihl = ip[0];
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if version_ihl >> 4 != 4
+    let header_len = usize::from(version_ihl & 0x0f) << 2;
+    let total_len = usize::from(u16::from_be(total_len));
+    if version_ihl & 0xf0 != 0x40
         || header_len < IPV4_MIN_LEN
         || total_len < header_len
-        || ctx.data() + ETH_LEN + total_len > ctx.data_end()
+        || ip + total_len > end
     {
         return Err(outcome::MALFORMED);
     }
-    let (proto, l4_len) = match ip[9] {
+    let (proto, l4_len) = match proto {
         IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
         IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
         _ => return Err(outcome::NOT_TCP_UDP),
     };
-    if (ip[6] & 0x1f) | ip[7] != 0 {
+    // Fragment offset: the low 13 bits of the big-endian flags/offset word.
+    if frag & 0x1fffu16.to_be() != 0 {
         return Err(outcome::FRAGMENT);
     }
     if header_len + l4_len > total_len {
         return Err(outcome::MALFORMED);
     }
-    // Source and destination port; `total_len` already bounds them, this check is the one the
-    // verifier can follow.
-    let ports: [u8; 4] = read(ctx, ETH_LEN + header_len)?;
-    Ok(port_index(proto, u16::from_be_bytes([ports[2], ports[3]])))
+    // `total_len` already bounds the ports; this check is the one the verifier can follow.
+    let l4 = ip + header_len;
+    if l4 + 4 > end {
+        return Err(outcome::MALFORMED);
+    }
+    // SAFETY: checked just above.
+    let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
+    Ok((proto << 16) | u32::from(dest_port))
 }

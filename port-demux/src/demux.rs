@@ -11,6 +11,7 @@ use aya::{
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        xdp::XdpLink,
     },
 };
 use bytemuck::Zeroable as _;
@@ -39,6 +40,7 @@ const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 const DEVMAP_VALUE: u32 = 8;
 
 /// The pinned maps: name, type, value size, entries.
+#[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
 const MAPS: [(&str, u32, u32, u32); 5] = [
     (
         "BINDINGS",
@@ -119,6 +121,15 @@ pub struct LoadReport {
     pub replaced: Option<u32>,
 }
 
+/// What [`PortDemux::upgrade`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct UpgradeReport {
+    /// The program that ran before.
+    pub old_prog_id: u32,
+    /// The program that runs now.
+    pub new_prog_id: u32,
+}
+
 /// Options of [`PortDemux::bind`].
 #[derive(Clone, Debug, Default)]
 pub struct BindOptions {
@@ -159,12 +170,12 @@ pub struct PortStat {
 pub struct Totals {
     /// Every frame the program saw.
     pub packets: u64,
-    /// Their bytes.
-    pub bytes: u64,
     /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`].
     pub outcomes: [u64; outcome::COUNT],
     /// Frames per action taken, indexed like [`port_demux_common::taken::NAMES`].
     pub taken: [u64; taken::COUNT],
+    /// Frames per (outcome, action taken).
+    pub cells: GlobalCounters,
 }
 
 /// All counters of an instance.
@@ -219,6 +230,9 @@ impl PortDemux {
     /// # Errors
     /// Unknown interface, already loaded, a foreign program (unless `force`), attach or load
     /// failures, missing privileges.
+    ///
+    /// # Panics
+    /// Never: the embedded object always has the XDP program.
     pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         check_ifname(iface)?;
         let ifindex = scope
@@ -244,7 +258,7 @@ impl PortDemux {
         ));
         remove_pins(&tmp)?;
         fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-        match load_into(scope, iface, ifindex, opts, &tmp) {
+        match load_into(scope, iface, ifindex, *opts, &tmp) {
             Ok((mode, fallback_reason, prog_id)) => {
                 fs::rename(&tmp, &dir).map_err(|e| {
                     let _ = remove_pins(&tmp);
@@ -352,6 +366,84 @@ impl PortDemux {
             let _ = fs::remove_dir(&ns_dir);
         }
         Ok(())
+    }
+
+    /// Replaces the running program with this build's, atomically through its `bpf_link`
+    /// (`BPF_LINK_UPDATE`): bindings, counters and redirect targets stay, no frame goes
+    /// unprocessed. Refused when the pins' layout differs from this build's.
+    ///
+    /// # Errors
+    /// [`Error::NotLoaded`], [`Error::Layout`], load or update failures.
+    ///
+    /// # Panics
+    /// Never: the embedded object always has the XDP program.
+    pub fn upgrade(scope: &Scope, iface: &str, debug: bool) -> Result<UpgradeReport> {
+        let this = Self::open(scope, iface)?;
+        let _lock = DirLock::exclusive(&this.dir)?;
+        let dir = &this.dir;
+        let log_level: u8 = if debug {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("DEFAULT_ACTION", &this.meta.default_action, true)
+            .override_global(aya_log::LEVEL, &log_level, false);
+        let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .expect("the object has the port_demux program")
+            .try_into()
+            .expect("port_demux is an XDP program");
+        prog.load()
+            .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+        let link_path = dir.join(LINK_PIN);
+        let link: FdLink = PinnedLink::from_pin(&link_path)
+            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
+            .into();
+        let old_prog_id = link
+            .info()
+            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
+            .program_id();
+        let link = XdpLink::try_from(link)
+            .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
+        prog.attach_to_link(link).map_err(|source| Error::Attach {
+            iface: iface.to_owned(),
+            mode: "upgrade".to_owned(),
+            source: Box::new(source),
+        })?;
+        let new_prog_id = prog
+            .info()
+            .map_err(|e| Error::Ebpf(Box::new(e.into())))?
+            .id();
+        // Re-pin the program under its usual name; the link pin is the same link.
+        let next = dir.join("prog-next");
+        let _ = fs::remove_file(&next);
+        prog.pin(&next)
+            .map_err(|e| Error::io("cannot pin", &next, io::Error::other(e)))?;
+        fs::rename(&next, dir.join(PROG_PIN)).map_err(|e| Error::io("cannot rename", &next, e))?;
+        let mut meta = this.meta;
+        meta.debug = u32::from(debug);
+        let meta_path = dir.join("META");
+        let meta_fd =
+            sys::obj_get(&meta_path, false).map_err(|e| Error::io("cannot open", &meta_path, e))?;
+        sys::update(
+            meta_fd.as_fd(),
+            &0u32.to_ne_bytes(),
+            bytemuck::bytes_of(&meta),
+        )
+        .map_err(|e| Error::io("cannot write", &meta_path, e))?;
+        Ok(UpgradeReport {
+            old_prog_id,
+            new_prog_id,
+        })
     }
 
     /// The interface.
@@ -528,19 +620,16 @@ impl PortDemux {
         let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
         sys::lookup(self.globals.as_fd(), &0u32.to_ne_bytes(), &mut raw)
             .map_err(|e| Error::io("cannot read", self.dir.join("GLOBALS"), e))?;
-        let mut totals = Totals::default();
+        let mut sum = GlobalCounters::zeroed();
         for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
-            let c: GlobalCounters = bytemuck::pod_read_unaligned(c);
-            for (sum, n) in totals.outcomes.iter_mut().zip(c.outcomes) {
-                *sum += n;
-            }
-            for (sum, n) in totals.taken.iter_mut().zip(c.taken) {
-                *sum += n;
-            }
-            totals.bytes += c.bytes;
+            sum.add(&bytemuck::pod_read_unaligned(c));
         }
-        totals.packets = totals.outcomes.iter().sum();
-        Ok(totals)
+        Ok(Totals {
+            packets: sum.total(),
+            outcomes: sum.outcomes(),
+            taken: sum.taken(),
+            cells: sum,
+        })
     }
 
     /// Attach mode, program id, whether it is attached, bindings.
@@ -762,8 +851,14 @@ fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
         }
         Ok(fd)
     };
-    let [a, b, c, d, e] = MAPS;
-    Ok([open(a)?, open(b)?, open(c)?, open(d)?, open(e)?])
+    let [bindings, port_stats, globals, redirect, meta] = MAPS;
+    Ok([
+        open(bindings)?,
+        open(port_stats)?,
+        open(globals)?,
+        open(redirect)?,
+        open(meta)?,
+    ])
 }
 
 /// Refuses, or with `force` detaches, an XDP program port-demux did not load.
@@ -801,7 +896,7 @@ fn load_into(
     scope: &Scope,
     iface: &str,
     ifindex: u32,
-    opts: &LoadOptions,
+    opts: LoadOptions,
     tmp: &Path,
 ) -> Result<(Mode, Option<String>, u32)> {
     let default_action = match opts.default_action {
@@ -819,15 +914,18 @@ fn load_into(
         .override_global("DEFAULT_ACTION", &default_action, true)
         .override_global(aya_log::LEVEL, &log_level, false);
     for (name, path) in &paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| privileged(e.into()))?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .expect("the object has the port_demux program")
         .try_into()
         .expect("port_demux is an XDP program");
-    prog.load().map_err(|e| privileged(Error::Ebpf(e.into())))?;
+    prog.load()
+        .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
     let attach = |prog: &mut Xdp, mode: Mode| {
         let xdp_mode = if mode == Mode::Skb {
             XdpMode::Skb
@@ -839,7 +937,7 @@ fn load_into(
             .map_err(|source| Error::Attach {
                 iface: iface.to_owned(),
                 mode: mode.name().to_owned(),
-                source,
+                source: Box::new(source),
             })
     };
     let (link_id, mode, fallback) = match opts.mode {
@@ -853,7 +951,10 @@ fn load_into(
         },
         mode => (attach(prog, mode)?, mode, None),
     };
-    let prog_id = prog.info().map_err(|e| Error::Ebpf(e.into()))?.id();
+    let prog_id = prog
+        .info()
+        .map_err(|e| Error::Ebpf(Box::new(e.into())))?
+        .id();
     let mut meta = Meta::zeroed();
     meta.layout_version = LAYOUT_VERSION;
     meta.ifindex = ifindex;
@@ -877,7 +978,9 @@ fn load_into(
     .map_err(|e| Error::io("cannot write", &meta_path, e))?;
     prog.pin(tmp.join(PROG_PIN))
         .map_err(|e| Error::io("cannot pin", tmp.join(PROG_PIN), io::Error::other(e)))?;
-    let link = prog.take_link(link_id).map_err(|e| Error::Ebpf(e.into()))?;
+    let link = prog
+        .take_link(link_id)
+        .map_err(|e| Error::Ebpf(Box::new(e.into())))?;
     let link: FdLink = link
         .try_into()
         .map_err(|e: aya::programs::links::LinkError| {

@@ -124,7 +124,7 @@ pub enum Error {
         mode: String,
         /// Why.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// bpffs is missing and cannot be mounted.
     #[error("no bpf filesystem at {path} and mounting one failed ({source}): mount it with `mount -t bpf bpf {path}`", path = .path.display())]
@@ -137,7 +137,7 @@ pub enum Error {
     },
     /// Loading the eBPF object failed.
     #[error("cannot load the XDP program: {0}")]
-    Ebpf(#[from] aya::EbpfError),
+    Ebpf(#[from] Box<aya::EbpfError>),
     /// A kernel call on a pin or map failed.
     #[error("{what} {path}: {source}", path = .path.display())]
     Io {

@@ -24,14 +24,14 @@
 pub mod cli;
 mod demux;
 mod error;
-pub mod netlink;
+mod netlink;
 mod scope;
 mod spec;
-pub mod sys;
+mod sys;
 
 pub use demux::{
     BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PortDemux,
-    PortStat, Stats, Status, Totals,
+    PortStat, Stats, Status, Totals, UpgradeReport,
 };
 pub use error::{Error, Result};
 pub use port_demux_common as common;

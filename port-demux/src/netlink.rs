@@ -1,5 +1,9 @@
 //! What is attached to an interface's XDP hook, and detaching a foreign program (`load --force`),
 //! over rtnetlink: the kernel's own answer, whoever attached the program and however.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "libc's netlink constants are small positive i32s"
+)]
 
 use std::{io, os::fd::AsRawFd as _};
 
@@ -68,7 +72,7 @@ fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(payload);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -116,7 +120,7 @@ fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 /// The error code of an `NLMSG_ERROR` reply (0 is an acknowledgement).
 fn check_error(reply: &[u8]) -> io::Result<()> {
     if u16_at(reply, 4) == Some(libc::NLMSG_ERROR as u16) {
-        let code = u32_at(reply, 16).map_or(0, |c| c.cast_signed());
+        let code = u32_at(reply, 16).map_or(0, u32::cast_signed);
         if code != 0 {
             return Err(io::Error::from_raw_os_error(-code));
         }
@@ -163,7 +167,7 @@ pub fn xdp_query(ifindex: u32) -> io::Result<Option<XdpAttachment>> {
     Ok(None)
 }
 
-/// Detaches a program attached through netlink (not through a bpf_link) from `ifindex`.
+/// Detaches a program attached through netlink (not through a `bpf_link`) from `ifindex`.
 pub fn xdp_detach(ifindex: u32, mode_flags: u32) -> io::Result<()> {
     let mut nested = Vec::new();
     push_attr(&mut nested, IFLA_XDP_FD, &(-1i32).to_ne_bytes());

@@ -122,6 +122,9 @@ impl Scope {
     ///
     /// # Errors
     /// [`Error::Privileges`] or [`Error::NetNs`] when the namespace cannot be entered.
+    ///
+    /// # Panics
+    /// When the thread cannot return to its own namespace (it would run on in the wrong one).
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let Some(ns) = &self.netns else {
             return Ok(f());

@@ -133,12 +133,11 @@ impl FromStr for PortSpec {
         if let Some(port) = service_port(ports, proto) {
             return Ok(Self::single(proto, port));
         }
-        let (first, last) = match ports.split_once('-') {
-            Some((first, last)) => (port(first, proto, s)?, port(last, proto, s)?),
-            None => {
-                let p = port(ports, proto, s)?;
-                (p, p)
-            }
+        let (first, last) = if let Some((first, last)) = ports.split_once('-') {
+            (port(first, proto, s)?, port(last, proto, s)?)
+        } else {
+            let p = port(ports, proto, s)?;
+            (p, p)
         };
         if first > last {
             return Err(Error::BadSpec(format!(

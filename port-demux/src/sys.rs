@@ -60,7 +60,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd,
             std::ptr::from_mut(attr),
-            size_of::<T>() as libc::c_uint,
+            libc::c_uint::try_from(size_of::<T>()).expect("small attr"),
         )
     };
     if ret < 0 {

@@ -143,7 +143,7 @@ fn run_demo(bin: &Path) -> Result<()> {
             failures.push(format!("udp/{port}: received {got}, expected {want}"));
         }
     }
-    let mirrored = count_udp_frames(&tap, 9999)?;
+    let mirrored = count_udp_frames(&tap, 9999);
     println!("  udp/9999 frames seen on tap0 (peer of mirror0): {mirrored}");
     if mirrored != 20 {
         failures.push(format!("redirect: {mirrored} frames on tap0, expected 20"));
@@ -215,9 +215,9 @@ fn drain_udp(socket: &UdpSocket) -> Result<u32> {
     Ok(n)
 }
 
-/// An AF_PACKET socket receiving every frame on `iface`.
+/// An `AF_PACKET` socket receiving every frame on `iface`.
 fn packet_socket(iface: &str) -> Result<OwnedFd> {
-    let protocol = (libc::ETH_P_ALL as u16).to_be();
+    let protocol = u16::try_from(libc::ETH_P_ALL)?.to_be();
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
     ensure!(
@@ -233,7 +233,7 @@ fn packet_socket(iface: &str) -> Result<OwnedFd> {
     ensure!(ifindex != 0, "no interface {iface}");
     // SAFETY: zeroed sockaddr_ll, filled below.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_family = u16::try_from(libc::AF_PACKET)?;
     addr.sll_protocol = protocol;
     addr.sll_ifindex = i32::try_from(ifindex)?;
     // SAFETY: binding to a valid sockaddr_ll of the right length.
@@ -267,7 +267,7 @@ fn packet_socket(iface: &str) -> Result<OwnedFd> {
 }
 
 /// Frames queued on a packet socket that are IPv4 UDP to `port`.
-fn count_udp_frames(fd: &OwnedFd, port: u16) -> Result<u32> {
+fn count_udp_frames(fd: &OwnedFd, port: u16) -> u32 {
     let mut buf = [0u8; 2048];
     let mut n = 0;
     loop {
@@ -282,5 +282,5 @@ fn count_udp_frames(fd: &OwnedFd, port: u16) -> Result<u32> {
             }
         }
     }
-    Ok(n)
+    n
 }

@@ -1,6 +1,15 @@
 //! `cargo xtask`: set-up, build, demo, test, fuzz and bench for port-demux.
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark figures are counts and durations far below 2^52"
+)]
+#![expect(
+    clippy::too_many_lines,
+    reason = "the demo and the bench read best as one script each"
+)]
 
 mod bench;
+mod bpf;
 mod demo;
 mod net;
 mod setup;

@@ -24,6 +24,9 @@ pub struct LoadArgs {
     /// Compile debug logging into the data path (follow it with `port-demux log`).
     #[arg(long)]
     pub debug: bool,
+    /// Replace the program of a loaded instance atomically, keeping bindings and counters.
+    #[arg(long, conflicts_with_all = ["mode", "default_action", "force"])]
+    pub upgrade: bool,
 }
 
 /// Arguments of `unload`.
@@ -35,6 +38,15 @@ pub struct UnloadArgs {
 
 pub fn load(scope: &Scope, args: &LoadArgs, out: &mut dyn Write) -> Result<(), Failure> {
     check_privileges("port-demux load")?;
+    if args.upgrade {
+        let report = PortDemux::upgrade(scope, &args.iface, args.debug)?;
+        writeln!(
+            out,
+            "upgraded port-demux on {}: program id {} replaced {} through its link; bindings and counters kept",
+            args.iface, report.new_prog_id, report.old_prog_id
+        )?;
+        return Ok(());
+    }
     let opts = LoadOptions {
         mode: args.mode,
         default_action: args.default_action,

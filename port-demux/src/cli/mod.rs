@@ -128,12 +128,22 @@ pub async fn run(
     }
 }
 
-/// Clap's error as one line: its first line, without the `error: ` prefix, plus a pointer to
-/// the help.
+/// Clap's error as one line: its first paragraph (which names the missing arguments on the
+/// lines after the first) joined, without the `error: ` prefix, plus a pointer to the help.
 fn usage(e: &clap::Error) -> Failure {
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    let first = if first.is_empty() {
+        "invalid arguments"
+    } else {
+        first
+    };
     Failure {
         message: format!("{first} (see port-demux --help)"),
         code: 2,

@@ -77,12 +77,12 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
         return Ok(());
     }
     let t = &stats.totals;
+    let demuxed_bytes: u64 = stats.ports.iter().map(|p| p.bytes).sum();
     writeln!(
         out,
-        "{}: {} frames, {} bytes",
+        "{}: {} frames seen, {demuxed_bytes} bytes to TCP/UDP ports",
         demux.iface(),
-        t.packets,
-        t.bytes
+        t.packets
     )?;
     writeln!(
         out,
@@ -119,7 +119,7 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     Ok(())
 }
 
-/// `{"packets", "bytes", "outcomes": {...}, "actions": {...}}`.
+/// `{"packets", "outcomes": {...}, "actions": {...}}`.
 #[must_use]
 pub fn totals_json(t: &Totals) -> Value {
     let named = |names: &[&str], values: &[u64]| -> Map<String, Value> {
@@ -131,7 +131,6 @@ pub fn totals_json(t: &Totals) -> Value {
     };
     json!({
         "packets": t.packets,
-        "bytes": t.bytes,
         "outcomes": named(&outcome::NAMES, &t.outcomes),
         "actions": named(&taken::NAMES, &t.taken),
     })
