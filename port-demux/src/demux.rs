@@ -119,6 +119,8 @@ pub struct LoadReport {
     pub prog_id: u32,
     /// Id of a foreign program that `force` replaced.
     pub replaced: Option<u32>,
+    /// Pins of an instance that no longer ran were found and removed first.
+    pub stale_pins_removed: bool,
 }
 
 /// What [`PortDemux::upgrade`] did.
@@ -245,10 +247,18 @@ impl PortDemux {
         let ns_dir = scope.create_dir()?;
         let _lock = DirLock::exclusive(&ns_dir)?;
         let dir = ns_dir.join(pin_name(iface));
+        let mut stale_pins_removed = false;
         if dir.exists() {
-            return Err(Error::AlreadyLoaded {
-                iface: iface.to_owned(),
-            });
+            if pinned_program_attached(scope, &dir, ifindex)? {
+                return Err(Error::AlreadyLoaded {
+                    iface: iface.to_owned(),
+                });
+            }
+            // Pins whose program no longer runs on this interface: left by a namespace that
+            // was deleted without `unload` (the kernel reuses its inode number, which keys the
+            // folder) or by a program detached behind port-demux's back.
+            remove_pins(&dir)?;
+            stale_pins_removed = true;
         }
         let replaced = replace_foreign(scope, iface, ifindex, opts.force)?;
         let tmp = ns_dir.join(format!(
@@ -272,6 +282,7 @@ impl PortDemux {
                         fallback_reason,
                         prog_id,
                         replaced,
+                        stale_pins_removed,
                     },
                 ))
             }
@@ -859,6 +870,20 @@ fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
         open(redirect)?,
         open(meta)?,
     ])
+}
+
+/// Whether the program behind the pinned link in `dir` is the one attached to `ifindex`.
+fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bool> {
+    let Ok(link) = PinnedLink::from_pin(dir.join(LINK_PIN)) else {
+        return Ok(false);
+    };
+    let Ok(info) = FdLink::from(link).info() else {
+        return Ok(false);
+    };
+    let attached = scope
+        .run(|| netlink::xdp_query(ifindex))?
+        .map_err(|e| Error::io("cannot query XDP on", dir, e))?;
+    Ok(attached.is_some_and(|a| a.prog_id == info.program_id()))
 }
 
 /// Refuses, or with `force` detaches, an XDP program port-demux did not load.

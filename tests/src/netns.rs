@@ -1,1 +1,747 @@
-//! Network namespaces and veth pairs for tests.
+//! Network namespaces and veth pairs for tests, always removed by guards (also on panic);
+//! running code inside a namespace; real sockets there; `AF_PACKET` captures; polling.
+//!
+//! The usual topology is a [`Lab`]:
+//!
+//! ```text
+//!  namespace A (client)        namespace B (server, port-demux on b0)     namespace C (sink)
+//!  a0 10.77.N.2/24  <-veth->   b0 10.77.N.1/24
+//!                              c0 (redirect target)            <-veth->   c1 (GRO on)
+//! ```
+//!
+//! IPv6 is off in every namespace and the neighbours of a0 and b0 are permanent, so the only
+//! frames b0 ever receives are the ones a test sends: counters can be asserted exactly.
+
+use std::{
+    fmt::Debug,
+    fs::{self, File},
+    io::{self, Read as _, Write as _},
+    mem,
+    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use port_demux::Scope;
+
+/// How long any wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client side of a [`Lab`]'s veth pair, in namespace A.
+pub const CLIENT_IF: &str = "a0";
+/// Server side, in namespace B: port-demux runs here.
+pub const SERVER_IF: &str = "b0";
+/// Redirect target, in namespace B.
+pub const REDIRECT_IF: &str = "c0";
+/// Peer of the redirect target, in namespace C: redirected frames arrive here.
+pub const SINK_IF: &str = "c1";
+
+/// Ethernet + IPv4 (no options) + UDP headers: the bytes XDP counts besides the payload.
+pub const UDP_OVERHEAD: u64 = 14 + 20 + 8;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique in this process: it names namespaces and picks subnets.
+pub fn unique() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs a command and panics with its stderr when it fails.
+///
+/// # Panics
+/// When the command cannot run or exits non-zero.
+pub fn run(program: &str, args: &[&str]) {
+    let _ = output(program, args);
+}
+
+/// Runs a command and returns its stdout; panics with its stderr when it fails.
+///
+/// # Panics
+/// When the command cannot run or exits non-zero.
+#[must_use]
+pub fn output(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a fresh thread that has entered network namespace `name` (`/run/netns/NAME`),
+/// and returns its result. Sockets created there stay in that namespace wherever they are
+/// used later. A panic in `f` is re-raised here.
+///
+/// # Panics
+/// When the namespace cannot be entered, or `f` panics.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = Path::new("/run/netns").join(name);
+    let ns = File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: setns on a namespace descriptor we hold, for this new thread only.
+            let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert!(
+                ret == 0,
+                "cannot enter network namespace {name}: {}",
+                io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Polls `probe` until `done` holds for its value, and returns that value.
+///
+/// # Panics
+/// After [`TIMEOUT`], showing the last value.
+pub fn poll<T: Debug>(what: &str, mut probe: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let value = probe();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}; last: {value:?}"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A network namespace named `pdt-<pid>-<n>-<tag>`, deleted on drop together with every
+/// port-demux pin of it.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    pins: PathBuf,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name ending in `tag`, IPv6 off and `lo` up.
+    ///
+    /// # Panics
+    /// When it cannot be created.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        Self::with_name(format!("pdt-{}-{}-{tag}", std::process::id(), unique()))
+    }
+
+    /// Creates namespace `name`, IPv6 off and `lo` up.
+    ///
+    /// # Panics
+    /// When it cannot be created.
+    #[must_use]
+    pub fn with_name(name: String) -> Self {
+        run("ip", &["netns", "add", &name]);
+        // The guard exists from here on: a failure below still deletes the namespace.
+        let mut ns = Self {
+            name,
+            pins: PathBuf::new(),
+        };
+        ns.pins = ns.scope().dir();
+        // Pins are keyed by the namespace's inode, which the kernel reuses once a namespace is
+        // gone: whatever is there belongs to a dead namespace whose pins nobody removed.
+        if let Err(e) = remove_pin_tree(&ns.pins) {
+            panic!("cannot remove stale pins {}: {e}", ns.pins.display());
+        }
+        // Before any interface exists: no IPv6 link-local, DAD, router solicitation or MLD.
+        ns.run(|| {
+            for conf in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                fs::write(&path, "1").unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+            }
+        });
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The name, for `ip netns` and `--netns`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port-demux scope of the namespace.
+    ///
+    /// # Panics
+    /// When the namespace cannot be opened.
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        Scope::netns(&self.name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The bpffs folder holding the port-demux pins of this namespace.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins
+    }
+
+    /// `ip -n NAME ARGS...`.
+    ///
+    /// # Panics
+    /// When it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// The id of the XDP program attached to `iface`, as `ip link` reports it.
+    ///
+    /// # Panics
+    /// When `ip` fails or its JSON is not understood.
+    #[must_use]
+    pub fn xdp_prog(&self, iface: &str) -> Option<u32> {
+        let out = output(
+            "ip",
+            &["-n", &self.name, "-j", "link", "show", "dev", iface],
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link: {e}: {out}"));
+        let id = doc[0].get("xdp")?["prog"]["id"].as_u64();
+        Some(
+            id.and_then(|id| u32::try_from(id).ok())
+                .unwrap_or_else(|| panic!("no XDP program id in {out}")),
+        )
+    }
+
+    /// `ip netns exec NAME ARGS...`.
+    ///
+    /// # Panics
+    /// When it fails.
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Runs `f` inside the namespace: see [`in_netns`].
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.name, f)
+    }
+
+    /// Index of `iface` in the namespace.
+    ///
+    /// # Panics
+    /// When there is no such interface.
+    #[must_use]
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        self.scope()
+            .ifindex(iface)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no interface {iface} in {}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Never panic here: this runs while a failed test unwinds too.
+        if let Err(e) = remove_pin_tree(&self.pins) {
+            eprintln!("cannot remove pins {}: {e}", self.pins.display());
+        }
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cannot delete network namespace {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("cannot run ip netns del {}: {e}", self.name),
+        }
+    }
+}
+
+/// Removes a namespace's pin folder: every interface folder (its link first, which detaches the
+/// program), then the folder itself. bpffs answers EPERM, not ENOENT, under a missing folder,
+/// so existence is checked first.
+fn remove_pin_tree(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            let link = path.join("link");
+            if link.exists() {
+                fs::remove_file(&link)?;
+            }
+            for pin in fs::read_dir(&path)? {
+                fs::remove_file(pin?.path())?;
+            }
+            fs::remove_dir(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// Client and server namespaces joined by a veth pair, and optionally a sink namespace behind a
+/// second pair for redirects. Everything is removed on drop.
+#[derive(Debug)]
+pub struct Lab {
+    // Dropped first: its pins go while its interfaces still exist.
+    /// Namespace B: [`SERVER_IF`] (and [`REDIRECT_IF`]).
+    pub server: Netns,
+    /// Namespace A: [`CLIENT_IF`].
+    pub client: Netns,
+    /// Namespace C: [`SINK_IF`], with [`Lab::with_redirect`].
+    pub sink: Option<Netns>,
+    prefix: String,
+    subnet: u8,
+}
+
+impl Lab {
+    /// A and B joined by a0 <-> b0, with addresses and permanent neighbours.
+    ///
+    /// # Panics
+    /// When the set-up fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let n = unique();
+        let prefix = format!("pdt-{}-{n}", std::process::id());
+        let server = Netns::with_name(format!("{prefix}-b"));
+        let client = Netns::with_name(format!("{prefix}-a"));
+        let subnet = u8::try_from(n % 250 + 1).expect("below 251");
+        let lab = Self {
+            server,
+            client,
+            sink: None,
+            prefix,
+            subnet,
+        };
+        let (client_mac, server_mac) = (lab.mac(2), lab.mac(1));
+        lab.client.ip(&[
+            "link",
+            "add",
+            CLIENT_IF,
+            "address",
+            &client_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SERVER_IF,
+            "address",
+            &server_mac,
+            "netns",
+            lab.server.name(),
+        ]);
+        for (ns, iface, own, peer, peer_mac) in [
+            (&lab.client, CLIENT_IF, 2, 1, &server_mac),
+            (&lab.server, SERVER_IF, 1, 2, &client_mac),
+        ] {
+            let own = format!("10.77.{subnet}.{own}/24");
+            let peer = format!("10.77.{subnet}.{peer}");
+            ns.ip(&["addr", "add", &own, "dev", iface]);
+            ns.ip(&["link", "set", iface, "up"]);
+            ns.ip(&[
+                "neigh",
+                "add",
+                &peer,
+                "lladdr",
+                peer_mac,
+                "dev",
+                iface,
+                "nud",
+                "permanent",
+            ]);
+        }
+        lab
+    }
+
+    /// [`Lab::new`] plus namespace C: c0 in B <-> c1 in C, both up, GRO on c1 (without it, or
+    /// an XDP program on c1, a veth drops frames redirected into c0).
+    ///
+    /// # Panics
+    /// When the set-up fails.
+    #[must_use]
+    pub fn with_redirect() -> Self {
+        let mut lab = Self::new();
+        let sink = Netns::with_name(format!("{}-c", lab.prefix));
+        let (c0_mac, c1_mac) = (lab.mac(3), lab.mac(4));
+        lab.server.ip(&[
+            "link",
+            "add",
+            REDIRECT_IF,
+            "address",
+            &c0_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SINK_IF,
+            "address",
+            &c1_mac,
+            "netns",
+            sink.name(),
+        ]);
+        lab.server.ip(&["link", "set", REDIRECT_IF, "up"]);
+        sink.ip(&["link", "set", SINK_IF, "up"]);
+        sink.exec(&["ethtool", "-K", SINK_IF, "gro", "on"]);
+        lab.sink = Some(sink);
+        lab
+    }
+
+    fn mac(&self, host: u8) -> String {
+        format!("02:77:00:00:{:02x}:{host:02x}", self.subnet)
+    }
+
+    /// Namespace C.
+    ///
+    /// # Panics
+    /// Without [`Lab::with_redirect`].
+    #[must_use]
+    pub fn sink(&self) -> &Netns {
+        self.sink
+            .as_ref()
+            .expect("a lab made with Lab::with_redirect")
+    }
+
+    /// b0's address.
+    #[must_use]
+    pub const fn server_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 1)
+    }
+
+    /// a0's address.
+    #[must_use]
+    pub const fn client_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 2)
+    }
+
+    /// A UDP socket in A on a0's address.
+    ///
+    /// # Panics
+    /// When it cannot be bound.
+    #[must_use]
+    pub fn udp_client(&self) -> UdpSocket {
+        let addr = self.client_addr();
+        self.client
+            .run(|| UdpSocket::bind((addr, 0)))
+            .expect("binding the UDP client")
+    }
+
+    /// A UDP socket in B on b0's address and `port`.
+    ///
+    /// # Panics
+    /// When it cannot be bound.
+    #[must_use]
+    pub fn udp_server(&self, port: u16) -> UdpSocket {
+        let addr = self.server_addr();
+        self.server
+            .run(|| UdpSocket::bind((addr, port)))
+            .expect("binding the UDP server")
+    }
+
+    /// Sends `count` datagrams of `payload` bytes from `client` to b0's `port`; returns the
+    /// bytes XDP sees for them.
+    ///
+    /// # Panics
+    /// When sending fails.
+    #[must_use = "the bytes XDP counts for the datagrams"]
+    pub fn send_udp(&self, client: &UdpSocket, port: u16, count: u64, payload: usize) -> u64 {
+        let to = SocketAddrV4::new(self.server_addr(), port);
+        let data = vec![0x5a; payload];
+        for _ in 0..count {
+            let sent = client.send_to(&data, to).expect("sending a datagram");
+            assert_eq!(sent, payload);
+        }
+        count * (UDP_OVERHEAD + payload as u64)
+    }
+
+    /// One TCP exchange from A to b0's `port`: the client connects, sends `request` and
+    /// half-closes; the server (in B) reads to the end, replies and closes with `SO_LINGER`,
+    /// which returns only once the client acknowledged the server's FIN. When this returns, every
+    /// segment the client sent has been through b0. Returns the reply the client read.
+    ///
+    /// # Panics
+    /// When any step fails.
+    #[must_use]
+    pub fn tcp_exchange(&self, port: u16, request: &[u8], reply: &[u8]) -> Vec<u8> {
+        let server_addr = SocketAddrV4::new(self.server_addr(), port);
+        let listener = self
+            .server
+            .run(|| TcpListener::bind(server_addr))
+            .expect("listening in B");
+        thread::scope(|s| {
+            let server = s.spawn(move || {
+                let (mut conn, _) = listener.accept().expect("accepting");
+                conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).expect("reading the request");
+                assert_eq!(got, request, "request");
+                conn.write_all(reply).expect("writing the reply");
+                set_linger(&conn);
+                drop(conn);
+            });
+            let client_ip = self.client_addr();
+            let got = self.client.run(|| {
+                let mut conn = TcpStream::connect_timeout(&server_addr.into(), TIMEOUT)
+                    .expect("connecting from A");
+                assert_eq!(conn.local_addr().expect("address").ip(), client_ip);
+                conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                conn.write_all(request).expect("writing the request");
+                conn.shutdown(Shutdown::Write).expect("half-closing");
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).expect("reading the reply");
+                got
+            });
+            server
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            got
+        })
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The size of a `T`, as socket calls take it.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("a small struct")
+}
+
+/// `SO_LINGER` on: `close` waits until the peer acknowledged everything, FIN included.
+fn set_linger(conn: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 5,
+    };
+    // SAFETY: setsockopt with a linger struct of the size given.
+    let ret = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            socklen::<libc::linger>(),
+        )
+    };
+    assert_eq!(ret, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
+/// Waits until `sock` has received `count` datagrams; returns their lengths.
+///
+/// # Panics
+/// When they do not all arrive within [`TIMEOUT`].
+#[must_use]
+pub fn recv_datagrams(sock: &UdpSocket, count: usize) -> Vec<usize> {
+    sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 2048];
+    (0..count)
+        .map(|i| match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("datagram {} of {count} did not arrive: {e}", i + 1),
+        })
+        .collect()
+}
+
+/// Datagrams `sock` receives within `wait`.
+///
+/// # Panics
+/// On a receive error other than a timeout.
+#[must_use]
+pub fn count_datagrams(sock: &UdpSocket, wait: Duration) -> usize {
+    sock.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(_) => n += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return n;
+            }
+            Err(e) => panic!("receiving: {e}"),
+        }
+    }
+}
+
+/// An `AF_PACKET` socket seeing every frame one interface receives (not the ones it sends).
+#[derive(Debug)]
+pub struct Capture {
+    fd: OwnedFd,
+    frames: Vec<Vec<u8>>,
+}
+
+impl Capture {
+    /// Starts capturing on `iface` of `ns`. Only frames that arrive after this are seen.
+    ///
+    /// # Panics
+    /// When the socket cannot be opened.
+    #[must_use]
+    pub fn open(ns: &Netns, iface: &str) -> Self {
+        let ifindex = ns.ifindex(iface);
+        let fd = ns.run(|| {
+            // Protocol 0 receives nothing until bind, which sets the protocol and the
+            // interface together: no frame of another interface slips in.
+            // SAFETY: plain socket(2) call.
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+            // SAFETY: a new descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // A receive buffer no test fills: a frame the capture dropped would read as a
+            // counter mismatch.
+            let size: libc::c_int = 8 << 20;
+            // SAFETY: setsockopt with an int of the size given.
+            let ret = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&raw const size).cast(),
+                    socklen::<libc::c_int>(),
+                )
+            };
+            assert_eq!(ret, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+            // SAFETY: an all-zero sockaddr_ll is valid.
+            let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("fits");
+            addr.sll_protocol = u16::try_from(libc::ETH_P_ALL).expect("fits").to_be();
+            addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits");
+            // SAFETY: binding to a sockaddr_ll of the size given.
+            let ret = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const addr).cast(),
+                    socklen::<libc::sockaddr_ll>(),
+                )
+            };
+            assert_eq!(ret, 0, "binding AF_PACKET: {}", io::Error::last_os_error());
+            fd
+        });
+        Self {
+            fd,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Reads what is queued, waiting up to `wait` for the first frame; returns whether any came.
+    fn read(&mut self, wait: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: polling one pollfd we own.
+        if unsafe { libc::poll(&raw mut pfd, 1, ms) } <= 0 {
+            return false;
+        }
+        let mut buf = vec![0u8; 65536];
+        let mut any = false;
+        loop {
+            // SAFETY: an all-zero sockaddr_ll is valid.
+            let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            let mut len = socklen::<libc::sockaddr_ll>();
+            // SAFETY: receiving into buffers we own, of the sizes given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut from).cast(),
+                    &raw mut len,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                let e = io::Error::last_os_error();
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "AF_PACKET recv: {e}");
+                return any;
+            };
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                self.frames.push(buf[..n].to_vec());
+                any = true;
+            }
+        }
+    }
+
+    /// Every frame received so far (what is queued now included).
+    pub fn frames(&mut self) -> &[Vec<u8>] {
+        self.read(Duration::ZERO);
+        &self.frames
+    }
+
+    /// Waits until `done` holds for the frames received so far, and returns them.
+    ///
+    /// # Panics
+    /// After [`TIMEOUT`].
+    pub fn wait(&mut self, what: &str, done: impl Fn(&[Vec<u8>]) -> bool) -> &[Vec<u8>] {
+        let deadline = Instant::now() + TIMEOUT;
+        self.read(Duration::ZERO);
+        while !done(&self.frames) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out after {TIMEOUT:?} waiting for {what}; {} frames captured",
+                self.frames.len()
+            );
+            self.read(left.min(Duration::from_millis(50)));
+        }
+        &self.frames
+    }
+}
+
+/// The transport protocol (6 or 17) and destination port of an IPv4 TCP or UDP frame.
+#[must_use]
+pub fn l4_dst(frame: &[u8]) -> Option<(u8, u16)> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let port = ip.get(ihl + 2..ihl + 4)?;
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP)
+        .then(|| (proto, u16::from_be_bytes([port[0], port[1]])))
+}
+
+/// Frames (and their bytes) to UDP `port`.
+#[must_use]
+pub fn udp_to(frames: &[Vec<u8>], port: u16) -> (u64, u64) {
+    count_to(frames, IPPROTO_UDP, port)
+}
+
+/// Frames (and their bytes) to TCP `port`.
+#[must_use]
+pub fn tcp_to(frames: &[Vec<u8>], port: u16) -> (u64, u64) {
+    count_to(frames, IPPROTO_TCP, port)
+}
+
+fn count_to(frames: &[Vec<u8>], proto: u8, port: u16) -> (u64, u64) {
+    frames
+        .iter()
+        .filter(|f| l4_dst(f) == Some((proto, port)))
+        .fold((0, 0), |(n, bytes), f| (n + 1, bytes + f.len() as u64))
+}

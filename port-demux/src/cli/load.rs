@@ -54,6 +54,13 @@ pub fn load(scope: &Scope, args: &LoadArgs, out: &mut dyn Write) -> Result<(), F
         debug: args.debug,
     };
     let (demux, report) = PortDemux::load(scope, &args.iface, &opts)?;
+    if report.stale_pins_removed {
+        writeln!(
+            out,
+            "removed stale pins of an instance that no longer ran on {}",
+            args.iface
+        )?;
+    }
     if let Some(id) = report.replaced {
         writeln!(out, "replaced XDP program id {id} on {}", args.iface)?;
     }

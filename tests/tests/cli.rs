@@ -1,0 +1,434 @@
+//! The `port-demux` binary, one process per command, against the real kernel: state lives in
+//! bpffs pins and outlives every process; refusals are one line on stderr, a non-zero exit code,
+//! and no change.
+//!
+//! Needs root, and the binary: `PORT_DEMUX_BIN`, or `target/debug/port-demux` (build it with
+//! `cargo build -p port-demux`).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode, loaded_programs},
+};
+use port_demux::{EBPF_OBJECT, PROGRAM};
+use port_demux_tests::netns::{
+    Lab, Netns, SERVER_IF, UDP_OVERHEAD, count_datagrams, poll, recv_datagrams, run, unique,
+};
+use serde_json::Value;
+
+/// How long a socket must stay silent to count as "received nothing" once port-demux has
+/// counted every frame sent to it.
+const SILENCE: Duration = Duration::from_millis(50);
+
+/// A second interface in B (a veth whose peer x1 is in B too), for a second instance or a
+/// foreign program.
+const OTHER_IF: &str = "x0";
+
+fn add_other_if(ns: &Netns) {
+    ns.ip(&[
+        "link", "add", OTHER_IF, "type", "veth", "peer", "name", "x1",
+    ]);
+    ns.ip(&["link", "set", OTHER_IF, "up"]);
+    ns.ip(&["link", "set", "x1", "up"]);
+}
+
+fn bin() -> PathBuf {
+    let path = std::env::var_os("PORT_DEMUX_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/port-demux"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no port-demux binary at {}: run `cargo build -p port-demux` or set PORT_DEMUX_BIN",
+        path.display()
+    );
+    path
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `port-demux --netns NS ARGS...`.
+fn pd(ns: &Netns, args: &[&str]) -> Run {
+    let out = Command::new(bin())
+        .arg("--netns")
+        .arg(ns.name())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run port-demux: {e}"));
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn pd_ok(ns: &Netns, args: &[&str]) -> String {
+    let run = pd(ns, args);
+    assert_eq!(run.code, Some(0), "port-demux {}: {run:?}", args.join(" "));
+    run.stdout
+}
+
+/// Runs a `--json` command that must succeed; returns its document.
+fn pd_json(ns: &Netns, args: &[&str]) -> Value {
+    let out = pd_ok(ns, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
+}
+
+/// Runs a command that must fail with one line on stderr holding every one of `wanted`;
+/// returns that line.
+fn pd_refused(ns: &Netns, args: &[&str], wanted: &[&str]) -> String {
+    let run = pd(ns, args);
+    let what = format!("port-demux {}: {run:?}", args.join(" "));
+    assert!(matches!(run.code, Some(c) if c != 0), "exit code: {what}");
+    assert_eq!(run.stderr.lines().count(), 1, "one line on stderr: {what}");
+    assert!(run.stderr.starts_with("port-demux: "), "{what}");
+    for w in wanted {
+        assert!(run.stderr.contains(w), "{w:?} missing: {what}");
+    }
+    run.stderr.trim_end().to_owned()
+}
+
+/// (packets, bytes) of a port in `stats --json`; (0, 0) when it is not listed.
+fn port_of(stats: &Value, proto: &str, port: u16) -> (u64, u64) {
+    stats["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["proto"] == proto && p["port"] == port)
+        .map_or((0, 0), |p| {
+            (
+                p["packets"].as_u64().expect("packets"),
+                p["bytes"].as_u64().expect("bytes"),
+            )
+        })
+}
+
+fn program_exists(id: u32) -> bool {
+    loaded_programs().flatten().any(|p| p.id() == id)
+}
+
+#[test]
+fn state_outlives_every_cli_process() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let out = pd_ok(ns, &["load", SERVER_IF]);
+    assert!(out.contains("loaded port-demux on b0"), "{out}");
+    pd_ok(ns, &["bind", "udp/7301", "pass"]);
+    pd_ok(ns, &["bind", "-i", SERVER_IF, "udp/7302", "drop"]);
+
+    let client = lab.udp_client();
+    let passed = lab.udp_server(7301);
+    let dropped = lab.udp_server(7302);
+    let stats = || pd_json(ns, &["stats", "--json"]);
+    let mut pass_bytes = lab.send_udp(&client, 7301, 25, 40);
+    let mut drop_bytes = lab.send_udp(&client, 7302, 12, 90);
+    assert_eq!(pass_bytes, 25 * (UDP_OVERHEAD + 40));
+    assert_eq!(recv_datagrams(&passed, 25).len(), 25);
+    let counted = poll("12 frames on udp/7302 in `stats --json`", stats, |s| {
+        port_of(s, "udp", 7302).0 >= 12
+    });
+    assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/7302 is dropped");
+    assert_eq!(port_of(&counted, "udp", 7301), (25, pass_bytes));
+    assert_eq!(port_of(&counted, "udp", 7302), (12, drop_bytes));
+    assert_eq!(counted["totals"]["packets"], 37, "{counted}");
+    assert_eq!(counted["totals"]["actions"]["drop"], 12, "{counted}");
+
+    // Every CLI process has exited: the data path keeps counting, exactly what was sent.
+    pass_bytes += lab.send_udp(&client, 7301, 10, 40);
+    drop_bytes += lab.send_udp(&client, 7302, 5, 90);
+    assert_eq!(recv_datagrams(&passed, 10).len(), 10);
+    let counted = poll("17 frames on udp/7302", stats, |s| {
+        port_of(s, "udp", 7302).0 >= 17
+    });
+    assert_eq!(port_of(&counted, "udp", 7301), (25 + 10, pass_bytes));
+    assert_eq!(port_of(&counted, "udp", 7302), (12 + 5, drop_bytes));
+    let totals = &counted["totals"];
+    assert_eq!(totals["packets"], 52, "{counted}");
+    assert_eq!(totals["actions"]["pass"], 35, "{counted}");
+    assert_eq!(totals["actions"]["drop"], 17, "{counted}");
+    assert_eq!(totals["outcomes"]["demuxed"], 52, "{counted}");
+
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    assert_eq!(
+        bindings,
+        serde_json::json!({
+            "interface": "b0",
+            "bindings": [
+                {"proto": "udp", "first": 7301, "last": 7301, "action": "pass", "owner": ""},
+                {"proto": "udp", "first": 7302, "last": 7302, "action": "drop", "owner": ""},
+            ],
+        })
+    );
+    let doc = pd_json(ns, &["status", "--json"]);
+    let instances = doc["interfaces"].as_array().expect("interfaces");
+    assert_eq!(instances.len(), 1, "{doc}");
+    let instance = &instances[0];
+    assert_eq!(instance["interface"], "b0");
+    assert_eq!(instance["attached"], true);
+    assert_eq!(instance["bound_ports"], 2);
+    let prog_id =
+        u32::try_from(instance["program_id"].as_u64().expect("program_id")).expect("a u32 id");
+    assert!(program_exists(prog_id), "program {prog_id} is not loaded");
+    assert_eq!(ns.xdp_prog(SERVER_IF), Some(prog_id), "attached to b0");
+    let pins = PathBuf::from(instance["pins"].as_str().expect("pins"));
+    assert!(pins.starts_with(ns.pin_dir()), "{}", pins.display());
+
+    let out = pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(out.contains("unloaded port-demux from b0"), "{out}");
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    assert!(!ns.pin_dir().exists(), "{} left", ns.pin_dir().display());
+    assert_eq!(ns.xdp_prog(SERVER_IF), None, "b0 still has an XDP program");
+    // The kernel frees the program once its last reference (the link pin) is gone.
+    poll(
+        &format!("program {prog_id} to be freed"),
+        || program_exists(prog_id),
+        |exists| !exists,
+    );
+    let out = pd_ok(ns, &["status", "--json"]);
+    assert_eq!(out.trim(), r#"{"interfaces":[]}"#);
+
+    // Without port-demux the formerly dropped port gets its datagrams.
+    let _ = lab.send_udp(&client, 7302, 3, 90);
+    assert_eq!(recv_datagrams(&dropped, 3), vec![90; 3]);
+}
+
+#[test]
+fn cli_refusals_change_nothing() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    pd_ok(ns, &["load", SERVER_IF]);
+    pd_ok(ns, &["bind", "udp/7401", "pass", "--owner", "alpha"]);
+    pd_ok(ns, &["bind", "tcp/9000-9099", "drop"]);
+    let bindings = || pd_json(ns, &["bindings", "--json"]);
+    let status = || pd_json(ns, &["status", "--json"]);
+    let (bindings_before, status_before) = (bindings(), status());
+    assert_eq!(
+        bindings_before["bindings"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["bind", "udp/70000", "drop"], &["70000", "out of range"]),
+        (&["bind", "sctp/80", "drop"], &["sctp", "unknown protocol"]),
+        (
+            &["bind", "udp/7402", "reject"],
+            &["reject", "unknown action"],
+        ),
+        (&["load", "nosuch0"], &["nosuch0", "no interface"]),
+        (
+            &["bind", "-i", "lo", "udp/7402", "drop"],
+            &["not loaded on lo"],
+        ),
+        (&["stats", "-i", "lo"], &["not loaded on lo"]),
+        (
+            &["bind", "udp/7401", "drop"],
+            &["udp/7401", "already bound to pass", "alpha", "--replace"],
+        ),
+        (
+            &["bind", "tcp/9050-9150", "pass"],
+            &["tcp/9050", "already bound to drop"],
+        ),
+        (&["unbind", "udp/7999"], &["udp/7999", "is not bound"]),
+        (&["unbind", "tcp/9090-9110"], &["tcp/9100", "is not bound"]),
+        (
+            &["bind", "udp/7403", "redirect:nosuchif"],
+            &["nosuchif", "no such interface"],
+        ),
+        (&["load", SERVER_IF], &["already loaded on b0"]),
+        (&["unload", "lo"], &["not loaded on lo"]),
+        (&["bind", "udp/7404"], &["required", "<ACTION>"]),
+        (
+            &["load", SERVER_IF, "--mode", "turbo"],
+            &["turbo", "--mode"],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let line = pd_refused(ns, args, wanted);
+        assert_eq!(bindings(), bindings_before, "after {args:?}: {line}");
+        assert_eq!(status(), status_before, "after {args:?}: {line}");
+    }
+
+    // What the conflict message suggests works: --replace changes the action.
+    pd_ok(ns, &["bind", "udp/7401", "drop", "--replace"]);
+    let mut expected = bindings_before;
+    expected["bindings"][1] = serde_json::json!(
+        {"proto": "udp", "first": 7401, "last": 7401, "action": "drop", "owner": ""}
+    );
+    assert_eq!(bindings(), expected);
+    pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+/// Loads port-demux's own object as a program port-demux does not manage (no pins of its
+/// own), in the calling thread's namespace; `then` attaches or pins it. Returns the loader, which
+/// owns the program and what `then` attached, and the program's id.
+fn foreign_program(then: impl FnOnce(&mut Xdp)) -> (Ebpf, u32) {
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .expect("loading the object");
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .expect("the program")
+        .try_into()
+        .expect("an XDP program");
+    prog.load().expect("loading the program");
+    then(prog);
+    let id = prog.info().expect("program info").id();
+    (ebpf, id)
+}
+
+/// A pin of a program outside port-demux's folder, removed on drop.
+struct ForeignPin(PathBuf);
+
+impl Drop for ForeignPin {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn cli_refuses_a_foreign_xdp_program() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    add_other_if(ns);
+    pd_ok(ns, &["load", SERVER_IF]);
+    pd_ok(ns, &["bind", "udp/7501", "drop"]);
+    let (bindings_before, status_before) = (
+        pd_json(ns, &["bindings", "--json"]),
+        pd_json(ns, &["status", "--json"]),
+    );
+    let unchanged = |after: &str, foreign: u32| {
+        assert_eq!(ns.xdp_prog(OTHER_IF), Some(foreign), "{after}");
+        assert_eq!(
+            pd_json(ns, &["bindings", "--json"]),
+            bindings_before,
+            "{after}"
+        );
+        assert_eq!(pd_json(ns, &["status", "--json"]), status_before, "{after}");
+        assert_eq!(
+            ns.scope().loaded().expect("loaded"),
+            vec![SERVER_IF.to_owned()],
+            "{after}"
+        );
+    };
+
+    // A program this test attaches through a bpf_link it holds.
+    let ifindex = ns.ifindex(OTHER_IF);
+    let (ebpf, prog_id) = ns.run(|| {
+        foreign_program(|prog| {
+            prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                .expect("attaching");
+        })
+    });
+    let id = prog_id.to_string();
+    pd_refused(
+        ns,
+        &["load", OTHER_IF],
+        &[OTHER_IF, &id, "did not load", "--force"],
+    );
+    unchanged("load without --force", prog_id);
+    pd_refused(
+        ns,
+        &["load", OTHER_IF, "--force"],
+        &[OTHER_IF, &id, "bpf_link"],
+    );
+    unchanged("load --force over a bpf_link", prog_id);
+    drop(ebpf);
+    assert_eq!(
+        ns.xdp_prog(OTHER_IF),
+        None,
+        "the link's program outlived the link"
+    );
+
+    // The same program attached over netlink (by `ip`): --force replaces it.
+    let pin = ForeignPin(PathBuf::from(format!(
+        "/sys/fs/bpf/pdt-{}-{}-foreign",
+        std::process::id(),
+        unique()
+    )));
+    // Only the pin holds it once the loader is gone.
+    let (_, prog_id) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
+    let pin_path = pin.0.to_str().expect("UTF-8");
+    // Not `ip -n`: it remounts /sys in a mount namespace of its own, hiding /sys/fs/bpf. A child
+    // spawned from a thread inside B runs in B and sees the host's mounts.
+    ns.run(|| {
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                "dev",
+                OTHER_IF,
+                "xdpgeneric",
+                "pinned",
+                pin_path,
+            ],
+        );
+    });
+    let id = prog_id.to_string();
+    pd_refused(
+        ns,
+        &["load", OTHER_IF],
+        &[OTHER_IF, &id, "did not load", "--force"],
+    );
+    unchanged("load without --force", prog_id);
+    let out = pd_ok(ns, &["load", OTHER_IF, "--force"]);
+    assert!(
+        out.contains(&format!("replaced XDP program id {id} on x0")),
+        "{out}"
+    );
+    let doc = pd_json(ns, &["status", "--json"]);
+    let x0 = &doc["interfaces"][1];
+    assert_eq!(
+        (&x0["interface"], &x0["attached"]),
+        (&"x0".into(), &true.into())
+    );
+    assert_ne!(x0["program_id"], prog_id);
+    let ours = u32::try_from(x0["program_id"].as_u64().expect("program_id")).expect("a u32 id");
+    assert_eq!(ns.xdp_prog(OTHER_IF), Some(ours), "attached to x0");
+    pd_ok(ns, &["unload", OTHER_IF]);
+    pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+#[test]
+fn cli_asks_which_interface_when_several_are_loaded() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    add_other_if(ns);
+    pd_refused(ns, &["bindings"], &["not loaded on any interface", "load"]);
+    pd_ok(ns, &["load", SERVER_IF]);
+    pd_ok(ns, &["bind", "udp/7601", "drop"]);
+    pd_ok(ns, &["load", OTHER_IF, "--mode", "skb"]);
+    let state = || {
+        (
+            pd_json(ns, &["bindings", "--json", "-i", SERVER_IF]),
+            pd_json(ns, &["bindings", "--json", "-i", OTHER_IF]),
+        )
+    };
+    let before = state();
+    for args in [
+        &["bindings", "--json"][..],
+        &["stats"],
+        &["bind", "udp/7602", "drop"],
+        &["unbind", "udp/7601"],
+    ] {
+        let line = pd_refused(ns, args, &["b0, x0", "-i"]);
+        assert_eq!(state(), before, "after {args:?}: {line}");
+    }
+    pd_ok(ns, &["unload", OTHER_IF]);
+    pd_ok(ns, &["unload", SERVER_IF]);
+}
