@@ -94,14 +94,19 @@ fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
         act = DEFAULT_ACTION.load();
     }
     aya_log_ebpf::debug!(ctx, "port index {} action {}", index, act);
-    match act {
-        action::DROP => (cell(outcome::DEMUXED, taken::DROP), XDP_DROP),
-        action::REDIRECT => match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
+    if act == action::REDIRECT {
+        return match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
             Ok(ret) => (cell(outcome::DEMUXED, taken::REDIRECT), ret),
             Err(_) => (cell(outcome::DEMUXED, taken::REDIRECT_FALLBACK), XDP_PASS),
-        },
-        _ => (cell(outcome::DEMUXED, taken::PASS), XDP_PASS),
+        };
     }
+    // Pass or drop, without a branch: the DEMUXED row's PASS and DROP cells are 0 and 1, and
+    // XDP_DROP is XDP_PASS - 1. Anything but DROP passes.
+    let drop = usize::from(act == action::DROP);
+    const _: () = assert!(cell(outcome::DEMUXED, taken::PASS) == 0);
+    const _: () = assert!(cell(outcome::DEMUXED, taken::DROP) == 1);
+    const _: () = assert!(XDP_DROP == XDP_PASS - 1);
+    (drop, XDP_PASS - drop as u32)
 }
 
 #[cfg(not(test))]

@@ -2,7 +2,10 @@
 
 use std::{
     fs, io,
-    os::fd::{AsFd as _, OwnedFd},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::DirBuilderExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -267,7 +270,12 @@ impl PortDemux {
             pin_name(iface)
         ));
         remove_pins(&tmp)?;
-        fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
+        // Root's only, like the folders above it: a group granted read access later gets it
+        // folder by folder (see the README).
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
         match load_into(scope, iface, ifindex, *opts, &tmp) {
             Ok((mode, fallback_reason, prog_id)) => {
                 fs::rename(&tmp, &dir).map_err(|e| {
@@ -384,13 +392,14 @@ impl PortDemux {
     /// unprocessed. Refused when the pins' layout differs from this build's.
     ///
     /// # Errors
-    /// [`Error::NotLoaded`], [`Error::Layout`], load or update failures.
+    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], load or update failures.
     ///
     /// # Panics
     /// Never: the embedded object always has the XDP program.
     pub fn upgrade(scope: &Scope, iface: &str, debug: bool) -> Result<UpgradeReport> {
         let this = Self::open(scope, iface)?;
         let _lock = DirLock::exclusive(&this.dir)?;
+        this.check_attached()?;
         let dir = &this.dir;
         let log_level: u8 = if debug {
             aya_log::Level::Debug as u8
@@ -479,7 +488,8 @@ impl PortDemux {
     /// conflict unless `opts.replace`.
     ///
     /// # Errors
-    /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`].
+    /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`],
+    /// [`Error::Detached`].
     pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
         if opts.owner.len() > OWNER_LEN {
             return Err(Error::BadSpec(format!(
@@ -488,6 +498,7 @@ impl PortDemux {
             )));
         }
         let _lock = DirLock::exclusive(&self.dir)?;
+        self.check_attached()?;
         let current = self.read_bindings()?;
         if !opts.replace
             && let Some(port) = ports.ports().find(|&p| {
@@ -527,9 +538,10 @@ impl PortDemux {
     /// Removes the bindings of every port of `ports`; all or nothing: every one must be bound.
     ///
     /// # Errors
-    /// [`Error::NotBound`].
+    /// [`Error::NotBound`], [`Error::Detached`].
     pub fn unbind(&self, ports: PortSpec) -> Result<()> {
         let _lock = DirLock::exclusive(&self.dir)?;
+        self.check_attached()?;
         let current = self.read_bindings()?;
         if let Some(port) = ports.ports().find(|&p| {
             current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
@@ -690,6 +702,34 @@ impl PortDemux {
         })
     }
 
+    /// Refuses to change an instance whose program no longer runs on its interface (the
+    /// interface was deleted, or the program detached behind port-demux's back): a binding
+    /// written there would report success and apply to nothing.
+    fn check_attached(&self) -> Result<()> {
+        let link_path = self.dir.join(LINK_PIN);
+        let link: FdLink = PinnedLink::from_pin(&link_path)
+            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
+            .into();
+        let prog_id = link
+            .info()
+            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
+            .program_id();
+        let ifindex = self.meta.ifindex;
+        let detail = match self.scope.run(|| netlink::xdp_query(ifindex))? {
+            Ok(Some(a)) if a.prog_id == prog_id => return Ok(()),
+            Ok(Some(a)) => format!("{} runs XDP program id {} instead", self.iface, a.prog_id),
+            Ok(None) => format!("{} has no XDP program", self.iface),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                format!("interface index {ifindex} is gone{}", self.scope.where_())
+            }
+            Err(e) => return Err(Error::io("cannot query XDP on", &self.iface, e)),
+        };
+        Err(Error::Detached {
+            iface: self.iface.clone(),
+            detail,
+        })
+    }
+
     /// Reads the whole `BINDINGS` array.
     fn read_bindings(&self) -> Result<Vec<Binding>> {
         let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
@@ -835,17 +875,24 @@ fn check_ifname(iface: &str) -> Result<()> {
 fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
     let open = |(name, map_type, value_size, max_entries): (&str, u32, u32, u32)| {
         let path = dir.join(name);
-        let fd = sys::obj_get(&path, false).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::Layout {
-                    path: dir.to_owned(),
-                    found: 0,
-                    expected: LAYOUT_VERSION,
+        // Read-write for root; read-only for a group granted read access to the pins (see the
+        // README), whose writes then fail with a privileges error.
+        let fd = sys::obj_get(&path, false)
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => sys::obj_get(&path, true),
+                _ => Err(e),
+            })
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Error::Layout {
+                        path: dir.to_owned(),
+                        found: 0,
+                        expected: LAYOUT_VERSION,
+                    }
+                } else {
+                    Error::io("cannot open", &path, e)
                 }
-            } else {
-                Error::io("cannot open", &path, e)
-            }
-        })?;
+            })?;
         let info = sys::map_info(fd.as_fd()).map_err(|e| Error::io("cannot inspect", &path, e))?;
         if (
             info.map_type,

@@ -1,1 +1,602 @@
-//! The XDP program loaded (unattached, unpinned) for BPF_PROG_TEST_RUN.
+//! The XDP program loaded (unattached, unpinned) for `BPF_PROG_TEST_RUN`.
+//!
+//! A [`Harness`] owns one private instance of the program and its maps: nothing is pinned or
+//! attached, so harnesses do not see each other or a running `port-demux`. It keeps a shadow
+//! of the bindings and devmap slots it wrote, so that it can also say what the reference model
+//! ([`port_demux_common::model::classify`]) expects of a frame and check the program against it.
+
+use std::{collections::HashMap, os::fd::AsFd as _};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, IterableMap as _, MapData, PerCpuArray},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
+};
+use port_demux::{EBPF_OBJECT, PROGRAM};
+use port_demux_common::{
+    BINDINGS_LEN, Binding, GlobalCounters, PortCounters, REDIRECT_SLOTS, action,
+    model::{self, Verdict},
+    outcome, taken,
+};
+
+use crate::frames::to_hex;
+
+/// `XDP_ABORTED`: no frame may ever get it.
+pub const XDP_ABORTED: u32 = 0;
+pub use port_demux_common::model::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
+
+/// Interface index of `lo`, which exists in every network namespace: a valid devmap target.
+pub const LO_IFINDEX: u32 = 1;
+
+/// A binding with `act` ([`action`]) and `slot`, and the owner "test".
+#[must_use]
+pub fn binding(act: u32, slot: u32) -> Binding {
+    let mut owner = [0u8; port_demux_common::OWNER_LEN];
+    owner[..4].copy_from_slice(b"test");
+    Binding {
+        action: act,
+        slot,
+        owner,
+    }
+}
+
+/// The empty binding (unbound port).
+#[must_use]
+pub fn unbound() -> Binding {
+    bytemuck::Zeroable::zeroed()
+}
+
+/// `a - b`, cell by cell (wrapping, so a decrease shows as a huge delta).
+#[must_use]
+pub fn globals_delta(a: &GlobalCounters, b: &GlobalCounters) -> GlobalCounters {
+    let mut d = GlobalCounters::default();
+    for (d, (a, b)) in d.frames.iter_mut().zip(a.frames.iter().zip(&b.frames)) {
+        *d = a.wrapping_sub(*b);
+    }
+    d
+}
+
+/// `a - b`, field by field (wrapping).
+#[must_use]
+pub fn port_delta(a: &PortCounters, b: &PortCounters) -> PortCounters {
+    PortCounters {
+        packets: a.packets.wrapping_sub(b.packets),
+        bytes: a.bytes.wrapping_sub(b.bytes),
+    }
+}
+
+/// The global counter delta of one frame counted under `outcome` and `taken`: its
+/// (outcome, taken) cell +1, nothing else.
+#[must_use]
+pub fn one_frame(outcome: usize, taken: usize) -> GlobalCounters {
+    let mut d = GlobalCounters::default();
+    d.frames[outcome * taken::COUNT + taken] = 1;
+    d
+}
+
+/// The global counter delta of one frame classified as `verdict`.
+#[must_use]
+pub fn expected_globals(verdict: &Verdict) -> GlobalCounters {
+    one_frame(verdict.outcome, verdict.taken)
+}
+
+/// Names of the non-zero cells of `g`, for messages: `demuxed/drop=3 malformed/pass=1`.
+#[must_use]
+pub fn describe_globals(g: &GlobalCounters) -> String {
+    let mut parts = Vec::new();
+    for (o, oname) in outcome::NAMES.iter().enumerate() {
+        for (t, tname) in taken::NAMES.iter().enumerate() {
+            let n = g.get(o, t);
+            if n != 0 {
+                parts.push(format!("{oname}/{tname}={}", n.cast_signed()));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Every counter of an instance, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `GLOBALS`.
+    pub globals: GlobalCounters,
+    /// `PORT_STATS`, all [`BINDINGS_LEN`] entries.
+    pub ports: Vec<PortCounters>,
+}
+
+/// One private instance of the XDP program, for `BPF_PROG_TEST_RUN`.
+pub struct Harness {
+    ebpf: Ebpf,
+    bindings: Array<MapData, Binding>,
+    port_stats: PerCpuArray<MapData, PortCounters>,
+    globals: PerCpuArray<MapData, GlobalCounters>,
+    redirect: DevMap<MapData>,
+    default_action: u32,
+    cpus: usize,
+    /// Non-empty bindings written, by index.
+    shadow_bindings: HashMap<u32, Binding>,
+    /// Devmap slots filled.
+    shadow_slots: [bool; REDIRECT_SLOTS as usize],
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("default_action", &self.default_action)
+            .field("bindings", &self.shadow_bindings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// Loads the program with `default_action` ([`action::PASS`] or [`action::DROP`]) for
+    /// unbound ports and debug logging off; nothing is pinned or attached.
+    ///
+    /// # Errors
+    /// When the object does not load (not root, verifier rejection, ...).
+    pub fn new(default_action: u32) -> Result<Self> {
+        let log_level = 0u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DEFAULT_ACTION", &default_action, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)
+            .context("cannot load the eBPF object (are we root?)")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
+            .try_into()?;
+        prog.load().context("the verifier rejected the program")?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the object has no map {name}"))
+        };
+        let bindings = Array::try_from(take("BINDINGS")?)?;
+        let port_stats = PerCpuArray::try_from(take("PORT_STATS")?)?;
+        let globals = PerCpuArray::try_from(take("GLOBALS")?)?;
+        let redirect = DevMap::try_from(take("REDIRECT")?)?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| anyhow!("cannot count the possible CPUs ({what}): {e}"))?;
+        Ok(Self {
+            ebpf,
+            bindings,
+            port_stats,
+            globals,
+            redirect,
+            default_action,
+            cpus,
+            shadow_bindings: HashMap::new(),
+            shadow_slots: [false; REDIRECT_SLOTS as usize],
+        })
+    }
+
+    /// The default action the program was loaded with.
+    #[must_use]
+    pub fn default_action(&self) -> u32 {
+        self.default_action
+    }
+
+    fn prog(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .expect("the program is there")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run (e.g. `EINVAL` for a frame shorter than 14 bytes).
+    pub fn try_run(&self, frame: &[u8]) -> Result<u32, ProgramError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        Ok(self.prog().test_run(opts)?.return_value)
+    }
+
+    /// Runs the program once on `frame` and returns its XDP action.
+    ///
+    /// # Panics
+    /// When the kernel refuses the run, or the program returns `XDP_ABORTED`.
+    #[must_use]
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        let ret = self.try_run(frame).unwrap_or_else(|e| {
+            panic!(
+                "`BPF_PROG_TEST_RUN` failed on a {}-byte frame: {e:?}\n{}",
+                frame.len(),
+                to_hex(frame)
+            )
+        });
+        assert_ne!(
+            ret,
+            XDP_ABORTED,
+            "XDP_ABORTED on a {}-byte frame:\n{}",
+            frame.len(),
+            to_hex(frame)
+        );
+        ret
+    }
+
+    /// Writes the binding at `index` (a `port_index`).
+    ///
+    /// # Panics
+    /// When the map update fails.
+    pub fn set_binding(&mut self, index: u32, value: Binding) {
+        self.bindings
+            .set(index, value, 0)
+            .unwrap_or_else(|e| panic!("cannot set binding {index}: {e}"));
+        if value == unbound() {
+            self.shadow_bindings.remove(&index);
+        } else {
+            self.shadow_bindings.insert(index, value);
+        }
+    }
+
+    /// Removes every binding written through [`set_binding`](Self::set_binding).
+    pub fn clear_bindings(&mut self) {
+        let indices: Vec<u32> = self.shadow_bindings.keys().copied().collect();
+        for index in indices {
+            self.set_binding(index, unbound());
+        }
+    }
+
+    /// The binding at `index`, read from the map.
+    ///
+    /// # Panics
+    /// When the map lookup fails.
+    #[must_use]
+    pub fn binding(&self, index: u32) -> Binding {
+        self.bindings
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("cannot read binding {index}: {e}"))
+    }
+
+    /// Points devmap `slot` at interface `ifindex` (use [`LO_IFINDEX`]).
+    ///
+    /// # Panics
+    /// When the map update fails.
+    pub fn set_slot(&mut self, slot: u32, ifindex: u32) {
+        self.redirect
+            .set(slot, ifindex, None, 0)
+            .unwrap_or_else(|e| panic!("cannot fill devmap slot {slot}: {e}"));
+        self.shadow_slots[slot as usize] = true;
+    }
+
+    /// Empties devmap `slot` (aya's `DevMap` has no delete: a raw `BPF_MAP_DELETE_ELEM`).
+    ///
+    /// # Panics
+    /// When the delete fails for another reason than an already empty slot.
+    pub fn clear_slot(&mut self, slot: u32) {
+        sys::delete(self.redirect.map().fd().as_fd(), slot)
+            .unwrap_or_else(|e| panic!("cannot empty devmap slot {slot}: {e}"));
+        self.shadow_slots[slot as usize] = false;
+    }
+
+    /// Whether devmap `slot` is filled, as far as this harness wrote it.
+    #[must_use]
+    pub fn slot_filled(&self, slot: u32) -> bool {
+        self.shadow_slots
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// `GLOBALS`, summed over CPUs.
+    ///
+    /// # Panics
+    /// When the map lookup fails.
+    #[must_use]
+    pub fn globals(&self) -> GlobalCounters {
+        let per_cpu = self.globals.get(&0, 0).expect("cannot read GLOBALS");
+        let mut sum = GlobalCounters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        sum
+    }
+
+    /// `PORT_STATS[index]`, summed over CPUs.
+    ///
+    /// # Panics
+    /// When the map lookup fails.
+    #[must_use]
+    pub fn port(&self, index: u32) -> PortCounters {
+        let per_cpu = self
+            .port_stats
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("cannot read PORT_STATS[{index}]: {e}"));
+        per_cpu
+            .iter()
+            .fold(PortCounters::default(), |acc, c| PortCounters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            })
+    }
+
+    /// All of `PORT_STATS`, summed over CPUs, in one batch lookup.
+    ///
+    /// # Panics
+    /// When the batch lookup fails.
+    #[must_use]
+    pub fn ports(&self) -> Vec<PortCounters> {
+        let stride = size_of::<PortCounters>() * self.cpus;
+        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
+        sys::lookup_batch(
+            self.port_stats.map().fd().as_fd(),
+            BINDINGS_LEN,
+            stride,
+            &mut raw,
+        )
+        .expect("cannot batch-read PORT_STATS");
+        raw.chunks_exact(stride)
+            .map(|per_cpu| {
+                per_cpu
+                    .chunks_exact(size_of::<PortCounters>())
+                    .map(bytemuck::pod_read_unaligned::<PortCounters>)
+                    .fold(PortCounters::default(), |acc, c| PortCounters {
+                        packets: acc.packets + c.packets,
+                        bytes: acc.bytes + c.bytes,
+                    })
+            })
+            .collect()
+    }
+
+    /// Every counter, summed over CPUs.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            globals: self.globals(),
+            ports: self.ports(),
+        }
+    }
+
+    /// What the reference model does with `frame`, given the bindings and slots written
+    /// through this harness and its default action.
+    #[must_use]
+    pub fn model(&self, frame: &[u8]) -> Verdict {
+        model::classify(
+            frame,
+            |index| {
+                self.shadow_bindings
+                    .get(&index)
+                    .copied()
+                    .unwrap_or_else(unbound)
+            },
+            self.default_action,
+            |slot| self.slot_filled(slot),
+        )
+    }
+
+    /// Runs `frame` and checks the program against the model: the same XDP action, exactly the
+    /// model's (outcome, action taken) global cell +1 and no other, and the port counter of a
+    /// demultiplexed frame by one packet and its length. With `all_ports`, also
+    /// checks that no other `PORT_STATS` entry moved (two batch reads of the whole array).
+    ///
+    /// # Errors
+    /// What disagrees.
+    pub fn check(&self, frame: &[u8], all_ports: bool) -> Result<Verdict, Box<Mismatch>> {
+        let verdict = self.model(frame);
+        let mut m = Box::<Mismatch>::default();
+        let globals_before = self.globals();
+        let ports_before = if all_ports {
+            self.ports()
+        } else {
+            verdict
+                .port_index
+                .map(|i| vec![self.port(i)])
+                .unwrap_or_default()
+        };
+        let ret = match self.try_run(frame) {
+            Ok(ret) => ret,
+            Err(e) => {
+                m.refused = Some(format!("{e:?}"));
+                return Err(m);
+            }
+        };
+        if ret != verdict.xdp_action {
+            m.action = Some((ret, verdict));
+        }
+        let delta = globals_delta(&self.globals(), &globals_before);
+        let want = expected_globals(&verdict);
+        if delta != want {
+            m.globals = Some((delta, want));
+        }
+        let port_want = PortCounters {
+            packets: 1,
+            bytes: frame.len() as u64,
+        };
+        if all_ports {
+            let after = self.ports();
+            for (i, (a, b)) in (0u32..).zip(after.iter().zip(&ports_before)) {
+                let d = port_delta(a, b);
+                let w = if verdict.port_index == Some(i) {
+                    port_want
+                } else {
+                    PortCounters::default()
+                };
+                if d != w {
+                    m.ports.push((i, d, w));
+                }
+            }
+        } else if let Some(i) = verdict.port_index {
+            let d = port_delta(&self.port(i), &ports_before[0]);
+            if d != port_want {
+                m.ports.push((i, d, port_want));
+            }
+        }
+        if *m == Mismatch::default() {
+            Ok(verdict)
+        } else {
+            Err(m)
+        }
+    }
+}
+
+/// How the program disagreed with the model on one frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The kernel refused the run (its error).
+    pub refused: Option<String>,
+    /// The program's XDP action and the model's verdict, when the actions differ.
+    pub action: Option<(u32, Verdict)>,
+    /// The `GLOBALS` delta and the model's, when they differ.
+    pub globals: Option<(GlobalCounters, GlobalCounters)>,
+    /// `PORT_STATS` entries whose delta differs: index, delta, the model's delta.
+    pub ports: Vec<(u32, PortCounters, PortCounters)>,
+}
+
+impl Mismatch {
+    /// Which checks failed, as a bit set (refused, action, globals, ports): the minimiser keeps
+    /// a candidate only if it fails the same way.
+    #[must_use]
+    pub fn kind(&self) -> u8 {
+        u8::from(self.refused.is_some())
+            | u8::from(self.action.is_some()) << 1
+            | u8::from(self.globals.is_some()) << 2
+            | u8::from(!self.ports.is_empty()) << 3
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(e) = &self.refused {
+            parts.push(format!("test run refused: {e}"));
+        }
+        if let Some((ret, v)) = &self.action {
+            parts.push(format!("XDP action {ret}, model {} ({v:?})", v.xdp_action));
+        }
+        if let Some((got, want)) = &self.globals {
+            parts.push(format!(
+                "GLOBALS delta {}, model {}",
+                describe_globals(got),
+                describe_globals(want)
+            ));
+        }
+        for (i, got, want) in &self.ports {
+            parts.push(format!("PORT_STATS[{i}] delta {got:?}, model {want:?}"));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// The (action, slot) bindings a regression frame's (protocol, port) is replayed under, with
+/// devmap slot 0 filled and slot 1 empty: unbound, pass, drop, redirect to a filled slot, to
+/// an empty slot and to a slot outside the devmap.
+pub const REPLAY_BINDINGS: [(u32, u32); 6] = [
+    (action::UNBOUND, 0),
+    (action::PASS, 0),
+    (action::DROP, 0),
+    (action::REDIRECT, 0),
+    (action::REDIRECT, 1),
+    (action::REDIRECT, REDIRECT_SLOTS + 3),
+];
+
+/// The two `bpf(2)` commands aya lacks here: delete on a devmap, and batch lookup (one
+/// syscall for the 131,072 entries of `PORT_STATS` instead of one each).
+mod sys {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, BorrowedFd},
+    };
+
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+        // SAFETY: `attr` is a valid `union bpf_attr` prefix for `cmd`, of the size passed.
+        let ret =
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Deletes `key` from an array-like map; an absent key is fine.
+    pub fn delete(fd: BorrowedFd<'_>, key: u32) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd().cast_unsigned(),
+            key: std::ptr::from_ref(&key) as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads all `len` values (`value_size` bytes each; per-CPU values: rounded size times
+    /// possible CPUs) of an array map into `values`.
+    pub fn lookup_batch(
+        fd: BorrowedFd<'_>,
+        len: u32,
+        value_size: usize,
+        values: &mut [u8],
+    ) -> io::Result<()> {
+        assert_eq!(values.len(), len as usize * value_size, "value buffer size");
+        let mut keys = vec![0u32; len as usize];
+        let (mut in_batch, mut out_batch, mut done) = (0u32, 0u32, 0u32);
+        while done < len {
+            let mut attr = BatchAttr {
+                in_batch: if done == 0 {
+                    0
+                } else {
+                    std::ptr::from_ref(&in_batch) as u64
+                },
+                out_batch: std::ptr::from_mut(&mut out_batch) as u64,
+                keys: keys[done as usize..].as_mut_ptr() as u64,
+                values: values[done as usize * value_size..].as_mut_ptr() as u64,
+                count: len - done,
+                map_fd: fd.as_raw_fd().cast_unsigned(),
+                ..BatchAttr::default()
+            };
+            let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            done += attr.count;
+            match result {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+            in_batch = out_batch;
+        }
+        if done == len {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "batch lookup read {done} of {len}"
+            )))
+        }
+    }
+}

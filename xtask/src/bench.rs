@@ -268,6 +268,7 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         let [f, d, x] = &mut samples[i];
         let (floor_ns, demux_ns) = (median(f), median(d));
         let filter_ns = (!x.is_empty()).then(|| median(x));
+
         writeln!(
             text,
             "  {name:<16} {floor_ns:>8.1} {demux_ns:>9.1} ns {:>7.2}x {:>10} {:>8} {:>12}",

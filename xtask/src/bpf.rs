@@ -127,7 +127,7 @@ struct TestRunAttr {
 }
 
 /// `BPF_PROG_TEST_RUN`: runs `prog` on `frame` `repeat` times; returns the action and the mean
-/// nanoseconds per run as the kernel measured it.
+/// nanoseconds per run as the kernel measured it (whole nanoseconds).
 pub fn test_run(prog: &OwnedFd, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestRunAttr {

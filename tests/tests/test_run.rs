@@ -1,0 +1,703 @@
+//! Crafted frames through the real XDP program with `BPF_PROG_TEST_RUN` (needs root).
+//!
+//! Every frame is checked for its exact XDP action and its exact counter deltas: its
+//! (outcome, action taken) cell of `GLOBALS` +1 and no other cell (so exactly one outcome +1
+//! and exactly one action taken +1), and for a demultiplexed frame its (protocol, port)
+//! counter +1 packet / + its length; every other `PORT_STATS` entry is checked unchanged
+//! at the end of each test (one full read before, one after). The expectations are written
+//! out from the spec, and the reference model is held to them too.
+//!
+//! Kernel facts these tests pin down (Linux 6.18, x86-64, 4 KiB pages):
+//! - `BPF_PROG_TEST_RUN` refuses XDP input shorter than an Ethernet header (14 bytes) with
+//!   `EINVAL` before the program runs, so runts below 14 bytes cannot reach it this way (nor,
+//!   in practice, from a NIC or veth). The program's own "shorter than 14" branch is therefore
+//!   unreachable here; 14..=33-byte frames cover the IPv4-header runt branch.
+//! - The program sees at most 3520 bytes linear (a page - 256 headroom - 320 shared info);
+//!   longer input becomes a multi-buffer frame of which the program (not `xdp.frags`-aware)
+//!   sees and counts only the first 3520 bytes. Input needing more than 17 fragments (about
+//!   73 KB) fails with `ENOMEM`.
+
+use std::collections::HashMap;
+
+use port_demux_common::{
+    PROTO_TCP, PROTO_UDP, PortCounters,
+    action::{self, DROP, PASS, REDIRECT},
+    model::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP},
+    outcome::{DEMUXED, FRAGMENT, MALFORMED, NOT_IPV4, NOT_TCP_UDP},
+    port_index,
+    taken::{self, REDIRECT_FALLBACK},
+};
+use port_demux_tests::{
+    frames::{
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, FrameBuilder, IP_DF, IP_MF, IP_RESERVED,
+        IPPROTO_ICMP, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, nop_options, payload, tcp, to_hex, udp,
+    },
+    test_run::{
+        Harness, LO_IFINDEX, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, binding,
+        describe_globals, globals_delta, one_frame, port_delta, unbound,
+    },
+};
+
+const UDP_PORT: u16 = 7777;
+const TCP_PORT: u16 = 8080;
+
+/// A harness plus the expectations of one test, checked frame by frame and, for `PORT_STATS`
+/// as a whole, at the end.
+struct Checker {
+    h: Harness,
+    start: Vec<PortCounters>,
+    ports: HashMap<u32, PortCounters>,
+    frames: u64,
+}
+
+impl Checker {
+    fn new(default_action: u32) -> Self {
+        let h = Harness::new(default_action).expect("load the program (run the tests as root)");
+        let start = h.ports();
+        Self {
+            h,
+            start,
+            ports: HashMap::new(),
+            frames: 0,
+        }
+    }
+
+    /// Runs `frame`, asserting its XDP action, its (outcome, action taken) global cell +1 and
+    /// no other, and for a demultiplexed frame its port counter. The model must say the same.
+    fn expect(&mut self, what: &str, frame: &[u8], xdp: u32, outcome: usize, taken: usize) {
+        let ctx = || format!("{what} ({} bytes):\n{}", frame.len(), to_hex(frame));
+        let port = (outcome == DEMUXED).then(|| {
+            let (proto, port) = port_demux_common::model::parse(frame)
+                .unwrap_or_else(|o| panic!("{}: the model does not demux it ({o})", ctx()));
+            port_index(proto, port)
+        });
+        let before = self.h.globals();
+        let port_before = port.map(|i| self.h.port(i));
+        let ret = self.h.run(frame);
+        assert_ne!(ret, XDP_ABORTED, "{}", ctx());
+        assert_eq!(ret, xdp, "XDP action of {}", ctx());
+        let want = one_frame(outcome, taken);
+        let got = globals_delta(&self.h.globals(), &before);
+        assert_eq!(
+            got,
+            want,
+            "global counters of {}: {}, want {}",
+            ctx(),
+            describe_globals(&got),
+            describe_globals(&want)
+        );
+        if let (Some(i), Some(b)) = (port, port_before) {
+            let d = port_delta(&self.h.port(i), &b);
+            let w = PortCounters {
+                packets: 1,
+                bytes: frame.len() as u64,
+            };
+            assert_eq!(d, w, "PORT_STATS[{i}] of {}", ctx());
+            let e = self.ports.entry(i).or_default();
+            e.packets += 1;
+            e.bytes += frame.len() as u64;
+        }
+        let verdict = self.h.model(frame);
+        assert_eq!(
+            (verdict.xdp_action, verdict.outcome, verdict.taken),
+            (xdp, outcome, taken),
+            "the model on {}",
+            ctx()
+        );
+        self.frames += 1;
+    }
+
+    /// Asserts an unbound frame's outcome with the default action passing it.
+    fn pass(&mut self, what: &str, frame: &[u8], outcome: usize) {
+        self.expect(what, frame, XDP_PASS, outcome, taken::PASS);
+    }
+
+    /// Every `PORT_STATS` entry moved by exactly what [`expect`](Self::expect) recorded, and
+    /// the global counters add up.
+    fn finish(self) {
+        let after = self.h.ports();
+        for (i, (a, b)) in (0u32..).zip(after.iter().zip(&self.start)) {
+            let want = self.ports.get(&i).copied().unwrap_or_default();
+            assert_eq!(port_delta(a, b), want, "PORT_STATS[{i}] over the test");
+        }
+        let g = self.h.globals();
+        assert_eq!(
+            g.outcomes().iter().sum::<u64>(),
+            self.frames,
+            "outcomes sum"
+        );
+        assert_eq!(g.taken().iter().sum::<u64>(), self.frames, "taken sum");
+    }
+}
+
+fn udp_frame() -> Vec<u8> {
+    FrameBuilder::udp(UDP_PORT, 6).build()
+}
+
+fn tcp_frame() -> Vec<u8> {
+    FrameBuilder::tcp(TCP_PORT, 6).build()
+}
+
+/// Cuts `frame` at every length from 0 to its full length: below 14 bytes the kernel refuses
+/// the run; below the IPv4 header, or with the (unchanged) total length past the end, it is
+/// malformed; whole, it is demultiplexed. Then the same cuts with the total length made to
+/// match: malformed until the whole L4 header (`l4_len`) is there.
+fn truncate_everywhere(c: &mut Checker, frame: &[u8], l4_len: usize) {
+    let hdr = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    for len in 0..TEST_RUN_MIN {
+        let before = c.h.globals();
+        let err = c.h.try_run(&frame[..len]);
+        assert!(err.is_err(), "a {len}-byte frame was run: {err:?}");
+        assert_eq!(c.h.globals(), before, "a refused run counted");
+    }
+    for len in TEST_RUN_MIN..=frame.len() {
+        let cut = &frame[..len];
+        let outcome = if len == frame.len() {
+            DEMUXED
+        } else {
+            MALFORMED
+        };
+        c.pass(&format!("cut at {len}"), cut, outcome);
+        if len >= ETH_LEN + 20 {
+            let mut fixed = cut.to_vec();
+            let total = u16::try_from(len - ETH_LEN).unwrap();
+            fixed[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+            let outcome = if len >= ETH_LEN + hdr + l4_len {
+                DEMUXED
+            } else {
+                MALFORMED
+            };
+            c.pass(
+                &format!("cut at {len}, total length fixed"),
+                &fixed,
+                outcome,
+            );
+        }
+    }
+}
+
+#[test]
+fn truncated_udp_at_every_length() {
+    let mut c = Checker::new(PASS);
+    truncate_everywhere(&mut c, &udp_frame(), 8);
+    c.finish();
+}
+
+#[test]
+fn truncated_tcp_at_every_length() {
+    let mut c = Checker::new(PASS);
+    truncate_everywhere(&mut c, &tcp_frame(), 20);
+    // With options, every cut inside them.
+    let frame = FrameBuilder::tcp(TCP_PORT, 0)
+        .options(nop_options(12))
+        .build();
+    truncate_everywhere(&mut c, &frame, 20);
+    c.finish();
+}
+
+#[test]
+fn runts() {
+    let mut c = Checker::new(PASS);
+    let frame = udp_frame();
+    for len in 0..TEST_RUN_MIN {
+        assert!(c.h.try_run(&frame[..len]).is_err(), "{len} bytes accepted");
+    }
+    // Exactly an Ethernet header, then a partial IPv4 header.
+    for len in TEST_RUN_MIN..ETH_LEN + 20 {
+        c.pass(&format!("{len}-byte IPv4 runt"), &frame[..len], MALFORMED);
+        let mut arp = frame[..len].to_vec();
+        arp[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        c.pass(&format!("{len}-byte ARP runt"), &arp, NOT_IPV4);
+    }
+    // Zeroed frames of minimal size: ethertype 0.
+    c.pass("14 zero bytes", &[0; 14], NOT_IPV4);
+    c.pass("60 zero bytes", &[0; 60], NOT_IPV4);
+    c.finish();
+}
+
+#[test]
+fn ihl_below_5_is_malformed() {
+    let mut c = Checker::new(PASS);
+    for ihl in 0..5 {
+        for b in [
+            FrameBuilder::udp(UDP_PORT, 40),
+            FrameBuilder::tcp(TCP_PORT, 40),
+        ] {
+            c.pass(&format!("IHL {ihl}"), &b.ihl(ihl).build(), MALFORMED);
+        }
+    }
+    c.finish();
+}
+
+#[test]
+fn ihl_past_the_end_is_malformed() {
+    let mut c = Checker::new(PASS);
+    for ihl in 6..=15u8 {
+        // The header claims options the datagram does not have: total length < IHL * 4 for
+        // the larger IHLs, the L4 header cut short for the others.
+        let b = FrameBuilder::udp(UDP_PORT, 0).ihl(ihl);
+        c.pass(
+            &format!("IHL {ihl}, 28-byte datagram"),
+            &b.build(),
+            MALFORMED,
+        );
+        // The total length agrees with the IHL but the frame ends first.
+        let b = b.total_len(u16::from(ihl) * 4 + 8);
+        c.pass(
+            &format!("IHL {ihl}, frame too short"),
+            &b.build(),
+            MALFORMED,
+        );
+    }
+    // IHL 15 in a frame that ends inside the options.
+    let frame = FrameBuilder::tcp(TCP_PORT, 0)
+        .options(nop_options(40))
+        .build();
+    for len in ETH_LEN + 20..ETH_LEN + 60 {
+        c.pass(&format!("IHL 15 cut at {len}"), &frame[..len], MALFORMED);
+    }
+    c.finish();
+}
+
+#[test]
+fn ihl_15_with_40_bytes_of_options_is_demuxed() {
+    let mut c = Checker::new(PASS);
+    // Options that would read as other ports if the parser ignored the IHL.
+    let decoy: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) | 1).collect();
+    for (name, options) in [("NOP", nop_options(40)), ("decoy", decoy)] {
+        let frame = FrameBuilder::udp(UDP_PORT, 4)
+            .options(options.clone())
+            .build();
+        assert_eq!(frame[ETH_LEN], 0x4f);
+        c.pass(&format!("UDP, IHL 15, {name} options"), &frame, DEMUXED);
+        let frame = FrameBuilder::tcp(TCP_PORT, 4).options(options).build();
+        c.pass(&format!("TCP, IHL 15, {name} options"), &frame, DEMUXED);
+    }
+    // Every IHL in between, to the right port each time.
+    for words in 0..=10u16 {
+        let frame = FrameBuilder::udp(1000 + words, 0)
+            .options(nop_options(usize::from(words) * 4))
+            .build();
+        c.pass(&format!("UDP with {words} option words"), &frame, DEMUXED);
+    }
+    // Binding the right port proves which port was read.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    let frame = FrameBuilder::udp(UDP_PORT, 4)
+        .options(nop_options(40))
+        .build();
+    c.expect("IHL 15, bound drop", &frame, XDP_DROP, DEMUXED, taken::DROP);
+    c.finish();
+}
+
+#[test]
+fn total_length_inconsistent_with_the_header() {
+    let mut c = Checker::new(PASS);
+    for (b, l4) in [
+        (FrameBuilder::udp(UDP_PORT, 0), 8u16),
+        (FrameBuilder::tcp(TCP_PORT, 0), 20),
+        (FrameBuilder::udp(UDP_PORT, 0).options(nop_options(8)), 8),
+    ] {
+        let hdr = u16::from(b.ihl_nibble()) * 4;
+        for total in [0, 1, 19, hdr - 1] {
+            let frame = b.clone().total_len(total).build();
+            c.pass(&format!("total {total} < IHL*4 {hdr}"), &frame, MALFORMED);
+        }
+        // No room for the L4 header inside the datagram, although the frame has it.
+        for total in [hdr, hdr + 1, hdr + l4 - 1] {
+            let frame = b.clone().total_len(total).build();
+            c.pass(&format!("total {total}, L4 {l4}"), &frame, MALFORMED);
+        }
+        let frame = b.clone().total_len(hdr + l4).build();
+        c.pass("total exactly the headers", &frame, DEMUXED);
+        // Past the end of the frame.
+        let real = u16::try_from(b.build().len() - ETH_LEN).unwrap();
+        for total in [real + 1, real + 100, u16::MAX] {
+            let frame = b.clone().total_len(total).build();
+            c.pass(&format!("total {total} > {real}"), &frame, MALFORMED);
+        }
+        // Shorter than the frame: Ethernet padding is fine.
+        let frame = b.clone().trailer(vec![0; 30]).build();
+        c.pass("padded", &frame, DEMUXED);
+    }
+    c.finish();
+}
+
+#[test]
+fn ip_version_other_than_4_is_malformed() {
+    let mut c = Checker::new(PASS);
+    for version in (0..16).filter(|&v| v != 4) {
+        let frame = FrameBuilder::udp(UDP_PORT, 8).version(version).build();
+        c.pass(&format!("version {version}"), &frame, MALFORMED);
+    }
+    c.finish();
+}
+
+#[test]
+fn fragments() {
+    let mut c = Checker::new(PASS);
+    for (b, name) in [
+        (FrameBuilder::udp(UDP_PORT, 16), "UDP"),
+        (FrameBuilder::tcp(TCP_PORT, 16), "TCP"),
+    ] {
+        // First fragment: offset 0, the L4 header is there.
+        for flags in [IP_MF, IP_MF | IP_DF, IP_DF, IP_RESERVED, 0] {
+            let frame = b.clone().flags_frag(flags).build();
+            c.pass(
+                &format!("{name} flags {flags:#06x}, offset 0"),
+                &frame,
+                DEMUXED,
+            );
+        }
+        // Non-first fragments, middle (MF) and last (no MF): no ports.
+        for offset in [1u16, 2, 100, 0x0100, 0x1000, 0x1fff] {
+            for flags in [IP_MF, 0, IP_DF, IP_RESERVED | IP_MF] {
+                let frame = b.clone().flags_frag(flags | offset).build();
+                let what = format!("{name} flags {flags:#06x}, offset {offset}");
+                c.pass(&what, &frame, FRAGMENT);
+            }
+        }
+        // A non-first fragment is a fragment even when too short to hold an L4 header.
+        let frame = b.clone().flags_frag(IP_MF | 5).total_len(20).build();
+        c.pass(&format!("{name} header-only fragment"), &frame, FRAGMENT);
+        // A malformed header stays malformed.
+        let frame = b.clone().flags_frag(7).ihl(3).build();
+        c.pass(&format!("{name} fragment with IHL 3"), &frame, MALFORMED);
+    }
+    // A non-first fragment of another protocol is counted under its protocol.
+    let frame = FrameBuilder::ip(IPPROTO_ICMP, payload(16))
+        .flags_frag(IP_MF | 3)
+        .build();
+    c.pass("ICMP fragment", &frame, NOT_TCP_UDP);
+    // Bindings do not apply to non-first fragments, even under drop.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    let frame = FrameBuilder::udp(UDP_PORT, 16).flags_frag(10).build();
+    c.pass("bound-drop port, non-first fragment", &frame, FRAGMENT);
+    let frame = FrameBuilder::udp(UDP_PORT, 16).flags_frag(IP_MF).build();
+    c.expect(
+        "bound-drop port, first fragment",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    c.finish();
+}
+
+#[test]
+fn non_ipv4_ethertypes() {
+    let mut c = Checker::new(DROP);
+    for ethertype in [
+        ETH_P_ARP,
+        ETH_P_IPV6,
+        ETH_P_8021Q,
+        ETH_P_8021AD,
+        0x0008, // IPv4 byte-swapped
+        0x0801,
+        0x07ff,
+        0x0000,
+        0xffff,
+        0x05dc, // an 802.3 length
+    ] {
+        let frame = FrameBuilder::udp(UDP_PORT, 20).ethertype(ethertype).build();
+        c.pass(&format!("EtherType {ethertype:#06x}"), &frame, NOT_IPV4);
+    }
+    // A VLAN-tagged IPv4 frame: the tag is not parsed.
+    let mut tagged = udp_frame();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+    c.pass("802.1Q-tagged IPv4", &tagged, NOT_IPV4);
+    c.finish();
+}
+
+#[test]
+fn other_ip_protocols_are_not_tcp_udp() {
+    let mut c = Checker::new(DROP);
+    for proto in [IPPROTO_ICMP, 0, 2, 41, 47, 50, 58, 132, 136, 255] {
+        let frame = FrameBuilder::ip(proto, payload(24)).build();
+        c.pass(&format!("IP protocol {proto}"), &frame, NOT_TCP_UDP);
+    }
+    // Too short for a UDP header does not matter to ICMP.
+    let frame = FrameBuilder::ip(IPPROTO_ICMP, Vec::new()).build();
+    c.pass("ICMP, no payload", &frame, NOT_TCP_UDP);
+    // A malformed IPv4 header is malformed whatever the protocol.
+    let icmp = FrameBuilder::ip(IPPROTO_ICMP, payload(24));
+    for (what, b) in [
+        ("ICMP, IHL 4", icmp.clone().ihl(4)),
+        ("ICMP, version 6", icmp.clone().version(6)),
+        ("ICMP, total 19", icmp.clone().total_len(19)),
+        ("ICMP, total 0", icmp.clone().total_len(0)),
+        ("ICMP, total past the end", icmp.clone().total_len(45)),
+        ("ICMP, IHL 15 past the total", icmp.clone().ihl(15)),
+    ] {
+        c.pass(what, &b.build(), MALFORMED);
+    }
+    let frame = icmp.clone().options(nop_options(8)).total_len(27).build();
+    c.pass("ICMP, total < IHL*4 with options", &frame, MALFORMED);
+    let frame = icmp.options(nop_options(8)).total_len(28).build();
+    c.pass("ICMP, total = IHL*4 with options", &frame, NOT_TCP_UDP);
+    c.finish();
+}
+
+#[test]
+fn bindings_apply_per_protocol_and_port() {
+    let mut c = Checker::new(PASS);
+    let udp_i = port_index(PROTO_UDP, UDP_PORT);
+    let tcp_i = port_index(PROTO_TCP, UDP_PORT);
+    // Unbound under default pass.
+    c.pass("unbound", &udp_frame(), DEMUXED);
+    // Bound drop.
+    c.h.set_binding(udp_i, binding(DROP, 0));
+    c.expect("bound drop", &udp_frame(), XDP_DROP, DEMUXED, taken::DROP);
+    // The same port number over TCP is another binding.
+    let tcp_same_port = FrameBuilder::tcp(UDP_PORT, 0).build();
+    c.pass("TCP, same port", &tcp_same_port, DEMUXED);
+    c.h.set_binding(tcp_i, binding(DROP, 0));
+    c.expect(
+        "TCP bound drop",
+        &tcp_same_port,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    // Bound pass.
+    c.h.set_binding(udp_i, binding(PASS, 0));
+    c.pass("bound pass", &udp_frame(), DEMUXED);
+    // Neighbouring ports and the edges are untouched.
+    for port in [0, 1, UDP_PORT - 1, UDP_PORT + 1, 0xff00, u16::MAX] {
+        let frame = FrameBuilder::udp(port, 0).build();
+        c.pass(&format!("UDP port {port}"), &frame, DEMUXED);
+        c.h.set_binding(port_index(PROTO_UDP, port), binding(DROP, 0));
+        c.expect(
+            &format!("UDP port {port} bound drop"),
+            &frame,
+            XDP_DROP,
+            DEMUXED,
+            1,
+        );
+    }
+    // Unbinding restores the default.
+    c.h.set_binding(tcp_i, unbound());
+    c.pass("TCP unbound again", &tcp_same_port, DEMUXED);
+    // An action value the program does not know is treated as pass.
+    c.h.set_binding(udp_i, binding(99, 0));
+    c.pass("unknown action", &udp_frame(), DEMUXED);
+    c.finish();
+}
+
+#[test]
+fn redirect_to_filled_and_empty_slots() {
+    let mut c = Checker::new(PASS);
+    let udp_i = port_index(PROTO_UDP, UDP_PORT);
+    c.h.set_slot(5, LO_IFINDEX);
+    c.h.set_binding(udp_i, binding(REDIRECT, 5));
+    c.expect(
+        "redirect, slot filled",
+        &udp_frame(),
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    // Other lengths and TCP, same slot.
+    let frame = FrameBuilder::tcp(TCP_PORT, 100).build();
+    c.h.set_binding(port_index(PROTO_TCP, TCP_PORT), binding(REDIRECT, 5));
+    c.expect(
+        "TCP redirect",
+        &frame,
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    // An empty slot: passed, counted as a fallback.
+    c.h.set_binding(udp_i, binding(REDIRECT, 6));
+    c.expect(
+        "redirect, slot empty",
+        &udp_frame(),
+        XDP_PASS,
+        DEMUXED,
+        REDIRECT_FALLBACK,
+    );
+    // The target goes away.
+    c.h.clear_slot(5);
+    c.expect(
+        "TCP, slot emptied",
+        &frame,
+        XDP_PASS,
+        DEMUXED,
+        REDIRECT_FALLBACK,
+    );
+    c.h.set_slot(5, LO_IFINDEX);
+    c.expect(
+        "TCP, slot refilled",
+        &frame,
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    // Slots outside the devmap.
+    for slot in [64, 65, 1000, u32::MAX] {
+        c.h.set_binding(udp_i, binding(REDIRECT, slot));
+        let what = format!("redirect to slot {slot}");
+        c.expect(&what, &udp_frame(), XDP_PASS, DEMUXED, REDIRECT_FALLBACK);
+    }
+    // The last slot.
+    c.h.set_slot(63, LO_IFINDEX);
+    c.h.set_binding(udp_i, binding(REDIRECT, 63));
+    c.expect(
+        "slot 63",
+        &udp_frame(),
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    c.finish();
+}
+
+#[test]
+fn default_action_drop() {
+    let mut c = Checker::new(DROP);
+    assert_eq!(c.h.default_action(), DROP);
+    // Unbound ports get the default.
+    c.expect("unbound UDP", &udp_frame(), XDP_DROP, DEMUXED, taken::DROP);
+    c.expect("unbound TCP", &tcp_frame(), XDP_DROP, DEMUXED, taken::DROP);
+    // Bindings override it.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(PASS, 0));
+    c.pass("bound pass", &udp_frame(), DEMUXED);
+    c.h.set_binding(port_index(PROTO_TCP, TCP_PORT), binding(REDIRECT, 9));
+    c.expect(
+        "redirect, empty",
+        &tcp_frame(),
+        XDP_PASS,
+        DEMUXED,
+        REDIRECT_FALLBACK,
+    );
+    c.h.set_slot(9, LO_IFINDEX);
+    c.expect(
+        "redirect",
+        &tcp_frame(),
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), unbound());
+    c.expect(
+        "unbound again",
+        &udp_frame(),
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    // An action value the program does not know is pass, not the default.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(99, 0));
+    c.pass("unknown action", &udp_frame(), DEMUXED);
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), unbound());
+    // Frames that are not demultiplexed are passed whatever the default.
+    let frame = FrameBuilder::udp(UDP_PORT, 4).ethertype(ETH_P_ARP).build();
+    c.pass("ARP", &frame, NOT_IPV4);
+    let frame = FrameBuilder::udp(UDP_PORT, 4).ihl(2).build();
+    c.pass("IHL 2", &frame, MALFORMED);
+    let frame = FrameBuilder::udp(UDP_PORT, 4).flags_frag(IP_MF | 1).build();
+    c.pass("fragment", &frame, FRAGMENT);
+    let frame = FrameBuilder::ip(IPPROTO_ICMP, payload(8)).build();
+    c.pass("ICMP", &frame, NOT_TCP_UDP);
+    c.finish();
+}
+
+#[test]
+fn default_pass_passes_unbound() {
+    let mut c = Checker::new(PASS);
+    for port in [0, 22, UDP_PORT, u16::MAX] {
+        let frame = FrameBuilder::ip(IPPROTO_UDP, udp(1, port, &[])).build();
+        c.pass(&format!("UDP {port}"), &frame, DEMUXED);
+        let frame = FrameBuilder::ip(IPPROTO_TCP, tcp(1, port, &[])).build();
+        c.pass(&format!("TCP {port}"), &frame, DEMUXED);
+    }
+    c.finish();
+}
+
+/// A UDP frame to [`UDP_PORT`] padded with zeros to `len` bytes (at least 42).
+fn padded_udp(len: usize) -> Vec<u8> {
+    FrameBuilder::udp(UDP_PORT, 0)
+        .trailer(vec![0; len - (ETH_LEN + 20 + 8)])
+        .build()
+}
+
+/// The bytes the program counts for a `len`-byte frame (on its port counter).
+fn counted(h: &Harness, len: usize) -> u64 {
+    let i = port_index(PROTO_UDP, UDP_PORT);
+    let before = h.port(i);
+    assert_eq!(h.run(&padded_udp(len)), XDP_PASS);
+    port_delta(&h.port(i), &before).bytes
+}
+
+/// The largest frame the program sees whole, found by bytes counted.
+fn linear_limit(h: &Harness) -> usize {
+    let (mut lo, mut hi) = (ETH_LEN + 28, 65_536usize);
+    while lo + 1 < hi {
+        let mid = usize::midpoint(lo, hi);
+        if counted(h, mid) == mid as u64 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+#[test]
+fn test_run_frame_size_limits() {
+    let limit = linear_limit(&Harness::new(PASS).expect("load"));
+    println!("BPF_PROG_TEST_RUN XDP linear limit: {limit} bytes");
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(limit, TEST_RUN_MAX_LINEAR);
+    }
+    assert!(limit <= TEST_RUN_MAX_LINEAR);
+    let mut checker = Checker::new(PASS);
+    // The largest whole frame, its datagram filling it.
+    let mut builder = FrameBuilder::udp(UDP_PORT, 0);
+    builder.l4.resize(limit - ETH_LEN - 20, 0xee);
+    let frame = builder.build();
+    assert_eq!(frame.len(), limit);
+    checker.pass("largest linear frame", &frame, DEMUXED);
+    let index = port_index(PROTO_UDP, UDP_PORT);
+    for len in [limit + 1, 4096, 9000, 65_000] {
+        // Longer: the program sees (and counts) the first `limit` bytes only, so a datagram
+        // whose total length covers the whole frame ends past what it sees.
+        let mut builder = FrameBuilder::udp(UDP_PORT, 0);
+        builder.l4.resize(len - ETH_LEN - 20, 0xee);
+        let frame = builder.build();
+        let before = checker.h.globals();
+        assert_eq!(checker.h.run(&frame), XDP_PASS);
+        let got = globals_delta(&checker.h.globals(), &before);
+        assert_eq!(got, one_frame(MALFORMED, taken::PASS), "{len} bytes");
+        // Headers within the first `limit` bytes: demultiplexed, counted at `limit` bytes.
+        let before = checker.h.globals();
+        let port_before = checker.h.port(index);
+        assert_eq!(checker.h.run(&padded_udp(len)), XDP_PASS);
+        let got = globals_delta(&checker.h.globals(), &before);
+        assert_eq!(got, one_frame(DEMUXED, taken::PASS), "{len} bytes");
+        let delta = port_delta(&checker.h.port(index), &port_before);
+        let want = PortCounters {
+            packets: 1,
+            bytes: limit as u64,
+        };
+        assert_eq!(delta, want, "{len} bytes");
+        let entry = checker.ports.entry(index).or_default();
+        entry.packets += 1;
+        entry.bytes += limit as u64;
+        checker.frames += 2;
+    }
+    // Far too long: refused.
+    assert!(checker.h.try_run(&vec![0u8; 200_000]).is_err());
+    checker.finish();
+}
+
+#[test]
+fn unbound_binding_reads_back_empty() {
+    // The harness writes and reads the real map.
+    let mut h = Harness::new(action::PASS).expect("load");
+    let i = port_index(PROTO_UDP, 53);
+    assert_eq!(h.binding(i), unbound());
+    h.set_binding(i, binding(DROP, 3));
+    assert_eq!(h.binding(i), binding(DROP, 3));
+    h.clear_bindings();
+    assert_eq!(h.binding(i), unbound());
+}
