@@ -102,12 +102,13 @@ fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
     }
     // Pass or drop, without a branch: the DEMUXED row's PASS and DROP cells are 0 and 1, and
     // XDP_DROP is XDP_PASS - 1. Anything but DROP passes.
-    let drop = usize::from(act == action::DROP);
-    const _: () = assert!(cell(outcome::DEMUXED, taken::PASS) == 0);
-    const _: () = assert!(cell(outcome::DEMUXED, taken::DROP) == 1);
-    const _: () = assert!(XDP_DROP == XDP_PASS - 1);
-    (drop, XDP_PASS - drop as u32)
+    let drop = act == action::DROP;
+    (usize::from(drop), XDP_PASS - u32::from(drop))
 }
+
+const _: () = assert!(cell(outcome::DEMUXED, taken::PASS) == 0);
+const _: () = assert!(cell(outcome::DEMUXED, taken::DROP) == 1);
+const _: () = assert!(XDP_DROP == XDP_PASS - 1);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -113,6 +113,18 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The nightly toolchain's `cargo` (through rustup: `cargo +nightly` needs the rustup proxy,
+/// and `cargo xtask` runs under the toolchain's own cargo).
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .current_dir(workspace())
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO");
+    cmd
+}
+
 /// Runs `cmd`, failing with its command line when it fails.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
@@ -135,20 +147,21 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    run(cargo().args(["+nightly", "fmt", "--all", "--check"]))?;
+    run(nightly_cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "port-demux-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
     // The eBPF crate in its own pass, for its own target.
-    run(cargo()
+    run(nightly_cargo()
         .current_dir(workspace().join("port-demux-ebpf"))
         .args([
-            "+nightly",
             "clippy",
             "-p",
             "port-demux-ebpf",
@@ -160,13 +173,55 @@ fn test() -> Result<()> {
             "--",
             "-D",
             "warnings",
-        ])
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+        ]))?;
     build(false)?;
     let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
-    run(cargo()
-        .args(["test", "--workspace"])
-        .env("PORT_DEMUX_BIN", &bin))
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "port-demux-ebpf",
+        "--no-fail-fast",
+    ])
+    .env("PORT_DEMUX_BIN", &bin);
+    run_counting(&mut cmd)
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one line summing every test binary's
+/// result (`tests: N passed, M failed`).
+fn run_counting(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
 }
