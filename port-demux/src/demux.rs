@@ -311,9 +311,15 @@ impl PortDemux {
         match fs::metadata(&dir) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotLoaded {
-                    iface: iface.to_owned(),
-                    where_: scope.where_(),
+                return Err(if crate::is_bpffs(scope.bpffs()) {
+                    Error::NotLoaded {
+                        iface: iface.to_owned(),
+                        where_: scope.where_(),
+                    }
+                } else {
+                    Error::NoBpffs {
+                        path: scope.bpffs().to_owned(),
+                    }
                 });
             }
             Err(e) => return Err(Error::io("cannot read", &dir, e)),
@@ -661,13 +667,8 @@ impl PortDemux {
     /// When the pins cannot be read.
     pub fn status(&self) -> Result<Status> {
         let link_path = self.dir.join(LINK_PIN);
-        let link: FdLink = PinnedLink::from_pin(&link_path)
-            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
-            .into();
-        let prog_id = link
-            .info()
-            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-            .program_id();
+        let prog_id = sys::pinned_link_prog_id(&link_path)
+            .map_err(|e| Error::io("cannot read", &link_path, e))?;
         let attached = self
             .scope
             .run(|| netlink::xdp_query(self.meta.ifindex))?
@@ -707,13 +708,8 @@ impl PortDemux {
     /// written there would report success and apply to nothing.
     fn check_attached(&self) -> Result<()> {
         let link_path = self.dir.join(LINK_PIN);
-        let link: FdLink = PinnedLink::from_pin(&link_path)
-            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
-            .into();
-        let prog_id = link
-            .info()
-            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-            .program_id();
+        let prog_id = sys::pinned_link_prog_id(&link_path)
+            .map_err(|e| Error::io("cannot read", &link_path, e))?;
         let ifindex = self.meta.ifindex;
         let detail = match self.scope.run(|| netlink::xdp_query(ifindex))? {
             Ok(Some(a)) if a.prog_id == prog_id => return Ok(()),
@@ -921,16 +917,13 @@ fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
 
 /// Whether the program behind the pinned link in `dir` is the one attached to `ifindex`.
 fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bool> {
-    let Ok(link) = PinnedLink::from_pin(dir.join(LINK_PIN)) else {
-        return Ok(false);
-    };
-    let Ok(info) = FdLink::from(link).info() else {
+    let Ok(prog_id) = sys::pinned_link_prog_id(&dir.join(LINK_PIN)) else {
         return Ok(false);
     };
     let attached = scope
         .run(|| netlink::xdp_query(ifindex))?
         .map_err(|e| Error::io("cannot query XDP on", dir, e))?;
-    Ok(attached.is_some_and(|a| a.prog_id == info.program_id()))
+    Ok(attached.is_some_and(|a| a.prog_id == prog_id))
 }
 
 /// Refuses, or with `force` detaches, an XDP program port-demux did not load.

@@ -36,7 +36,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Not root or missing capabilities.
-    #[error("{what} needs root (CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN): run it with sudo")]
+    #[error("{what}: needs root (CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN): run it with sudo")]
     Privileges {
         /// What was attempted.
         what: String,
@@ -48,6 +48,12 @@ pub enum Error {
         iface: String,
         /// " in network namespace X", or empty.
         where_: String,
+    },
+    /// Nothing can be loaded: no bpffs where the pins would be.
+    #[error("port-demux is not loaded: no bpf filesystem is mounted at {path} (`port-demux load IFACE` mounts one)", path = .path.display())]
+    NoBpffs {
+        /// The bpffs mount point.
+        path: PathBuf,
     },
     /// `-i` left out, but not exactly one interface is loaded.
     #[error("{0}")]

@@ -183,6 +183,11 @@ impl Scope {
         let dir = self.dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !is_bpffs(&self.bpffs) => {
+                return Err(Error::NoBpffs {
+                    path: self.bpffs.clone(),
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("cannot read", dir, e)),
         };

@@ -133,6 +133,15 @@ impl FromStr for PortSpec {
         if let Some(port) = service_port(ports, proto) {
             return Ok(Self::single(proto, port));
         }
+        if ports.matches('-').count() > 1
+            && ports
+                .split('-')
+                .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Error::BadSpec(format!(
+                "{s:?} is not a port range: write it like {proto}/8000-8099"
+            )));
+        }
         let (first, last) = if let Some((first, last)) = ports.split_once('-') {
             (port(first, proto, s)?, port(last, proto, s)?)
         } else {
@@ -306,6 +315,7 @@ mod tests {
             ("udp/90-80", "runs backwards"),
             ("tcp/no-such-service-xyz", "unknown tcp service"),
             ("udp/-5", "unknown udp service"),
+            ("udp/1-2-3", "is not a port range"),
         ] {
             let err = spec(input).unwrap_err();
             assert!(err.contains(wanted), "{input}: {err}");

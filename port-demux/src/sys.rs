@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -240,4 +240,22 @@ pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
+}
+
+/// The id of the program behind a pinned `bpf_link`, opening the pin read-only when read-write
+/// is not permitted (readers granted by group).
+pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
+    let fd = obj_get(path, false).or_else(|e| match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
+        _ => Err(e),
+    })?;
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; ... }
+    let mut info = [0u32; 3];
+    let mut attr = InfoAttr {
+        bpf_fd: raw(fd.as_fd()),
+        info_len: u32::try_from(size_of_val(&info)).expect("small struct"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
 }

@@ -296,6 +296,121 @@ fn remove_pin_tree(dir: &Path) -> io::Result<()> {
     fs::remove_dir(dir)
 }
 
+/// A veth pair in the caller's (host) network namespace, for what must run without `setns`
+/// (an unprivileged user cannot enter a namespace): IPv6 off on both ends before they come up
+/// and no addresses, so the host sends nothing through them. Deleted on drop, together with
+/// port-demux's pins of either end.
+#[derive(Debug)]
+pub struct HostVeth {
+    /// The end to load port-demux on.
+    pub name: String,
+    /// Its peer: frames sent here arrive on [`HostVeth::name`].
+    pub peer: String,
+}
+
+impl HostVeth {
+    /// Creates the pair `pdr<pid><n>a` <-> `pdr<pid><n>b`, both up.
+    ///
+    /// # Panics
+    /// When the set-up fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let base = format!("pdr{:x}{}", std::process::id(), unique());
+        let veth = Self {
+            name: format!("{base}a"),
+            peer: format!("{base}b"),
+        };
+        veth.remove_pins();
+        run(
+            "ip",
+            &[
+                "link", "add", &veth.name, "type", "veth", "peer", "name", &veth.peer,
+            ],
+        );
+        for iface in [&veth.name, &veth.peer] {
+            let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
+            fs::write(&path, "1").unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+            run("ip", &["link", "set", iface, "up"]);
+        }
+        veth
+    }
+
+    /// The host's scope.
+    ///
+    /// # Panics
+    /// When the namespace cannot be read.
+    #[must_use]
+    pub fn scope() -> Scope {
+        Scope::current().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Index of `iface` in the host namespace.
+    ///
+    /// # Panics
+    /// When there is no such interface.
+    #[must_use]
+    pub fn ifindex(iface: &str) -> u32 {
+        Self::scope()
+            .ifindex(iface)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no interface {iface} in the host namespace"))
+    }
+
+    fn remove_pins(&self) {
+        let ns_dir = Self::scope().dir();
+        for iface in [&self.name, &self.peer] {
+            let dir = ns_dir.join(iface);
+            if let Err(e) = remove_iface_pins(&dir) {
+                eprintln!("cannot remove pins {}: {e}", dir.display());
+            }
+        }
+        // Only when no other instance of the host namespace is left in it.
+        if ns_dir.exists() {
+            let _ = fs::remove_dir(&ns_dir);
+        }
+    }
+}
+
+impl Default for HostVeth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        // Never panic here: this runs while a failed test unwinds too.
+        self.remove_pins();
+        match Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cannot delete {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("cannot run ip link del {}: {e}", self.name),
+        }
+    }
+}
+
+/// Removes one interface's pin folder, its link first.
+fn remove_iface_pins(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let link = dir.join("link");
+    if link.exists() {
+        fs::remove_file(&link)?;
+    }
+    for pin in fs::read_dir(dir)? {
+        fs::remove_file(pin?.path())?;
+    }
+    fs::remove_dir(dir)
+}
+
 /// Client and server namespaces joined by a veth pair, and optionally a sink namespace behind a
 /// second pair for redirects. Everything is removed on drop.
 #[derive(Debug)]
@@ -586,11 +701,13 @@ pub fn count_datagrams(sock: &UdpSocket, wait: Duration) -> usize {
     }
 }
 
-/// An `AF_PACKET` socket seeing every frame one interface receives (not the ones it sends).
+/// An `AF_PACKET` socket seeing every frame one interface receives (not the ones it sends), or
+/// with [`Capture::open_sent`] every frame it sends.
 #[derive(Debug)]
 pub struct Capture {
     fd: OwnedFd,
     frames: Vec<Vec<u8>>,
+    sent: bool,
 }
 
 impl Capture {
@@ -600,6 +717,20 @@ impl Capture {
     /// When the socket cannot be opened.
     #[must_use]
     pub fn open(ns: &Netns, iface: &str) -> Self {
+        Self::open_direction(ns, iface, false)
+    }
+
+    /// Starts capturing the frames `iface` of `ns` sends (handed to its driver: a veth frame
+    /// seen here is one its peer's XDP program will see, unless the veth drops it).
+    ///
+    /// # Panics
+    /// When the socket cannot be opened.
+    #[must_use]
+    pub fn open_sent(ns: &Netns, iface: &str) -> Self {
+        Self::open_direction(ns, iface, true)
+    }
+
+    fn open_direction(ns: &Netns, iface: &str, sent: bool) -> Self {
         let ifindex = ns.ifindex(iface);
         let fd = ns.run(|| {
             // Protocol 0 receives nothing until bind, which sets the protocol and the
@@ -643,7 +774,39 @@ impl Capture {
         Self {
             fd,
             frames: Vec::new(),
+            sent,
         }
+    }
+
+    /// Frames the socket dropped (its receive buffer was full) since the last call: a capture
+    /// that dropped frames cannot be compared with counters.
+    ///
+    /// # Panics
+    /// When the statistics cannot be read.
+    #[must_use]
+    pub fn take_drops(&self) -> u32 {
+        // SAFETY: an all-zero tpacket_stats is valid.
+        let mut stats: libc::tpacket_stats = unsafe { mem::zeroed() };
+        let mut len = socklen::<libc::tpacket_stats>();
+        // SAFETY: getsockopt into a struct of the size given; reading resets the counters.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut stats).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(ret, 0, "PACKET_STATISTICS: {}", io::Error::last_os_error());
+        stats.tp_drops
+    }
+
+    /// Reads what is queued, waiting up to `wait` for the first frame; returns every frame
+    /// captured so far. For a thread that drains a busy capture before its buffer fills.
+    pub fn read_for(&mut self, wait: Duration) -> &[Vec<u8>] {
+        self.read(wait);
+        &self.frames
     }
 
     /// Reads what is queued, waiting up to `wait` for the first frame; returns whether any came.
@@ -680,7 +843,7 @@ impl Capture {
                 assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "AF_PACKET recv: {e}");
                 return any;
             };
-            if from.sll_pkttype != libc::PACKET_OUTGOING {
+            if (from.sll_pkttype == libc::PACKET_OUTGOING) == self.sent {
                 self.frames.push(buf[..n].to_vec());
                 any = true;
             }
