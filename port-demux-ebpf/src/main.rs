@@ -93,7 +93,13 @@ fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
     if act == action::UNBOUND {
         act = DEFAULT_ACTION.load();
     }
-    aya_log_ebpf::debug!(ctx, "port index {} action {}", index, act);
+    aya_log_ebpf::debug!(
+        ctx,
+        "{} port {}: action {} (1 pass, 2 drop, 3 redirect)",
+        if index >> 16 == 0 { "tcp" } else { "udp" },
+        index & 0xffff,
+        act
+    );
     if act == action::REDIRECT {
         return match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
             Ok(ret) => (cell(outcome::DEMUXED, taken::REDIRECT), ret),

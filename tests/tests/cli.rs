@@ -432,3 +432,71 @@ fn cli_asks_which_interface_when_several_are_loaded() {
     pd_ok(ns, &["unload", OTHER_IF]);
     pd_ok(ns, &["unload", SERVER_IF]);
 }
+
+/// `load --debug` compiles the log in and `log` follows it, one record per demultiplexed frame;
+/// without `--debug`, `log` refuses with one line.
+#[test]
+fn log_follows_the_debug_log() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    pd_ok(ns, &["load", SERVER_IF]);
+    pd_refused(ns, &["log"], &["debug logging is off", "--debug"]);
+    pd_ok(ns, &["unload", SERVER_IF]);
+    pd_ok(ns, &["load", SERVER_IF, "--debug"]);
+    pd_ok(ns, &["bind", "udp/7444", "drop"]);
+    let mut follower = Command::new(bin())
+        .args(["--netns", ns.name(), "log"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("port-demux log");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        follower.stdout.take().expect("stdout"),
+    ));
+    // A watchdog: if the records never come, the follower dies and the reads below fail.
+    let pid = follower.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(first.starts_with("following the log of b0"), "{first}");
+    let client = lab.udp_client();
+    let bytes = lab.send_udp(&client, 7444, 3, 8);
+    for _ in 0..3 {
+        let line = lines.next().expect("a record").expect("utf-8");
+        assert_eq!(
+            line,
+            "DEBUG udp port 7444: action 2 (1 pass, 2 drop, 3 redirect)"
+        );
+    }
+    follower.kill().expect("kill");
+    follower.wait().expect("wait");
+    let stats = pd_json(ns, &["stats", "--json"]);
+    assert_eq!(port_of(&stats, "udp", 7444), (3, bytes));
+}
+
+/// Two namespaces with an interface of the same name: each has its own pins, bindings and
+/// counters.
+#[test]
+fn same_interface_name_in_two_namespaces() {
+    let (one, two) = (Lab::new(), Lab::new());
+    for lab in [&one, &two] {
+        pd_ok(&lab.server, &["load", SERVER_IF]);
+    }
+    assert_ne!(one.server.pin_dir(), two.server.pin_dir());
+    pd_ok(&one.server, &["bind", "udp/7555", "drop", "--owner", "one"]);
+    pd_ok(&two.server, &["bind", "udp/7555", "pass", "--owner", "two"]);
+    let (c1, c2) = (one.udp_client(), two.udp_client());
+    let bytes_one = one.send_udp(&c1, 7555, 4, 8);
+    let bytes_two = two.send_udp(&c2, 7555, 6, 8);
+    for (lab, counted, action, owner) in [
+        (&one, (4, bytes_one), "drop", "one"),
+        (&two, (6, bytes_two), "pass", "two"),
+    ] {
+        let stats = pd_json(&lab.server, &["stats", "--json"]);
+        assert_eq!(port_of(&stats, "udp", 7555), counted);
+        let bindings = pd_json(&lab.server, &["bindings", "--json"]);
+        assert_eq!(bindings["bindings"][0]["action"], action);
+        assert_eq!(bindings["bindings"][0]["owner"], owner);
+    }
+}

@@ -7,6 +7,7 @@ use std::{
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -76,6 +77,17 @@ struct ObjAttr {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
+}
+
+/// Pins `fd` at `path`.
+pub fn obj_pin(fd: &OwnedFd, path: &str) -> io::Result<()> {
+    let path = CString::new(path)?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: u32::try_from(fd.as_raw_fd()).expect("fd"),
+        ..ObjAttr::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// Opens a pinned object.

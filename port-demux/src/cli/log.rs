@@ -26,10 +26,13 @@ pub async fn log(scope: &Scope, args: &LogArgs, out: &mut dyn Write) -> Result<(
         ))
         .into());
     }
-    let logger = aya_log::EbpfLogger::init_from_id(status.prog_id).map_err(|e| Failure {
-        message: format!("cannot open the log of program {}: {e}", status.prog_id),
-        code: 1,
-    })?;
+    let logger =
+        aya_log::EbpfLogger::init_from_id_with_logger(status.prog_id, Stdout).map_err(|e| {
+            Failure {
+                message: format!("cannot open the log of program {}: {e}", status.prog_id),
+                code: 1,
+            }
+        })?;
     writeln!(out, "following the log of {} (Ctrl-C stops)", status.iface)?;
     out.flush()?;
     // SAFETY: the logger owns the ring buffer's descriptor and lives inside the AsyncFd, so the
@@ -49,4 +52,19 @@ pub async fn log(scope: &Scope, args: &LogArgs, out: &mut dyn Write) -> Result<(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// Prints every record of the program's log on stdout, whatever the process's log filter.
+struct Stdout;
+
+impl log::Log for Stdout {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        println!("{:<5} {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
 }
