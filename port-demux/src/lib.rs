@@ -27,7 +27,7 @@ mod error;
 mod netlink;
 mod scope;
 mod spec;
-mod sys;
+pub mod sys;
 
 pub use demux::{
     BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PortDemux,

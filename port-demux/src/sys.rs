@@ -75,6 +75,12 @@ fn raw(fd: BorrowedFd<'_>) -> u32 {
 }
 
 /// Opens a pinned BPF object; read-only when `read_only`.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -89,6 +95,9 @@ pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
 }
 
 /// Looks `key` up; `Ok(false)` when the element does not exist.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
     let mut attr = ElemAttr {
         map_fd: raw(fd),
@@ -104,6 +113,9 @@ pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bo
 }
 
 /// Creates or replaces the element at `key`.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: raw(fd),
@@ -115,6 +127,9 @@ pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
 }
 
 /// Deletes the element at `key`; `Ok(false)` when it did not exist.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
     let mut attr = ElemAttr {
         map_fd: raw(fd),
@@ -131,6 +146,12 @@ pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
 /// Reads every element of an array map of `len` entries into `values` (`len` values of
 /// `value_size` bytes each; for per-CPU arrays `value_size` is the rounded size times the
 /// number of possible CPUs), in one `BPF_MAP_LOOKUP_BATCH` call.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn lookup_array_batch(
     fd: BorrowedFd<'_>,
     len: u32,
@@ -174,6 +195,12 @@ pub fn lookup_array_batch(
 }
 
 /// Writes `values` (one per key) at `keys` in one `BPF_MAP_UPDATE_BATCH` call.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Result<()> {
     if keys.is_empty() {
         return Ok(());
@@ -198,6 +225,9 @@ pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Resu
 }
 
 /// Number of possible CPUs: the length of every per-CPU value.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn possible_cpus() -> io::Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| e)
 }
@@ -231,6 +261,12 @@ pub struct MapInfo {
 }
 
 /// The type, sizes and id of a map.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
     let mut info = MapInfo::default();
     let mut attr = InfoAttr {
@@ -244,6 +280,12 @@ pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
 
 /// The id of the program behind a pinned `bpf_link`, opening the pin read-only when read-write
 /// is not permitted (readers granted by group).
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
     let fd = obj_get(path, false).or_else(|e| match e.raw_os_error() {
         Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
