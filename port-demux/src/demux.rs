@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -407,29 +407,8 @@ impl PortDemux {
         let _lock = DirLock::exclusive(&this.dir)?;
         this.check_attached()?;
         let dir = &this.dir;
-        let log_level: u8 = if debug {
-            aya_log::Level::Debug as u8
-        } else {
-            0
-        };
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global("DEFAULT_ACTION", &this.meta.default_action, true)
-            .override_global(aya_log::LEVEL, &log_level, false);
-        let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .expect("the object has the port_demux program")
-            .try_into()
-            .expect("port_demux is an XDP program");
-        prog.load()
-            .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+        let mut ebpf = load_object(dir, this.meta.default_action, debug)?;
+        let prog = xdp_program(&mut ebpf);
         let link_path = dir.join(LINK_PIN);
         let link: FdLink = PinnedLink::from_pin(&link_path)
             .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
@@ -955,6 +934,39 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
     Ok(Some(attached.prog_id))
 }
 
+/// Loads the object with its maps pinned in (or reused from) `dir` and the program verified,
+/// not attached.
+fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
+    let log_level: u8 = if debug {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    };
+    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("DEFAULT_ACTION", &default_action, true)
+        .override_global(aya_log::LEVEL, &log_level, false);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
+    xdp_program(&mut ebpf)
+        .load()
+        .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+    Ok(ebpf)
+}
+
+/// The XDP program of the embedded object.
+fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROGRAM)
+        .expect("the object has the port_demux program")
+        .try_into()
+        .expect("port_demux is an XDP program")
+}
+
 /// Loads, attaches and pins into `tmp`; returns the mode, the fallback reason and the
 /// program id.
 fn load_into(
@@ -968,29 +980,8 @@ fn load_into(
         DefaultAction::Pass => action::PASS,
         DefaultAction::Drop => action::DROP,
     };
-    let log_level: u8 = if opts.debug {
-        aya_log::Level::Debug as u8
-    } else {
-        0
-    };
-    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, tmp.join(m.0))).collect();
-    let mut loader = EbpfLoader::new();
-    loader
-        .override_global("DEFAULT_ACTION", &default_action, true)
-        .override_global(aya_log::LEVEL, &log_level, false);
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .expect("the object has the port_demux program")
-        .try_into()
-        .expect("port_demux is an XDP program");
-    prog.load()
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+    let mut ebpf = load_object(tmp, default_action, opts.debug)?;
+    let prog = xdp_program(&mut ebpf);
     let attach = |prog: &mut Xdp, mode: Mode| {
         let xdp_mode = if mode == Mode::Skb {
             XdpMode::Skb
