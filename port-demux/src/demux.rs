@@ -282,7 +282,11 @@ impl PortDemux {
                     let _ = remove_pins(&tmp);
                     Error::io("cannot rename pins to", &dir, e)
                 })?;
-                let this = Self::open(scope, iface)?;
+                // Opening checks the pins against this build's layout; a failure must not
+                // leave a half-working instance behind.
+                let this = Self::open(scope, iface).inspect_err(|_| {
+                    let _ = remove_pins(&dir);
+                })?;
                 Ok((
                     this,
                     LoadReport {
