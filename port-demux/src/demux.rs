@@ -389,10 +389,30 @@ impl PortDemux {
             });
         }
         let _lock = DirLock::exclusive(&ns_dir)?;
+        let prog_id = sys::pinned_link_prog_id(&dir.join(LINK_PIN)).ok();
         // The link first: removing its last reference detaches the program.
         remove_pins(&dir)?;
         if scope.loaded()?.is_empty() {
             let _ = fs::remove_dir(&ns_dir);
+        }
+        // The kernel may release the link, and detach, after the unlink returns: wait for it,
+        // so that a `load` right after finds the interface free.
+        if let (Some(prog_id), Some(ifindex)) = (prog_id, scope.ifindex(iface)?) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while scope
+                .run(|| netlink::xdp_query(ifindex))?
+                .ok()
+                .flatten()
+                .is_some_and(|a| a.prog_id == prog_id)
+            {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::StillAttached {
+                        iface: iface.to_owned(),
+                        prog_id,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         Ok(())
     }
@@ -440,15 +460,7 @@ impl PortDemux {
         fs::rename(&next, dir.join(PROG_PIN)).map_err(|e| Error::io("cannot rename", &next, e))?;
         let mut meta = this.meta;
         meta.debug = u32::from(debug);
-        let meta_path = dir.join("META");
-        let meta_fd =
-            sys::obj_get(&meta_path, false).map_err(|e| Error::io("cannot open", &meta_path, e))?;
-        sys::update(
-            meta_fd.as_fd(),
-            &0u32.to_ne_bytes(),
-            bytemuck::bytes_of(&meta),
-        )
-        .map_err(|e| Error::io("cannot write", &meta_path, e))?;
+        write_meta(dir, &meta)?;
         Ok(UpgradeReport {
             old_prog_id,
             new_prog_id,
@@ -963,6 +975,14 @@ fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Writes the `META` record pinned in `dir`.
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let path = dir.join("META");
+    let fd = sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+    sys::update(fd.as_fd(), &0u32.to_ne_bytes(), bytemuck::bytes_of(meta))
+        .map_err(|e| Error::io("cannot write", &path, e))
+}
+
 /// The XDP program of the embedded object.
 fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
     ebpf.program_mut(PROGRAM)
@@ -1027,15 +1047,7 @@ fn load_into(
     meta.netns_ino = scope.netns_ino();
     meta.debug = u32::from(opts.debug);
     meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
-    let meta_path = tmp.join("META");
-    let meta_fd =
-        sys::obj_get(&meta_path, false).map_err(|e| Error::io("cannot open", &meta_path, e))?;
-    sys::update(
-        meta_fd.as_fd(),
-        &0u32.to_ne_bytes(),
-        bytemuck::bytes_of(&meta),
-    )
-    .map_err(|e| Error::io("cannot write", &meta_path, e))?;
+    write_meta(tmp, &meta)?;
     prog.pin(tmp.join(PROG_PIN))
         .map_err(|e| Error::io("cannot pin", tmp.join(PROG_PIN), io::Error::other(e)))?;
     let link = prog

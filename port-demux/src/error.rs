@@ -86,6 +86,16 @@ pub enum Error {
         /// What was found instead.
         detail: String,
     },
+    /// `unload` removed the pins, but another process keeps the link, and the program, alive.
+    #[error(
+        "pins removed, but {iface} still runs program id {prog_id} after 5 s: another process holds its bpf_link (find it with `bpftool link`)"
+    )]
+    StillAttached {
+        /// Interface.
+        iface: String,
+        /// The program still attached.
+        prog_id: u32,
+    },
     /// Pins written by another layout version.
     #[error(
         "pins at {path} have layout version {found}, this port-demux reads version {expected}: unload with the port-demux that loaded them, then load again"

@@ -18,7 +18,7 @@ use std::{
     io::{self, Read as _, Write as _},
     mem,
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -30,6 +30,10 @@ use port_demux::Scope;
 
 /// How long any wait in a test may take before it fails.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a socket must stay silent to count as "received nothing" once port-demux has
+/// counted every frame sent to it.
+pub const SILENCE: Duration = Duration::from_millis(50);
 
 /// Client side of a [`Lab`]'s veth pair, in namespace A.
 pub const CLIENT_IF: &str = "a0";
@@ -256,18 +260,23 @@ impl Drop for Netns {
         if let Err(e) = remove_pin_tree(&self.pins) {
             eprintln!("cannot remove pins {}: {e}", self.pins.display());
         }
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "cannot delete network namespace {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => eprintln!("cannot run ip netns del {}: {e}", self.name),
-        }
+        ip_delete(
+            &["netns", "del", &self.name],
+            &format!("network namespace {}", self.name),
+        );
+    }
+}
+
+/// Runs `ip ARGS...`, which deletes `what`, from a destructor: never panics, says on stderr
+/// what failed.
+fn ip_delete(args: &[&str], what: &str) {
+    match Command::new("ip").args(args).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "cannot delete {what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("cannot run ip {}: {e}", args.join(" ")),
     }
 }
 
@@ -281,14 +290,7 @@ fn remove_pin_tree(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            let link = path.join("link");
-            if link.exists() {
-                fs::remove_file(&link)?;
-            }
-            for pin in fs::read_dir(&path)? {
-                fs::remove_file(pin?.path())?;
-            }
-            fs::remove_dir(&path)?;
+            remove_iface_pins(&path)?;
         } else {
             fs::remove_file(&path)?;
         }
@@ -381,18 +383,7 @@ impl Drop for HostVeth {
     fn drop(&mut self) {
         // Never panic here: this runs while a failed test unwinds too.
         self.remove_pins();
-        match Command::new("ip")
-            .args(["link", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "cannot delete {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => eprintln!("cannot run ip link del {}: {e}", self.name),
-        }
+        ip_delete(&["link", "del", &self.name], &self.name);
     }
 }
 
@@ -641,23 +632,54 @@ fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).expect("a small struct")
 }
 
+/// `setsockopt(2)` at `SOL_SOCKET` with a value of type `T`.
+///
+/// # Panics
+/// When the kernel refuses; the message starts with `name`.
+fn set_socket_option<T>(sock: &impl AsFd, option: libc::c_int, name: &str, value: &T) {
+    // SAFETY: setsockopt with a value of the size given.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_ref(value).cast(),
+            socklen::<T>(),
+        )
+    };
+    assert_eq!(ret, 0, "{name}: {}", io::Error::last_os_error());
+}
+
+/// Sets the receive buffer of `sock` to `bytes`, above `rmem_max` if need be
+/// (`SO_RCVBUFFORCE`, root only).
+///
+/// # Panics
+/// When the kernel refuses.
+pub fn set_rcvbuf(sock: &impl AsFd, bytes: libc::c_int) {
+    set_socket_option(sock, libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE", &bytes);
+}
+
+/// A new `AF_PACKET` raw socket of protocol 0 in the calling thread's namespace: it receives
+/// nothing until bound, and sends out of the interface its destination address names.
+///
+/// # Panics
+/// When the socket cannot be opened.
+#[must_use]
+pub fn packet_socket() -> OwnedFd {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+    // SAFETY: a new descriptor we own.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// `SO_LINGER` on: `close` waits until the peer acknowledged everything, FIN included.
 fn set_linger(conn: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 5,
     };
-    // SAFETY: setsockopt with a linger struct of the size given.
-    let ret = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            socklen::<libc::linger>(),
-        )
-    };
-    assert_eq!(ret, 0, "SO_LINGER: {}", io::Error::last_os_error());
+    set_socket_option(conn, libc::SO_LINGER, "SO_LINGER", &linger);
 }
 
 /// Waits until `sock` has received `count` datagrams; returns their lengths.
@@ -735,26 +757,10 @@ impl Capture {
         let fd = ns.run(|| {
             // Protocol 0 receives nothing until bind, which sets the protocol and the
             // interface together: no frame of another interface slips in.
-            // SAFETY: plain socket(2) call.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-            // SAFETY: a new descriptor we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = packet_socket();
             // A receive buffer no test fills: a frame the capture dropped would read as a
             // counter mismatch.
-            let size: libc::c_int = 8 << 20;
-            // SAFETY: setsockopt with an int of the size given.
-            let ret = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&raw const size).cast(),
-                    socklen::<libc::c_int>(),
-                )
-            };
-            assert_eq!(ret, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+            set_rcvbuf(&fd, 8 << 20);
             // SAFETY: an all-zero sockaddr_ll is valid.
             let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
             addr.sll_family = u16::try_from(libc::AF_PACKET).expect("fits");

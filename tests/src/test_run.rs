@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, DevMap, IterableMap as _, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use port_demux::{EBPF_OBJECT, PROGRAM};
+use port_demux::{EBPF_OBJECT, PROGRAM, sys};
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, PortCounters, REDIRECT_SLOTS, action,
     model::{self, Verdict},
@@ -98,6 +98,14 @@ pub fn describe_globals(g: &GlobalCounters) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// The sum of per-CPU port counters.
+fn sum_ports(per_cpu: impl Iterator<Item = PortCounters>) -> PortCounters {
+    per_cpu.fold(PortCounters::default(), |acc, c| PortCounters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
 }
 
 /// Every counter of an instance, summed over CPUs.
@@ -269,12 +277,12 @@ impl Harness {
         self.shadow_slots[slot as usize] = true;
     }
 
-    /// Empties devmap `slot` (aya's `DevMap` has no delete: a raw `BPF_MAP_DELETE_ELEM`).
+    /// Empties devmap `slot` (aya's `DevMap` has no delete: [`sys::delete`]).
     ///
     /// # Panics
     /// When the delete fails for another reason than an already empty slot.
     pub fn clear_slot(&mut self, slot: u32) {
-        sys::delete(self.redirect.map().fd().as_fd(), slot)
+        sys::delete(self.redirect.map().fd().as_fd(), &slot.to_ne_bytes())
             .unwrap_or_else(|e| panic!("cannot empty devmap slot {slot}: {e}"));
         self.shadow_slots[slot as usize] = false;
     }
@@ -312,12 +320,7 @@ impl Harness {
             .port_stats
             .get(&index, 0)
             .unwrap_or_else(|e| panic!("cannot read PORT_STATS[{index}]: {e}"));
-        per_cpu
-            .iter()
-            .fold(PortCounters::default(), |acc, c| PortCounters {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            })
+        sum_ports(per_cpu.iter().copied())
     }
 
     /// All of `PORT_STATS`, summed over CPUs, in one batch lookup.
@@ -328,7 +331,7 @@ impl Harness {
     pub fn ports(&self) -> Vec<PortCounters> {
         let stride = size_of::<PortCounters>() * self.cpus;
         let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
-        sys::lookup_batch(
+        sys::lookup_array_batch(
             self.port_stats.map().fd().as_fd(),
             BINDINGS_LEN,
             stride,
@@ -337,13 +340,11 @@ impl Harness {
         .expect("cannot batch-read PORT_STATS");
         raw.chunks_exact(stride)
             .map(|per_cpu| {
-                per_cpu
-                    .chunks_exact(size_of::<PortCounters>())
-                    .map(bytemuck::pod_read_unaligned::<PortCounters>)
-                    .fold(PortCounters::default(), |acc, c| PortCounters {
-                        packets: acc.packets + c.packets,
-                        bytes: acc.bytes + c.bytes,
-                    })
+                sum_ports(
+                    per_cpu
+                        .chunks_exact(size_of::<PortCounters>())
+                        .map(bytemuck::pod_read_unaligned::<PortCounters>),
+                )
             })
             .collect()
     }
@@ -498,105 +499,3 @@ pub const REPLAY_BINDINGS: [(u32, u32); 6] = [
     (action::REDIRECT, 1),
     (action::REDIRECT, REDIRECT_SLOTS + 3),
 ];
-
-/// The two `bpf(2)` commands aya lacks here: delete on a devmap, and batch lookup (one
-/// syscall for the 131,072 entries of `PORT_STATS` instead of one each).
-mod sys {
-    use std::{
-        io,
-        os::fd::{AsRawFd as _, BorrowedFd},
-    };
-
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-        // SAFETY: `attr` is a valid `union bpf_attr` prefix for `cmd`, of the size passed.
-        let ret =
-            unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Deletes `key` from an array-like map; an absent key is fine.
-    pub fn delete(fd: BorrowedFd<'_>, key: u32) -> io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: fd.as_raw_fd().cast_unsigned(),
-            key: std::ptr::from_ref(&key) as u64,
-            ..ElemAttr::default()
-        };
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Reads all `len` values (`value_size` bytes each; per-CPU values: rounded size times
-    /// possible CPUs) of an array map into `values`.
-    pub fn lookup_batch(
-        fd: BorrowedFd<'_>,
-        len: u32,
-        value_size: usize,
-        values: &mut [u8],
-    ) -> io::Result<()> {
-        assert_eq!(values.len(), len as usize * value_size, "value buffer size");
-        let mut keys = vec![0u32; len as usize];
-        let (mut in_batch, mut out_batch, mut done) = (0u32, 0u32, 0u32);
-        while done < len {
-            let mut attr = BatchAttr {
-                in_batch: if done == 0 {
-                    0
-                } else {
-                    std::ptr::from_ref(&in_batch) as u64
-                },
-                out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-                keys: keys[done as usize..].as_mut_ptr() as u64,
-                values: values[done as usize * value_size..].as_mut_ptr() as u64,
-                count: len - done,
-                map_fd: fd.as_raw_fd().cast_unsigned(),
-                ..BatchAttr::default()
-            };
-            let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            done += attr.count;
-            match result {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => return Err(e),
-            }
-            in_batch = out_batch;
-        }
-        if done == len {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "batch lookup read {done} of {len}"
-            )))
-        }
-    }
-}

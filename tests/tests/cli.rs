@@ -5,26 +5,20 @@
 //! Needs root, and the binary: `PORT_DEMUX_BIN`, or `target/debug/port-demux` (build it with
 //! `cargo build -p port-demux`).
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode, loaded_programs},
 };
 use port_demux::{EBPF_OBJECT, PROGRAM};
-use port_demux_tests::netns::{
-    Lab, Netns, SERVER_IF, UDP_OVERHEAD, count_datagrams, poll, recv_datagrams, run, unique,
+use port_demux_tests::{
+    cli::{command, json_port, pd_json, pd_ok, pd_refused, program_id},
+    netns::{
+        Lab, Netns, SERVER_IF, SILENCE, UDP_OVERHEAD, count_datagrams, poll, recv_datagrams, run,
+        unique,
+    },
 };
-use serde_json::Value;
-
-/// How long a socket must stay silent to count as "received nothing" once port-demux has
-/// counted every frame sent to it.
-const SILENCE: Duration = Duration::from_millis(50);
 
 /// A second interface in B (a veth whose peer x1 is in B too), for a second instance or a
 /// foreign program.
@@ -36,84 +30,6 @@ fn add_other_if(ns: &Netns) {
     ]);
     ns.ip(&["link", "set", OTHER_IF, "up"]);
     ns.ip(&["link", "set", "x1", "up"]);
-}
-
-fn bin() -> PathBuf {
-    let path = std::env::var_os("PORT_DEMUX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/port-demux"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no port-demux binary at {}: run `cargo build -p port-demux` or set PORT_DEMUX_BIN",
-        path.display()
-    );
-    path
-}
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// `port-demux --netns NS ARGS...`.
-fn pd(ns: &Netns, args: &[&str]) -> Run {
-    let out = Command::new(bin())
-        .arg("--netns")
-        .arg(ns.name())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run port-demux: {e}"));
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn pd_ok(ns: &Netns, args: &[&str]) -> String {
-    let run = pd(ns, args);
-    assert_eq!(run.code, Some(0), "port-demux {}: {run:?}", args.join(" "));
-    run.stdout
-}
-
-/// Runs a `--json` command that must succeed; returns its document.
-fn pd_json(ns: &Netns, args: &[&str]) -> Value {
-    let out = pd_ok(ns, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
-}
-
-/// Runs a command that must fail with one line on stderr holding every one of `wanted`;
-/// returns that line.
-fn pd_refused(ns: &Netns, args: &[&str], wanted: &[&str]) -> String {
-    let run = pd(ns, args);
-    let what = format!("port-demux {}: {run:?}", args.join(" "));
-    assert!(matches!(run.code, Some(c) if c != 0), "exit code: {what}");
-    assert_eq!(run.stderr.lines().count(), 1, "one line on stderr: {what}");
-    assert!(run.stderr.starts_with("port-demux: "), "{what}");
-    for w in wanted {
-        assert!(run.stderr.contains(w), "{w:?} missing: {what}");
-    }
-    run.stderr.trim_end().to_owned()
-}
-
-/// (packets, bytes) of a port in `stats --json`; (0, 0) when it is not listed.
-fn port_of(stats: &Value, proto: &str, port: u16) -> (u64, u64) {
-    stats["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .find(|p| p["proto"] == proto && p["port"] == port)
-        .map_or((0, 0), |p| {
-            (
-                p["packets"].as_u64().expect("packets"),
-                p["bytes"].as_u64().expect("bytes"),
-            )
-        })
 }
 
 fn program_exists(id: u32) -> bool {
@@ -138,11 +54,11 @@ fn state_outlives_every_cli_process() {
     assert_eq!(pass_bytes, 25 * (UDP_OVERHEAD + 40));
     assert_eq!(recv_datagrams(&passed, 25).len(), 25);
     let counted = poll("12 frames on udp/7302 in `stats --json`", stats, |s| {
-        port_of(s, "udp", 7302).0 >= 12
+        json_port(s, "udp", 7302).0 >= 12
     });
     assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/7302 is dropped");
-    assert_eq!(port_of(&counted, "udp", 7301), (25, pass_bytes));
-    assert_eq!(port_of(&counted, "udp", 7302), (12, drop_bytes));
+    assert_eq!(json_port(&counted, "udp", 7301), (25, pass_bytes));
+    assert_eq!(json_port(&counted, "udp", 7302), (12, drop_bytes));
     assert_eq!(counted["totals"]["packets"], 37, "{counted}");
     assert_eq!(counted["totals"]["actions"]["drop"], 12, "{counted}");
 
@@ -151,10 +67,10 @@ fn state_outlives_every_cli_process() {
     drop_bytes += lab.send_udp(&client, 7302, 5, 90);
     assert_eq!(recv_datagrams(&passed, 10).len(), 10);
     let counted = poll("17 frames on udp/7302", stats, |s| {
-        port_of(s, "udp", 7302).0 >= 17
+        json_port(s, "udp", 7302).0 >= 17
     });
-    assert_eq!(port_of(&counted, "udp", 7301), (25 + 10, pass_bytes));
-    assert_eq!(port_of(&counted, "udp", 7302), (12 + 5, drop_bytes));
+    assert_eq!(json_port(&counted, "udp", 7301), (25 + 10, pass_bytes));
+    assert_eq!(json_port(&counted, "udp", 7302), (12 + 5, drop_bytes));
     let totals = &counted["totals"];
     assert_eq!(totals["packets"], 52, "{counted}");
     assert_eq!(totals["actions"]["pass"], 35, "{counted}");
@@ -179,8 +95,7 @@ fn state_outlives_every_cli_process() {
     assert_eq!(instance["interface"], "b0");
     assert_eq!(instance["attached"], true);
     assert_eq!(instance["bound_ports"], 2);
-    let prog_id =
-        u32::try_from(instance["program_id"].as_u64().expect("program_id")).expect("a u32 id");
+    let prog_id = program_id(instance);
     assert!(program_exists(prog_id), "program {prog_id} is not loaded");
     assert_eq!(ns.xdp_prog(SERVER_IF), Some(prog_id), "attached to b0");
     let pins = PathBuf::from(instance["pins"].as_str().expect("pins"));
@@ -398,7 +313,7 @@ fn cli_refuses_a_foreign_xdp_program() {
         (&"x0".into(), &true.into())
     );
     assert_ne!(x0["program_id"], prog_id);
-    let ours = u32::try_from(x0["program_id"].as_u64().expect("program_id")).expect("a u32 id");
+    let ours = program_id(x0);
     assert_eq!(ns.xdp_prog(OTHER_IF), Some(ours), "attached to x0");
     pd_ok(ns, &["unload", OTHER_IF]);
     pd_ok(ns, &["unload", SERVER_IF]);
@@ -444,8 +359,7 @@ fn log_follows_the_debug_log() {
     pd_ok(ns, &["unload", SERVER_IF]);
     pd_ok(ns, &["load", SERVER_IF, "--debug"]);
     pd_ok(ns, &["bind", "udp/7444", "drop"]);
-    let mut follower = Command::new(bin())
-        .args(["--netns", ns.name(), "log"])
+    let mut follower = command(ns, &["log"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("port-demux log");
@@ -472,7 +386,7 @@ fn log_follows_the_debug_log() {
     follower.kill().expect("kill");
     follower.wait().expect("wait");
     let stats = pd_json(ns, &["stats", "--json"]);
-    assert_eq!(port_of(&stats, "udp", 7444), (3, bytes));
+    assert_eq!(json_port(&stats, "udp", 7444), (3, bytes));
 }
 
 /// Two namespaces with an interface of the same name: each has its own pins, bindings and
@@ -494,7 +408,7 @@ fn same_interface_name_in_two_namespaces() {
         (&two, (6, bytes_two), "pass", "two"),
     ] {
         let stats = pd_json(&lab.server, &["stats", "--json"]);
-        assert_eq!(port_of(&stats, "udp", 7555), counted);
+        assert_eq!(json_port(&stats, "udp", 7555), counted);
         let bindings = pd_json(&lab.server, &["bindings", "--json"]);
         assert_eq!(bindings["bindings"][0]["action"], action);
         assert_eq!(bindings["bindings"][0]["owner"], owner);

@@ -12,7 +12,7 @@ use std::{
     io,
     net::{SocketAddrV4, UdpSocket},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _},
         unix::{fs::MetadataExt as _, process::ExitStatusExt as _},
     },
     path::{Path, PathBuf},
@@ -33,101 +33,25 @@ use port_demux::{
         BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, action, outcome,
         port_index,
     },
-    is_bpffs,
+    is_bpffs, sys,
 };
-use port_demux_tests::netns::{
-    CLIENT_IF, Capture, HostVeth, Lab, Netns, SERVER_IF, TIMEOUT, UDP_OVERHEAD, count_datagrams,
-    output, poll, recv_datagrams, run, udp_to,
+use port_demux_tests::{
+    cli::{
+        Run, assert_refused, bin, command, execute, json, json_port, pd, pd_json, pd_ok, program_id,
+    },
+    frames::ip_checksum,
+    netns::{
+        CLIENT_IF, Capture, HostVeth, Lab, Netns, SERVER_IF, SILENCE, TIMEOUT, UDP_OVERHEAD,
+        count_datagrams, output, packet_socket, poll, recv_datagrams, run, set_rcvbuf, udp_to,
+    },
 };
 use serde_json::Value;
-
-/// How long a socket must stay silent to count as "received nothing" once port-demux has
-/// counted every frame sent to it.
-const SILENCE: Duration = Duration::from_millis(50);
 
 /// Commands that must finish while a writer holds the lock get this long.
 const PROMPTLY: Duration = Duration::from_secs(5);
 
 // ------------------------------------------------------------------------------------------
 // Running the binary.
-
-fn bin() -> PathBuf {
-    let path = std::env::var_os("PORT_DEMUX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/port-demux"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no port-demux binary at {}: run `cargo build -p port-demux` or set PORT_DEMUX_BIN",
-        path.display()
-    );
-    path
-}
-
-/// What one run of a command did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<std::process::Output> for Run {
-    fn from(out: std::process::Output) -> Self {
-        Self {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// `port-demux --netns NS ARGS...`, not started yet.
-fn command(ns: &Netns, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--netns").arg(ns.name()).args(args);
-    cmd
-}
-
-fn execute(mut cmd: Command) -> Run {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-        .into()
-}
-
-fn pd(ns: &Netns, args: &[&str]) -> Run {
-    execute(command(ns, args))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn pd_ok(ns: &Netns, args: &[&str]) -> String {
-    let run = pd(ns, args);
-    assert_eq!(run.code, Some(0), "port-demux {}: {run:?}", args.join(" "));
-    run.stdout
-}
-
-fn json(run: &Run, what: &str) -> Value {
-    assert_eq!(run.code, Some(0), "{what}: {run:?}");
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {run:?}"))
-}
-
-/// Runs a `--json` command that must succeed; returns its document.
-fn pd_json(ns: &Netns, args: &[&str]) -> Value {
-    json(&pd(ns, args), &format!("port-demux {}", args.join(" ")))
-}
-
-/// Asserts that `run` failed with one line on stderr holding every one of `wanted`; returns
-/// that line.
-fn assert_refused(run: &Run, what: &str, wanted: &[&str]) -> String {
-    let what = format!("{what}: {run:?}");
-    assert!(matches!(run.code, Some(c) if c != 0), "exit code: {what}");
-    assert_eq!(run.stderr.lines().count(), 1, "one line on stderr: {what}");
-    assert!(run.stderr.starts_with("port-demux: "), "{what}");
-    for w in wanted {
-        assert!(run.stderr.contains(w), "{w:?} missing: {what}");
-    }
-    run.stderr.trim_end().to_owned()
-}
 
 /// Waits for `child` for at most `limit`; kills it (by its id) and panics when it takes longer.
 fn finish_within(child: Child, limit: Duration, what: &str) -> Run {
@@ -144,21 +68,6 @@ fn finish_within(child: Child, limit: Duration, what: &str) -> Run {
     panic!("{what} did not finish within {limit:?}");
 }
 
-/// (packets, bytes) of a port in `stats --json`; (0, 0) when it is not listed.
-fn json_port(stats: &Value, proto: &str, port: u16) -> (u64, u64) {
-    stats["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .find(|p| p["proto"] == proto && p["port"] == port)
-        .map_or((0, 0), |p| {
-            (
-                p["packets"].as_u64().expect("packets"),
-                p["bytes"].as_u64().expect("bytes"),
-            )
-        })
-}
-
 /// The program id `status --json` reports for `iface`, checking it is attached.
 fn status_prog_id(ns: &Netns, iface: &str) -> u32 {
     let doc = pd_json(ns, &["status", "--json"]);
@@ -169,120 +78,27 @@ fn status_prog_id(ns: &Netns, iface: &str) -> u32 {
         .find(|i| i["interface"] == iface)
         .unwrap_or_else(|| panic!("{iface} missing in {doc}"));
     assert_eq!(entry["attached"], true, "{doc}");
-    u32::try_from(entry["program_id"].as_u64().expect("program_id")).expect("a u32 id")
+    program_id(entry)
 }
 
 // ------------------------------------------------------------------------------------------
 // Reading and writing the pinned maps directly, as another tool would.
 
-/// The raw `bpf(2)` calls the tests need beyond aya's: a read-only `BPF_OBJ_GET` and a whole
-/// array in one `BPF_MAP_LOOKUP_BATCH`.
-mod raw {
-    use std::{
-        io,
-        os::{
-            fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-            unix::ffi::OsStrExt as _,
-        },
-        path::Path,
-    };
-
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const BPF_F_RDONLY: u32 = 1 << 3;
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        pad: u32,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-        // SAFETY: `attr` is a live, initialised `bpf_attr` prefix of the size passed.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                std::ptr::from_mut(attr),
-                libc::c_uint::try_from(size_of::<T>()).expect("small attr"),
-            )
-        };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    }
-
-    /// Opens a pinned map read-only.
-    pub fn open(path: &Path) -> OwnedFd {
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-        let mut attr = ObjAttr {
-            pathname: c.as_ptr() as u64,
-            file_flags: BPF_F_RDONLY,
-            ..ObjAttr::default()
-        };
-        let fd = bpf(BPF_OBJ_GET, &mut attr)
-            .unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd fits i32")) }
-    }
-
-    /// Every value of the pinned array map at `path`, which has `len` entries of `T`.
-    pub fn dump<T: bytemuck::Pod>(path: &Path, len: u32) -> Vec<T> {
-        let fd = open(path);
-        let mut values = vec![T::zeroed(); len as usize];
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
-        let mut keys = vec![0u32; len as usize];
-        let (mut done, mut token, mut next) = (0u32, 0u32, 0u32);
-        while done < len {
-            let mut attr = BatchAttr {
-                in_batch: if done == 0 {
-                    0
-                } else {
-                    std::ptr::from_ref(&token) as u64
-                },
-                out_batch: std::ptr::from_mut(&mut next) as u64,
-                keys: keys[done as usize..].as_mut_ptr() as u64,
-                values: bytes[done as usize * size_of::<T>()..].as_mut_ptr() as u64,
-                count: len - done,
-                map_fd: u32::try_from(fd.as_raw_fd()).expect("fd"),
-                ..BatchAttr::default()
-            };
-            let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            done += attr.count;
-            match result {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => panic!("BPF_MAP_LOOKUP_BATCH {}: {e}", path.display()),
-            }
-            token = next;
-        }
-        assert_eq!(done, len, "entries of {}", path.display());
-        values
-    }
-}
-
-/// The whole `BINDINGS` array of the instance pinned in `dir`: 131,072 entries of 24 bytes.
+/// The whole `BINDINGS` array of the instance pinned in `dir`: 131,072 entries of 24 bytes,
+/// read through a read-only descriptor in one batch lookup.
 fn raw_bindings(dir: &Path) -> Vec<Binding> {
-    raw::dump(&dir.join("BINDINGS"), BINDINGS_LEN)
+    let path = dir.join("BINDINGS");
+    let fd =
+        sys::obj_get(&path, true).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
+    let mut values = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+    sys::lookup_array_batch(
+        fd.as_fd(),
+        BINDINGS_LEN,
+        size_of::<Binding>(),
+        bytemuck::cast_slice_mut(&mut values),
+    )
+    .unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_BATCH {}: {e}", path.display()));
+    values
 }
 
 /// The pinned `META` array, read-write through aya.
@@ -364,21 +180,6 @@ impl fmt::Debug for State {
 // ------------------------------------------------------------------------------------------
 // Sockets and frames.
 
-/// A receive buffer no test fills: a datagram the socket dropped would read as a loss.
-fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: setsockopt with an int of the size given.
-    let ret = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
-            libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small"),
-        )
-    };
-    assert_eq!(ret, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
-}
-
 /// An Ethernet + IPv4 + UDP frame to `port` with `payload` bytes (valid IPv4 checksum).
 fn udp_frame(port: u16, payload: usize) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
@@ -386,12 +187,7 @@ fn udp_frame(port: u16, payload: usize) -> Vec<u8> {
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&ip_len.to_be_bytes());
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 2, 10, 99, 0, 1]);
-    let sum = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !u16::try_from((sum & 0xffff) + (sum >> 16)).expect("folded");
+    let sum = ip_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&40000u16.to_be_bytes());
@@ -405,11 +201,7 @@ fn udp_frame(port: u16, payload: usize) -> Vec<u8> {
 /// Sends `frame` `count` times out of interface `ifindex` of the caller's namespace through an
 /// `AF_PACKET` socket: no address, route or neighbour needed.
 fn inject(ifindex: u32, frame: &[u8], count: usize) {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-    // SAFETY: a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = packet_socket();
     // SAFETY: an all-zero sockaddr_ll is valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = u16::try_from(libc::AF_PACKET).expect("fits");
@@ -613,6 +405,7 @@ fn upgrades_under_traffic_lose_nothing() {
     assert_eq!(ns.xdp_prog(SERVER_IF), Some(first_id));
 
     let passed = lab.udp_server(UPGRADE_PASS);
+    // A receive buffer no test fills: a datagram the socket dropped would read as a loss.
     set_rcvbuf(&passed, 64 << 20);
     let dropped = lab.udp_server(UPGRADE_DROP);
     let sent_capture = Capture::open_sent(&lab.client, CLIENT_IF);
@@ -1234,44 +1027,37 @@ enum As {
 }
 
 fn hostile(ns: &Netns, who: As, args: &[&str]) -> Run {
-    match who {
-        As::Root => pd(ns, args),
-        As::Nobody => {
-            let mut cmd = Command::new("setpriv");
-            cmd.args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--",
-            ])
-            .arg(bin())
-            .arg("--netns")
-            .arg(ns.name())
-            .args(args);
-            execute(cmd)
-        }
-        As::NoBpffs => {
-            // `unshare -m` makes every mount private: the umount stays in its namespace.
-            let mut cmd = Command::new("unshare");
-            cmd.args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf || exit 99; done; exec \"$@\"",
-                "sh",
-            ])
-            .arg(bin())
-            .arg("--netns")
-            .arg(ns.name())
-            .args(args);
-            execute(cmd)
-        }
-    }
+    let wrapper: &[&str] = match who {
+        As::Root => return pd(ns, args),
+        As::Nobody => &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ],
+        // `unshare -m` makes every mount private: the umount stays in its namespace.
+        As::NoBpffs => &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf || exit 99; done; exec \"$@\"",
+            "sh",
+        ],
+    };
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(bin())
+        .arg("--netns")
+        .arg(ns.name())
+        .args(args);
+    execute(cmd)
 }
 
 /// An interface in B that vanishes: `v0` (peer `v1`), port-demux loaded on it and one binding.
@@ -1311,7 +1097,7 @@ const HOSTILE: &[(As, &[&str], &[&str])] = &[
     (
         As::Root,
         &["bind", "-i", "b0", "udp/1-2-3", "drop"],
-        &["udp/1-2-3"],
+        &["udp/1-2-3", "is not a port range"],
     ),
     (
         As::Root,

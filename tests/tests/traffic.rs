@@ -3,20 +3,16 @@
 //!
 //! Needs root. Each test builds its own [`Lab`] and removes it (and its pins) when it ends.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use port_demux::{
     Action, BindOptions, BindingRange, Error, LoadOptions, PortDemux, PortSpec, Proto, Stats,
     common::{outcome, taken},
 };
 use port_demux_tests::netns::{
-    Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, count_datagrams, poll,
+    Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD, count_datagrams, poll,
     recv_datagrams, tcp_to, udp_to,
 };
-
-/// How long a socket must stay silent to count as "received nothing" once port-demux has
-/// counted every frame sent to it.
-const SILENCE: Duration = Duration::from_millis(50);
 
 fn load(lab: &Lab) -> PortDemux {
     let (demux, _report) = PortDemux::load(&lab.server.scope(), SERVER_IF, &LoadOptions::default())
