@@ -292,6 +292,13 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         }));
     }
     report["per_packet"] = json!(per_packet);
+    match run_time_stats(&frames[0].1, args.repeat, filter.is_ok()) {
+        Ok((figures, summary)) => {
+            text.push_str(&summary);
+            report["bpf_run_time_stats"] = figures;
+        }
+        Err(e) => writeln!(text, "BPF run-time stats unavailable: {e:#}")?,
+    }
     report["xdp_filter"] = match &filter {
         Ok(_) => json!("xdp-filter (xdp-tools) loaded in skb mode with `port -p udp 7777`"),
         Err(e) => json!(format!("unavailable: {e}")),
@@ -392,6 +399,72 @@ fn xdp_filter() -> Result<std::os::fd::OwnedFd> {
         &["xdp-filter", "port", "-p", "udp", &BOUND_UDP.to_string()],
     )?;
     Ok(bpf::prog_by_id(xdp_prog_id(NS_RX, "frx0")?)?)
+}
+
+/// Where the time goes: with `kernel.bpf_stats_enabled`, the kernel times each program run
+/// alone (`run_time_ns / run_cnt`), without the test-run loop around it. Measured apart from the
+/// timed rounds, because the accounting itself costs time per run.
+fn run_time_stats(frame: &[u8], repeat: u32, filter: bool) -> Result<(Value, String)> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL)?;
+    std::fs::write(SYSCTL, "1")?;
+    let mut programs = vec![
+        ("floor", xdp_prog_id(NS_TX, "ftx0")?),
+        ("port-demux", {
+            let status = nsenter(NS_RX, &["ip", "-j", "link", "show", "dev", "rx0"])?;
+            let v: Value = serde_json::from_str(&status)?;
+            v[0]["xdp"]["prog"]["id"]
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .context("no program on rx0")?
+        }),
+    ];
+    if filter {
+        programs.push(("xdp-filter", xdp_prog_id(NS_RX, "frx0")?));
+    }
+    let stats = |id: u32| -> Result<(u64, u64)> {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output()?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok((
+            v["run_time_ns"].as_u64().unwrap_or(0),
+            v["run_cnt"].as_u64().unwrap_or(0),
+        ))
+    };
+    let mut figures = serde_json::Map::new();
+    let mut summary = String::from(
+        "\nprogram alone (kernel.bpf_stats_enabled, run_time_ns / run_cnt, udp_bound_drop):\n ",
+    );
+    let result = (|| -> Result<()> {
+        for (name, id) in &programs {
+            let fd = bpf::prog_by_id(*id)?;
+            let (t0, c0) = stats(*id)?;
+            bpf::test_run(&fd, frame, repeat)?;
+            let (t1, c1) = stats(*id)?;
+            let ns = (t1 - t0) as f64 / (c1 - c0).max(1) as f64;
+            figures.insert((*name).to_owned(), json!(ns));
+            write!(summary, " {name} {ns:.1} ns,")?;
+        }
+        Ok(())
+    })();
+    std::fs::write(SYSCTL, before.trim())?;
+    result?;
+    summary.pop();
+    // The accounting's clock reads are in every figure; the difference to the floor is the
+    // program's own work.
+    let floor = figures.get("floor").and_then(Value::as_f64).unwrap_or(0.0);
+    let mut over = serde_json::Map::new();
+    summary.push_str("\n  over the floor:");
+    for (name, _) in programs.iter().skip(1) {
+        let ns = figures.get(*name).and_then(Value::as_f64).unwrap_or(0.0) - floor;
+        over.insert((*name).to_owned(), json!(ns));
+        write!(summary, " {name} +{ns:.1} ns,")?;
+    }
+    summary.pop();
+    summary.push('\n');
+    figures.insert("over_floor".to_owned(), Value::Object(over));
+    Ok((Value::Object(figures), summary))
 }
 
 /// Sum of the softirq and system CPU time of all CPUs, in clock ticks (`/proc/stat`).
