@@ -127,10 +127,17 @@ pub struct GlobalCounters {
 const _: () = assert!(size_of::<GlobalCounters>() == 160);
 
 impl GlobalCounters {
+    /// Index in [`GlobalCounters::frames`] of the (`outcome`, `taken`) cell.
+    #[inline]
+    #[must_use]
+    pub const fn cell(outcome: usize, taken: usize) -> usize {
+        outcome * taken::COUNT + taken
+    }
+
     /// Frames counted under (`outcome`, `taken`).
     #[must_use]
     pub const fn get(&self, outcome: usize, taken: usize) -> u64 {
-        self.frames[outcome * taken::COUNT + taken]
+        self.frames[Self::cell(outcome, taken)]
     }
 
     /// Frames per [`outcome`].

@@ -56,7 +56,7 @@ static DEFAULT_ACTION: Global<u32> = Global::new(action::PASS);
 pub fn port_demux(ctx: XdpContext) -> u32 {
     let (cell, ret) = match parse::dest_port_index(&ctx) {
         Ok(index) => demux(&ctx, index),
-        Err(outcome) => (cell(outcome, taken::PASS), XDP_PASS),
+        Err(outcome) => (GlobalCounters::cell(outcome, taken::PASS), XDP_PASS),
     };
     // One counter per frame: the (outcome, action taken) cell. Outcome and action totals are
     // its row and column sums, so they add up by construction.
@@ -68,12 +68,6 @@ pub fn port_demux(ctx: XdpContext) -> u32 {
         }
     }
     ret
-}
-
-/// Index of the (outcome, taken) cell in `GlobalCounters::frames`.
-#[inline(always)]
-const fn cell(outcome: usize, taken: usize) -> usize {
-    outcome * taken::COUNT + taken
 }
 
 /// Counts a demultiplexed frame under its port and applies its binding; returns the global
@@ -100,21 +94,25 @@ fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
         index & 0xffff,
         act
     );
-    if act == action::REDIRECT {
-        return match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
-            Ok(ret) => (cell(outcome::DEMUXED, taken::REDIRECT), ret),
-            Err(_) => (cell(outcome::DEMUXED, taken::REDIRECT_FALLBACK), XDP_PASS),
-        };
+    match act {
+        action::DROP => (
+            GlobalCounters::cell(outcome::DEMUXED, taken::DROP),
+            XDP_DROP,
+        ),
+        action::REDIRECT => match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
+            Ok(ret) => (GlobalCounters::cell(outcome::DEMUXED, taken::REDIRECT), ret),
+            Err(_) => (
+                GlobalCounters::cell(outcome::DEMUXED, taken::REDIRECT_FALLBACK),
+                XDP_PASS,
+            ),
+        },
+        // PASS, and any value this program does not know.
+        _ => (
+            GlobalCounters::cell(outcome::DEMUXED, taken::PASS),
+            XDP_PASS,
+        ),
     }
-    // Pass or drop, without a branch: the DEMUXED row's PASS and DROP cells are 0 and 1, and
-    // XDP_DROP is XDP_PASS - 1. Anything but DROP passes.
-    let drop = act == action::DROP;
-    (usize::from(drop), XDP_PASS - u32::from(drop))
 }
-
-const _: () = assert!(cell(outcome::DEMUXED, taken::PASS) == 0);
-const _: () = assert!(cell(outcome::DEMUXED, taken::DROP) == 1);
-const _: () = assert!(XDP_DROP == XDP_PASS - 1);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,7 +9,7 @@ use aya_ebpf::programs::XdpContext;
 use port_demux_common::{
     PROTO_TCP, PROTO_UDP,
     model::{ETH_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_LEN, TCP_MIN_LEN, UDP_LEN},
-    outcome,
+    outcome, port_index,
 };
 
 /// Reads a `T` at `addr`, which the caller has bounds-checked.
@@ -59,7 +59,7 @@ pub fn dest_port_index(ctx: &XdpContext) -> Result<u32, usize> {
             if l4 + 4 <= end {
                 // SAFETY: checked just above.
                 let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
-                return Ok((proto << 16) | u32::from(dest_port));
+                return Ok(port_index(proto, dest_port));
             }
         }
     }
@@ -126,5 +126,5 @@ fn full(ctx: &XdpContext) -> Result<u32, usize> {
     }
     // SAFETY: checked just above.
     let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
-    Ok((proto << 16) | u32::from(dest_port))
+    Ok(port_index(proto, dest_port))
 }

@@ -71,7 +71,7 @@ pub fn port_delta(a: &PortCounters, b: &PortCounters) -> PortCounters {
 #[must_use]
 pub fn one_frame(outcome: usize, taken: usize) -> GlobalCounters {
     let mut d = GlobalCounters::default();
-    d.frames[outcome * taken::COUNT + taken] = 1;
+    d.frames[GlobalCounters::cell(outcome, taken)] = 1;
     d
 }
 
