@@ -393,18 +393,17 @@ impl PortDemux {
         // The link first: removing its last reference detaches the program.
         remove_pins(&dir)?;
         if scope.loaded()?.is_empty() {
+            // The namespace's folder, then port-demux's own if no namespace is left in it.
             let _ = fs::remove_dir(&ns_dir);
+            if let Some(root) = ns_dir.parent() {
+                let _ = fs::remove_dir(root);
+            }
         }
         // The kernel may release the link, and detach, after the unlink returns: wait for it,
         // so that a `load` right after finds the interface free.
         if let (Some(prog_id), Some(ifindex)) = (prog_id, scope.ifindex(iface)?) {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while scope
-                .run(|| netlink::xdp_query(ifindex))?
-                .ok()
-                .flatten()
-                .is_some_and(|a| a.prog_id == prog_id)
-            {
+            while runs(scope, ifindex, prog_id)? {
                 if std::time::Instant::now() > deadline {
                     return Err(Error::StillAttached {
                         iface: iface.to_owned(),
@@ -510,7 +509,7 @@ impl PortDemux {
             let owner = owner_str(&b);
             return Err(Error::Conflict {
                 port: PortSpec::single(ports.proto, port).to_string(),
-                action: self.describe(&b)?.to_string(),
+                action: describe(&b, &self.slot_names()?).to_string(),
                 owner: if owner.is_empty() {
                     String::new()
                 } else {
@@ -562,6 +561,7 @@ impl PortDemux {
     /// When the maps cannot be read.
     pub fn bindings(&self) -> Result<Vec<BindingRange>> {
         let all = self.read_bindings()?;
+        let slot_names = self.slot_names()?;
         let mut ranges: Vec<(u32, u32, Binding)> = Vec::new();
         for (index, b) in (0u32..).zip(&all) {
             if b.action == action::UNBOUND {
@@ -574,20 +574,18 @@ impl PortDemux {
                 _ => ranges.push((index, index, *b)),
             }
         }
-        ranges
+        Ok(ranges
             .into_iter()
-            .map(|(first, last, b)| {
-                Ok(BindingRange {
-                    ports: PortSpec {
-                        proto: Proto::from_index(first),
-                        first: low16(first),
-                        last: low16(last),
-                    },
-                    action: self.describe(&b)?,
-                    owner: owner_str(&b),
-                })
+            .map(|(first, last, b)| BindingRange {
+                ports: PortSpec {
+                    proto: Proto::from_index(first),
+                    first: low16(first),
+                    last: low16(last),
+                },
+                action: describe(&b, &slot_names),
+                owner: owner_str(&b),
             })
-            .collect()
+            .collect())
     }
 
     /// Per-port and global counters, summed over CPUs.
@@ -601,6 +599,7 @@ impl PortDemux {
         sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
             .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
         let bindings = self.read_bindings()?;
+        let slot_names = self.slot_names()?;
         let mut ports = Vec::new();
         for (index, (per_cpu, b)) in (0u32..).zip(raw.chunks_exact(stride).zip(&bindings)) {
             let (mut packets, mut bytes) = (0u64, 0u64);
@@ -617,11 +616,7 @@ impl PortDemux {
                 port: low16(index),
                 packets,
                 bytes,
-                action: if b.action == action::UNBOUND {
-                    None
-                } else {
-                    Some(self.describe(b)?)
-                },
+                action: (b.action != action::UNBOUND).then(|| describe(b, &slot_names)),
             });
         }
         ports.sort_by(|a, b| {
@@ -664,12 +659,7 @@ impl PortDemux {
         let link_path = self.dir.join(LINK_PIN);
         let prog_id = sys::pinned_link_prog_id(&link_path)
             .map_err(|e| Error::io("cannot read", &link_path, e))?;
-        let attached = self
-            .scope
-            .run(|| netlink::xdp_query(self.meta.ifindex))?
-            .ok()
-            .flatten()
-            .is_some_and(|a| a.prog_id == prog_id);
+        let attached = runs(&self.scope, self.meta.ifindex, prog_id)?;
         let bound_ports = u32::try_from(
             self.read_bindings()?
                 .iter()
@@ -806,26 +796,36 @@ impl PortDemux {
         Ok(())
     }
 
-    /// The [`Action`] of a binding, naming the redirect target.
-    fn describe(&self, b: &Binding) -> Result<Action> {
-        Ok(match b.action {
-            action::DROP => Action::Drop,
-            action::REDIRECT => {
-                let mut value = [0u8; DEVMAP_VALUE as usize];
-                let found = sys::lookup(self.redirect.as_fd(), &b.slot.to_ne_bytes(), &mut value)
-                    .map_err(|e| Error::io("cannot read", self.dir.join("REDIRECT"), e))?;
-                let ifindex = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
-                let name = if found {
-                    self.scope
+    /// The interface each devmap slot redirects to, named once for all the bindings that
+    /// use it.
+    fn slot_names(&self) -> Result<Vec<Option<String>>> {
+        self.read_slots()?
+            .into_iter()
+            .map(|slot| {
+                slot.map(|ifindex| {
+                    Ok(self
+                        .scope
                         .ifname(ifindex)?
-                        .unwrap_or_else(|| format!("ifindex-{ifindex}"))
-                } else {
-                    "(gone)".to_owned()
-                };
-                Action::Redirect(name)
-            }
-            _ => Action::Pass,
-        })
+                        .unwrap_or_else(|| format!("ifindex-{ifindex}")))
+                })
+                .transpose()
+            })
+            .collect()
+    }
+}
+
+/// The [`Action`] of a binding, naming the redirect target from [`PortDemux::slot_names`].
+fn describe(b: &Binding, slot_names: &[Option<String>]) -> Action {
+    match b.action {
+        action::DROP => Action::Drop,
+        action::REDIRECT => Action::Redirect(
+            slot_names
+                .get(b.slot as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "(gone)".to_owned()),
+        ),
+        _ => Action::Pass,
     }
 }
 
@@ -866,24 +866,17 @@ fn check_ifname(iface: &str) -> Result<()> {
 fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
     let open = |(name, map_type, value_size, max_entries): (&str, u32, u32, u32)| {
         let path = dir.join(name);
-        // Read-write for root; read-only for a group granted read access to the pins (see the
-        // README), whose writes then fail with a privileges error.
-        let fd = sys::obj_get(&path, false)
-            .or_else(|e| match e.raw_os_error() {
-                Some(libc::EACCES | libc::EPERM) => sys::obj_get(&path, true),
-                _ => Err(e),
-            })
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::Layout {
-                        path: dir.to_owned(),
-                        found: 0,
-                        expected: LAYOUT_VERSION,
-                    }
-                } else {
-                    Error::io("cannot open", &path, e)
+        let fd = sys::obj_get_readable(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Layout {
+                    path: dir.to_owned(),
+                    found: 0,
+                    expected: LAYOUT_VERSION,
                 }
-            })?;
+            } else {
+                Error::io("cannot open", &path, e)
+            }
+        })?;
         let info = sys::map_info(fd.as_fd()).map_err(|e| Error::io("cannot inspect", &path, e))?;
         if (
             info.map_type,
@@ -915,10 +908,21 @@ fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bo
     let Ok(prog_id) = sys::pinned_link_prog_id(&dir.join(LINK_PIN)) else {
         return Ok(false);
     };
-    let attached = scope
-        .run(|| netlink::xdp_query(ifindex))?
-        .map_err(|e| Error::io("cannot query XDP on", dir, e))?;
-    Ok(attached.is_some_and(|a| a.prog_id == prog_id))
+    runs(scope, ifindex, prog_id)
+}
+
+/// Whether interface `ifindex` of `scope` runs XDP program `prog_id`; a vanished interface
+/// runs nothing.
+fn runs(scope: &Scope, ifindex: u32, prog_id: u32) -> Result<bool> {
+    match scope.run(|| netlink::xdp_query(ifindex))? {
+        Ok(attached) => Ok(attached.is_some_and(|a| a.prog_id == prog_id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(Error::io(
+            "cannot query XDP on interface index",
+            ifindex.to_string(),
+            e,
+        )),
+    }
 }
 
 /// Refuses, or with `force` detaches, an XDP program port-demux did not load.

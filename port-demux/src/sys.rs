@@ -94,6 +94,19 @@ pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd fits i32")) })
 }
 
+/// Opens a pinned object read-write, or read-only when read-write is not permitted: root
+/// writes, a group granted read access to the pins (see the README) reads, and its writes then
+/// fail with `EPERM`.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+pub fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
+    obj_get(path, false).or_else(|e| match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
+        _ => Err(e),
+    })
+}
+
 /// Looks `key` up; `Ok(false)` when the element does not exist.
 ///
 /// # Errors
@@ -287,10 +300,7 @@ pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
 pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
-    let fd = obj_get(path, false).or_else(|e| match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
-        _ => Err(e),
-    })?;
+    let fd = obj_get_readable(path)?;
     // struct bpf_link_info { u32 type; u32 id; u32 prog_id; ... }
     let mut info = [0u32; 3];
     let mut attr = InfoAttr {
