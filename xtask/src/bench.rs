@@ -148,11 +148,16 @@ fn nsenter(ns: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The id of the XDP program attached to `dev` in `ns`.
-fn xdp_prog_id(ns: &str, dev: &str) -> Result<u32> {
+/// `ip -j link show dev DEV` inside `ns`: the link's JSON object.
+fn link(ns: &str, dev: &str) -> Result<Value> {
     let out = nsenter(ns, &["ip", "-j", "link", "show", "dev", dev])?;
     let links: Value = serde_json::from_str(&out)?;
-    links[0]["xdp"]["prog"]["id"]
+    Ok(links[0].clone())
+}
+
+/// The id of the XDP program attached to `dev` in `ns`.
+fn xdp_prog_id(ns: &str, dev: &str) -> Result<u32> {
+    link(ns, dev)?["xdp"]["prog"]["id"]
         .as_u64()
         .and_then(|id| u32::try_from(id).ok())
         .with_context(|| format!("no XDP program on {dev}"))
@@ -410,14 +415,7 @@ fn run_time_stats(frame: &[u8], repeat: u32, filter: bool) -> Result<(Value, Str
     std::fs::write(SYSCTL, "1")?;
     let mut programs = vec![
         ("floor", xdp_prog_id(NS_TX, "ftx0")?),
-        ("port-demux", {
-            let status = nsenter(NS_RX, &["ip", "-j", "link", "show", "dev", "rx0"])?;
-            let v: Value = serde_json::from_str(&status)?;
-            v[0]["xdp"]["prog"]["id"]
-                .as_u64()
-                .and_then(|i| u32::try_from(i).ok())
-                .context("no program on rx0")?
-        }),
+        ("port-demux", xdp_prog_id(NS_RX, "rx0")?),
     ];
     if filter {
         programs.push(("xdp-filter", xdp_prog_id(NS_RX, "frx0")?));
@@ -499,11 +497,10 @@ fn live(bin: &Path, frames: u64) -> Result<(Value, String)> {
             .and_then(|p| p["packets"].as_u64())
             .unwrap_or(0)
     };
-    let mac = {
-        let out = nsenter(NS_RX, &["ip", "-j", "link", "show", "dev", "rx0"])?;
-        let v: Value = serde_json::from_str(&out)?;
-        v[0]["address"].as_str().context("no MAC")?.to_owned()
-    };
+    let mac = link(NS_RX, "rx0")?["address"]
+        .as_str()
+        .context("no MAC")?
+        .to_owned();
     let mac_bytes: Vec<String> = mac.split(':').map(|b| format!("0x{b}")).collect();
     let config = format!(
         "{{ {}, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, c16(0x0800), \
