@@ -13,7 +13,7 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -114,48 +114,55 @@ pub struct PortCounters {
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
 
-/// Value of the single-entry per-CPU `GLOBALS` array: every frame is counted once, in the
-/// cell of its [`outcome`] and the action [`taken`] on it (`frames[outcome * taken::COUNT +
-/// taken]`), so the outcome totals and the action totals add up to the same number by
-/// construction. Frames that are not demultiplexed are always passed.
+/// Value of the single-entry per-CPU `GLOBALS` array.
+///
+/// A demultiplexed frame is counted once, under its port in `PORT_STATS`, and nowhere else
+/// unless it is redirected: the per-port counters are the whole account of those frames, and
+/// the fast path touches one per-CPU value. Every other frame is counted here, once, under
+/// the [`outcome`] that stopped it (`frames[outcome]`; those frames are always passed), and
+/// each redirect of a demultiplexed frame once more, by result ([`Self::REDIRECTED`],
+/// [`Self::REDIRECT_FALLBACK`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GlobalCounters {
-    /// Frames per (outcome, action taken).
-    pub frames: [u64; outcome::COUNT * taken::COUNT],
+    /// Frames per cell; `frames[outcome::DEMUXED]` and the last cell stay 0.
+    pub frames: [u64; GlobalCounters::LEN],
 }
-const _: () = assert!(size_of::<GlobalCounters>() == 160);
+const _: () = assert!(size_of::<GlobalCounters>() == 64);
 
 impl GlobalCounters {
-    /// Index in [`GlobalCounters::frames`] of the (`outcome`, `taken`) cell.
+    /// Cells: one per outcome, the two redirect results, one spare (a cache line in all).
+    pub const LEN: usize = 8;
+    /// Cell of demultiplexed frames sent on through the `REDIRECT` devmap.
+    pub const REDIRECTED: usize = outcome::COUNT;
+    /// Cell of demultiplexed frames bound to a redirect whose devmap slot was empty (the
+    /// target is gone): they are passed instead.
+    pub const REDIRECT_FALLBACK: usize = outcome::COUNT + 1;
+
+    /// The cell a frame with this `outcome` and action [`taken`] is counted in, if any:
+    /// demultiplexed frames that are passed or dropped are counted per port only.
     #[inline]
     #[must_use]
-    pub const fn cell(outcome: usize, taken: usize) -> usize {
-        outcome * taken::COUNT + taken
+    pub const fn cell(outcome: usize, taken: usize) -> Option<usize> {
+        match (outcome, taken) {
+            (outcome::DEMUXED, taken::REDIRECT) => Some(Self::REDIRECTED),
+            (outcome::DEMUXED, taken::REDIRECT_FALLBACK) => Some(Self::REDIRECT_FALLBACK),
+            (outcome::DEMUXED, _) => None,
+            (outcome, _) => Some(outcome),
+        }
     }
 
-    /// Frames counted under (`outcome`, `taken`).
+    /// Frames that were not demultiplexed, per [`outcome`] (`outcome::DEMUXED`'s is 0: those
+    /// are the sum of the per-port counters).
     #[must_use]
-    pub const fn get(&self, outcome: usize, taken: usize) -> u64 {
-        self.frames[Self::cell(outcome, taken)]
-    }
-
-    /// Frames per [`outcome`].
-    #[must_use]
-    pub fn outcomes(&self) -> [u64; outcome::COUNT] {
-        core::array::from_fn(|o| (0..taken::COUNT).map(|t| self.get(o, t)).sum())
-    }
-
-    /// Frames per action [`taken`].
-    #[must_use]
-    pub fn taken(&self) -> [u64; taken::COUNT] {
-        core::array::from_fn(|t| (0..outcome::COUNT).map(|o| self.get(o, t)).sum())
-    }
-
-    /// All frames.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.frames.iter().sum()
+    pub fn not_demuxed(&self) -> [u64; outcome::COUNT] {
+        core::array::from_fn(|o| {
+            if o == outcome::DEMUXED {
+                0
+            } else {
+                self.frames[o]
+            }
+        })
     }
 
     /// Adds `other` cell by cell (summing per-CPU values).

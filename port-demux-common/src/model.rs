@@ -32,9 +32,9 @@ pub const IPPROTO_UDP: u8 = 17;
 pub struct Verdict {
     /// The XDP return code.
     pub xdp_action: u32,
-    /// Index into [`crate::GlobalCounters::outcomes`].
+    /// One of [`crate::outcome`]'s constants.
     pub outcome: usize,
-    /// Index into [`crate::GlobalCounters::taken`].
+    /// One of [`crate::taken`]'s constants.
     pub taken: usize,
     /// The `PORT_STATS` index counted, for demultiplexed frames.
     pub port_index: Option<u32>,

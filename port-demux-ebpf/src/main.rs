@@ -2,6 +2,12 @@
 //! (protocol, destination port) up in `BINDINGS` and pass, drop or redirect; count every frame.
 //!
 //! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
+//!
+//! Shape, for speed: the common frame (IPv4 TCP/UDP, any IHL) is parsed inline and costs one
+//! per-CPU counter update (its port's); everything else runs in subprograms (`slow`,
+//! `redirect`), so that the registers and stack they need are not saved on the fast path. The
+//! program built with `--debug` is a second entry point, `port_demux_debug`; the default one
+//! holds no logging code at all.
 #![no_std]
 #![no_main]
 #![expect(
@@ -19,8 +25,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Meta, PortCounters, REDIRECT_SLOTS, action, outcome,
-    taken,
+    BINDINGS_LEN, Binding, GlobalCounters, Meta, PortCounters, REDIRECT_SLOTS, action,
 };
 
 /// Bindings, indexed by `port_index(proto, port)`.
@@ -31,7 +36,7 @@ static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, 0);
 #[map]
 static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(BINDINGS_LEN, 0);
 
-/// Global outcome and action counters, per CPU.
+/// Frames not demultiplexed, by outcome, and redirects by result, per CPU.
 #[map]
 static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -48,34 +53,40 @@ static META: Array<Meta> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static DEFAULT_ACTION: Global<u32> = Global::new(action::PASS);
 
+/// The data path.
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro fixes the signature"
 )]
 pub fn port_demux(ctx: XdpContext) -> u32 {
-    let (cell, ret) = match parse::dest_port_index(&ctx) {
-        Ok(index) => demux(&ctx, index),
-        Err(outcome) => (GlobalCounters::cell(outcome, taken::PASS), XDP_PASS),
-    };
-    // One counter per frame: the (outcome, action taken) cell. Outcome and action totals are
-    // its row and column sums, so they add up by construction.
-    if let Some(globals) = GLOBALS.get_ptr_mut(0) {
-        // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
-        // reentrant.
-        if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
-            *n += 1;
-        }
-    }
-    ret
+    demux::<false>(&ctx)
 }
 
-/// Counts a demultiplexed frame under its port and applies its binding; returns the global
-/// counter cell and the XDP action.
+/// The data path with a debug log record per demultiplexed frame (`load --debug`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro fixes the signature"
+)]
+pub fn port_demux_debug(ctx: XdpContext) -> u32 {
+    demux::<true>(&ctx)
+}
+
 #[inline(always)]
-fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
+fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
+    let Some(index) = parse::fast(ctx) else {
+        return slow::<LOG>(XdpContext::new(ctx.ctx));
+    };
+    apply::<LOG>(ctx, index)
+}
+
+/// Counts a demultiplexed frame under its port and applies its binding.
+#[inline(always)]
+fn apply<const LOG: bool>(ctx: &XdpContext, index: u32) -> u32 {
     if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
-        // SAFETY: as for GLOBALS.
+        // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
+        // reentrant.
         let counters = unsafe { &mut *counters };
         counters.packets += 1;
         counters.bytes += (ctx.data_end() - ctx.data()) as u64;
@@ -87,30 +98,60 @@ fn demux(ctx: &XdpContext, index: u32) -> (usize, u32) {
     if act == action::UNBOUND {
         act = DEFAULT_ACTION.load();
     }
-    aya_log_ebpf::debug!(
-        ctx,
-        "{} port {}: action {} (1 pass, 2 drop, 3 redirect)",
-        if index >> 16 == 0 { "tcp" } else { "udp" },
-        index & 0xffff,
-        act
-    );
+    if LOG {
+        aya_log_ebpf::debug!(
+            ctx,
+            "{} port {}: action {} (1 pass, 2 drop, 3 redirect)",
+            if index >> 16 == 0 { "tcp" } else { "udp" },
+            index & 0xffff,
+            act
+        );
+    }
     match act {
-        action::DROP => (
-            GlobalCounters::cell(outcome::DEMUXED, taken::DROP),
-            XDP_DROP,
-        ),
-        action::REDIRECT => match REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
-            Ok(ret) => (GlobalCounters::cell(outcome::DEMUXED, taken::REDIRECT), ret),
-            Err(_) => (
-                GlobalCounters::cell(outcome::DEMUXED, taken::REDIRECT_FALLBACK),
-                XDP_PASS,
-            ),
-        },
+        action::DROP => XDP_DROP,
+        action::REDIRECT => redirect(slot),
         // PASS, and any value this program does not know.
-        _ => (
-            GlobalCounters::cell(outcome::DEMUXED, taken::PASS),
-            XDP_PASS,
-        ),
+        _ => XDP_PASS,
+    }
+}
+
+/// Every frame the fast path does not take: classified step by step, counted under its
+/// outcome, or demultiplexed like any other.
+#[inline(never)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "by value, the context pointer travels in a register; a reference would spill it"
+)]
+fn slow<const LOG: bool>(ctx: XdpContext) -> u32 {
+    match parse::full(&ctx) {
+        Ok(index) => apply::<LOG>(&ctx, index),
+        Err(outcome) => {
+            count(outcome);
+            XDP_PASS
+        }
+    }
+}
+
+/// Redirects through devmap `slot`; passes the frame when the slot is empty.
+#[inline(never)]
+fn redirect(slot: u32) -> u32 {
+    if let Ok(ret) = REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
+        count(GlobalCounters::REDIRECTED);
+        ret
+    } else {
+        count(GlobalCounters::REDIRECT_FALLBACK);
+        XDP_PASS
+    }
+}
+
+/// Adds one to a `GLOBALS` cell.
+#[inline(always)]
+fn count(cell: usize) {
+    if let Some(globals) = GLOBALS.get_ptr_mut(0) {
+        // SAFETY: as for PORT_STATS.
+        if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
+            *n += 1;
+        }
     }
 }
 

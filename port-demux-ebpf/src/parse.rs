@@ -12,6 +12,15 @@ use port_demux_common::{
     outcome, port_index,
 };
 
+/// Bytes 12..16 of an IPv4 frame, little-endian, masked to the Ethernet type and the IP
+/// version.
+const W12_IPV4: u32 = ETH_P_IP.to_be() as u32 | 0x0040_0000;
+/// Bytes 20..24 of an unfragmented IPv4 header carrying UDP, little-endian, masked to the
+/// fragment offset and the protocol.
+const W20_UDP: u32 = (IPPROTO_UDP as u32) << 24;
+/// As [`W20_UDP`], for TCP.
+const W20_TCP: u32 = (IPPROTO_TCP as u32) << 24;
+
 /// Reads a `T` at `addr`, which the caller has bounds-checked.
 #[inline(always)]
 unsafe fn load<T: Copy>(addr: usize) -> T {
@@ -19,58 +28,63 @@ unsafe fn load<T: Copy>(addr: usize) -> T {
     unsafe { (addr as *const T).read() }
 }
 
-/// The `PORT_STATS`/`BINDINGS` index of a frame, or the outcome that stops it short.
-///
-/// The common frame, IPv4 (options or not) carrying TCP or UDP and no fragment, takes a fast
-/// path of four loads and one combined validity test; non-IPv4 frames leave after one load;
-/// everything else (short, malformed, other protocols, fragments) is classified by [`full`].
+/// The `PORT_STATS`/`BINDINGS` index of the common frame: IPv4 (options or not) carrying TCP
+/// or UDP, not a fragment, lengths consistent. Four loads; Ethernet type and IP version are
+/// one test, fragment offset and protocol another. `None` sends the frame to [`full`], which
+/// classifies everything (short, malformed, non-IPv4, other protocols, fragments).
 #[inline(always)]
-pub fn dest_port_index(ctx: &XdpContext) -> Result<u32, usize> {
+pub fn fast(ctx: &XdpContext) -> Option<u32> {
     let start = ctx.data();
     let end = ctx.data_end();
     // Ethernet + IPv4 without options + UDP header: the shortest frame the fast path takes.
-    if start + ETH_LEN + IPV4_MIN_LEN + UDP_LEN <= end {
-        // SAFETY: 42 bytes are there. Little-endian words: bytes 12..16 are EtherType,
-        // version/IHL and TOS; bytes 20..24 are flags/fragment offset, TTL and protocol.
-        let w12 = unsafe { load::<u32>(start + 12) };
-        if w12 & 0xffff != u32::from(ETH_P_IP.to_be()) {
-            return Err(outcome::NOT_IPV4);
-        }
-        // SAFETY: as above.
-        let (total_len, w20) = unsafe { (load::<u16>(start + 16), load::<u32>(start + 20)) };
-        let header_len = ((w12 >> 16) & 0x0f) as usize * 4;
-        let total_len = usize::from(u16::from_be(total_len));
-        let (proto, l4_len) = match (w20 >> 24) as u8 {
-            IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
-            IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
-            // Other protocols fail the length test below and are `full`'s.
-            _ => (0, usize::MAX / 2),
-        };
-        // Version 4, IHL >= 5, fragment offset 0, TCP/UDP header inside the total length,
-        // total length inside the frame.
-        if (w12 >> 20) & 0x0f == 4
-            && header_len >= IPV4_MIN_LEN
-            && w20 & 0xff1f == 0
-            && total_len >= header_len + l4_len
-            && start + ETH_LEN + total_len <= end
-        {
-            let l4 = start + ETH_LEN + header_len;
-            // Implied by the lengths above; this is the form the verifier follows.
-            if l4 + 4 <= end {
-                // SAFETY: checked just above.
-                let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
-                return Ok(port_index(proto, dest_port));
-            }
-        }
+    if start + ETH_LEN + IPV4_MIN_LEN + UDP_LEN > end {
+        return None;
     }
-    full(ctx)
+    // SAFETY: 42 bytes are there. Little-endian words: bytes 12..16 are EtherType,
+    // version/IHL and TOS; bytes 20..24 are flags/fragment offset, TTL and protocol.
+    let w12 = unsafe { load::<u32>(start + 12) };
+    // EtherType IPv4 and IP version 4, in one test.
+    if w12 & 0x00f0_ffff != W12_IPV4 {
+        return None;
+    }
+    // SAFETY: as above.
+    let (w20, total_len) = unsafe { (load::<u32>(start + 20), load::<u16>(start + 16)) };
+    // Fragment offset 0 and the protocol, in one test.
+    let (proto, l4_len) = match w20 & 0xff00_ff1f {
+        W20_UDP => (PROTO_UDP, UDP_LEN),
+        W20_TCP => (PROTO_TCP, TCP_MIN_LEN),
+        _ => return None,
+    };
+    let header_len = ((w12 >> 14) & 0x3c) as usize;
+    let total_len = usize::from(u16::from_be(total_len));
+    if header_len < IPV4_MIN_LEN
+        || total_len < header_len + l4_len
+        || start + ETH_LEN + total_len > end
+    {
+        return None;
+    }
+    let l4 = start + ETH_LEN + header_len;
+    // Implied by the lengths above; this is the form the verifier follows.
+    if l4 + 4 > end {
+        return None;
+    }
+    // SAFETY: checked just above.
+    let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
+    Some(port_index(proto, dest_port))
 }
 
 /// Classifies any frame, step by step, as `port_demux_common::model::parse` states it.
 #[inline(always)]
-fn full(ctx: &XdpContext) -> Result<u32, usize> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn full(ctx: &XdpContext) -> Result<u32, usize> {
+    // Volatile: keeps LLVM from passing `data`/`data_end` into the `slow` subprogram as
+    // scalars; the verifier only accepts packet pointers read from the context there.
+    // SAFETY: `ctx.ctx` is the program's context.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
+        )
+    };
     let ip = start + ETH_LEN;
     if ip + IPV4_MIN_LEN > end {
         // Too short for Ethernet and a minimal IPv4 header: a runt, or not IPv4 at all.

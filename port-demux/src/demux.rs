@@ -20,7 +20,7 @@ use aya::{
 use bytemuck::Zeroable as _;
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, MODE_NATIVE, MODE_SKB, Meta, OWNER_LEN,
-    PortCounters, REDIRECT_SLOTS, action, outcome, port_index, taken,
+    PortCounters, REDIRECT_SLOTS, action, outcome, port_index,
 };
 
 use crate::{
@@ -35,6 +35,8 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-demux"));
 /// The program's name in the object.
 pub const PROGRAM: &str = "port_demux";
+/// The same program with a debug log record per demultiplexed frame (`load --debug`).
+pub const PROGRAM_DEBUG: &str = "port_demux_debug";
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -170,17 +172,20 @@ pub struct PortStat {
     pub action: Option<Action>,
 }
 
-/// Global counters, summed over CPUs.
+/// Totals over all ports and CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
-    /// Every frame the program saw.
+    /// Every frame the program saw: the demultiplexed ones and the others.
     pub packets: u64,
-    /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`].
+    /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`]. Demultiplexed
+    /// frames are the sum of the per-port counters; the others are counted by outcome.
     pub outcomes: [u64; outcome::COUNT],
-    /// Frames per action taken, indexed like [`port_demux_common::taken::NAMES`].
-    pub taken: [u64; taken::COUNT],
-    /// Frames per (outcome, action taken).
-    pub cells: GlobalCounters,
+    /// Bytes of the demultiplexed frames (sum of the per-port counters).
+    pub demuxed_bytes: u64,
+    /// Demultiplexed frames redirected.
+    pub redirected: u64,
+    /// Demultiplexed frames bound to a redirect whose target was gone: passed instead.
+    pub redirect_fallback: u64,
 }
 
 /// All counters of an instance.
@@ -431,7 +436,7 @@ impl PortDemux {
         this.check_attached()?;
         let dir = &this.dir;
         let mut ebpf = load_object(dir, this.meta.default_action, debug)?;
-        let prog = xdp_program(&mut ebpf);
+        let prog = xdp_program(&mut ebpf, debug);
         let link_path = dir.join(LINK_PIN);
         let link: FdLink = PinnedLink::from_pin(&link_path)
             .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
@@ -593,29 +598,21 @@ impl PortDemux {
     /// # Errors
     /// When the maps cannot be read.
     pub fn stats(&self) -> Result<Stats> {
-        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
-        let stride = size_of::<PortCounters>() * cpus;
-        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
-        sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
-            .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
+        // Globals first: see `totals`.
+        let globals = self.globals()?;
+        let counters = self.port_counters()?;
         let bindings = self.read_bindings()?;
         let slot_names = self.slot_names()?;
         let mut ports = Vec::new();
-        for (index, (per_cpu, b)) in (0u32..).zip(raw.chunks_exact(stride).zip(&bindings)) {
-            let (mut packets, mut bytes) = (0u64, 0u64);
-            for c in per_cpu.chunks_exact(size_of::<PortCounters>()) {
-                let c: PortCounters = bytemuck::pod_read_unaligned(c);
-                packets += c.packets;
-                bytes += c.bytes;
-            }
-            if packets == 0 && bytes == 0 && b.action == action::UNBOUND {
+        for (index, (c, b)) in (0u32..).zip(counters.iter().zip(&bindings)) {
+            if c.packets == 0 && c.bytes == 0 && b.action == action::UNBOUND {
                 continue;
             }
             ports.push(PortStat {
                 proto: Proto::from_index(index),
                 port: low16(index),
-                packets,
-                bytes,
+                packets: c.packets,
+                bytes: c.bytes,
                 action: (b.action != action::UNBOUND).then(|| describe(b, &slot_names)),
             });
         }
@@ -626,15 +623,44 @@ impl PortDemux {
         });
         Ok(Stats {
             ports,
-            totals: self.totals()?,
+            totals: totals(&counters, &globals),
         })
     }
 
-    /// The global counters alone, summed over CPUs.
+    /// The totals alone, summed over ports and CPUs.
     ///
     /// # Errors
-    /// When the map cannot be read.
+    /// When the maps cannot be read.
     pub fn totals(&self) -> Result<Totals> {
+        // Globals first: a frame counted between the two reads then shows in the per-port
+        // sum at worst, never as a redirect whose port count is missing.
+        let globals = self.globals()?;
+        Ok(totals(&self.port_counters()?, &globals))
+    }
+
+    /// `PORT_STATS`, summed over CPUs.
+    fn port_counters(&self) -> Result<Vec<PortCounters>> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let stride = size_of::<PortCounters>() * cpus;
+        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
+        sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
+            .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
+        Ok(raw
+            .chunks_exact(stride)
+            .map(|per_cpu| {
+                let mut sum = PortCounters::default();
+                for c in per_cpu.chunks_exact(size_of::<PortCounters>()) {
+                    let c: PortCounters = bytemuck::pod_read_unaligned(c);
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+                sum
+            })
+            .collect())
+    }
+
+    /// `GLOBALS`, summed over CPUs.
+    fn globals(&self) -> Result<GlobalCounters> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
         let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
         sys::lookup(self.globals.as_fd(), &0u32.to_ne_bytes(), &mut raw)
@@ -643,12 +669,7 @@ impl PortDemux {
         for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
             sum.add(&bytemuck::pod_read_unaligned(c));
         }
-        Ok(Totals {
-            packets: sum.total(),
-            outcomes: sum.outcomes(),
-            taken: sum.taken(),
-            cells: sum,
-        })
+        Ok(sum)
     }
 
     /// Attach mode, program id, whether it is attached, bindings.
@@ -814,6 +835,19 @@ impl PortDemux {
     }
 }
 
+/// Totals from the per-port counters and the global ones.
+fn totals(ports: &[PortCounters], globals: &GlobalCounters) -> Totals {
+    let mut outcomes = globals.not_demuxed();
+    outcomes[outcome::DEMUXED] = ports.iter().map(|c| c.packets).sum();
+    Totals {
+        packets: outcomes.iter().sum(),
+        outcomes,
+        demuxed_bytes: ports.iter().map(|c| c.bytes).sum(),
+        redirected: globals.frames[GlobalCounters::REDIRECTED],
+        redirect_fallback: globals.frames[GlobalCounters::REDIRECT_FALLBACK],
+    }
+}
+
 /// The [`Action`] of a binding, naming the redirect target from [`PortDemux::slot_names`].
 fn describe(b: &Binding, slot_names: &[Option<String>]) -> Action {
     match b.action {
@@ -973,7 +1007,7 @@ fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
-    xdp_program(&mut ebpf)
+    xdp_program(&mut ebpf, debug)
         .load()
         .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
     Ok(ebpf)
@@ -987,12 +1021,12 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
         .map_err(|e| Error::io("cannot write", &path, e))
 }
 
-/// The XDP program of the embedded object.
-fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
-    ebpf.program_mut(PROGRAM)
-        .expect("the object has the port_demux program")
+/// The XDP program of the embedded object: the plain one, or the one that logs.
+fn xdp_program(ebpf: &mut Ebpf, debug: bool) -> &mut Xdp {
+    ebpf.program_mut(if debug { PROGRAM_DEBUG } else { PROGRAM })
+        .expect("the object has both programs")
         .try_into()
-        .expect("port_demux is an XDP program")
+        .expect("both programs are XDP programs")
 }
 
 /// Loads, attaches and pins into `tmp`; returns the mode, the fallback reason and the
@@ -1009,7 +1043,7 @@ fn load_into(
         DefaultAction::Drop => action::DROP,
     };
     let mut ebpf = load_object(tmp, default_action, opts.debug)?;
-    let prog = xdp_program(&mut ebpf);
+    let prog = xdp_program(&mut ebpf, opts.debug);
     let attach = |prog: &mut Xdp, mode: Mode| {
         let xdp_mode = if mode == Mode::Skb {
             XdpMode::Skb

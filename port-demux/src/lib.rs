@@ -30,8 +30,8 @@ mod spec;
 pub mod sys;
 
 pub use demux::{
-    BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PortDemux,
-    PortStat, Stats, Status, Totals, UpgradeReport,
+    BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PROGRAM_DEBUG,
+    PortDemux, PortStat, Stats, Status, Totals, UpgradeReport,
 };
 pub use error::{Error, Result};
 pub use port_demux_common as common;

@@ -13,11 +13,11 @@ use aya::{
     maps::{Array, DevMap, IterableMap as _, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use port_demux::{EBPF_OBJECT, PROGRAM, sys};
+use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, sys};
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, PortCounters, REDIRECT_SLOTS, action,
     model::{self, Verdict},
-    outcome, taken,
+    outcome,
 };
 
 use crate::frames::to_hex;
@@ -66,12 +66,15 @@ pub fn port_delta(a: &PortCounters, b: &PortCounters) -> PortCounters {
     }
 }
 
-/// The global counter delta of one frame counted under `outcome` and `taken`: its
-/// (outcome, taken) cell +1, nothing else.
+/// The global counter delta of one frame with `outcome` and action `taken`: its cell +1 if it
+/// has one (frames not demultiplexed, redirects), nothing for a demultiplexed frame passed or
+/// dropped (counted per port only).
 #[must_use]
 pub fn one_frame(outcome: usize, taken: usize) -> GlobalCounters {
     let mut d = GlobalCounters::default();
-    d.frames[GlobalCounters::cell(outcome, taken)] = 1;
+    if let Some(cell) = GlobalCounters::cell(outcome, taken) {
+        d.frames[cell] = 1;
+    }
     d
 }
 
@@ -81,16 +84,18 @@ pub fn expected_globals(verdict: &Verdict) -> GlobalCounters {
     one_frame(verdict.outcome, verdict.taken)
 }
 
-/// Names of the non-zero cells of `g`, for messages: `demuxed/drop=3 malformed/pass=1`.
+/// Names of the non-zero cells of `g`, for messages: `malformed=1 redirected=3`.
 #[must_use]
 pub fn describe_globals(g: &GlobalCounters) -> String {
     let mut parts = Vec::new();
-    for (o, oname) in outcome::NAMES.iter().enumerate() {
-        for (t, tname) in taken::NAMES.iter().enumerate() {
-            let n = g.get(o, t);
-            if n != 0 {
-                parts.push(format!("{oname}/{tname}={}", n.cast_signed()));
-            }
+    for (cell, n) in g.frames.iter().enumerate() {
+        if *n != 0 {
+            let name = match cell {
+                GlobalCounters::REDIRECTED => "redirected",
+                GlobalCounters::REDIRECT_FALLBACK => "redirect_fallback",
+                c => outcome::NAMES.get(c).copied().unwrap_or("spare"),
+            };
+            parts.push(format!("{name}={}", n.cast_signed()));
         }
     }
     if parts.is_empty() {
@@ -130,6 +135,8 @@ pub struct Harness {
     shadow_bindings: HashMap<u32, Binding>,
     /// Devmap slots filled.
     shadow_slots: [bool; REDIRECT_SLOTS as usize],
+    /// Which program of the object runs.
+    program: &'static str,
 }
 
 impl std::fmt::Debug for Harness {
@@ -148,15 +155,28 @@ impl Harness {
     /// # Errors
     /// When the object does not load (not root, verifier rejection, ...).
     pub fn new(default_action: u32) -> Result<Self> {
-        let log_level = 0u8;
+        Self::with_program(default_action, PROGRAM)
+    }
+
+    /// As [`Harness::new`], running `program` of the object ([`PROGRAM`] or
+    /// [`PROGRAM_DEBUG`], which logs at debug level).
+    ///
+    /// # Errors
+    /// When the object does not load (not root, verifier rejection, ...).
+    pub fn with_program(default_action: u32, program: &'static str) -> Result<Self> {
+        let log_level = if program == PROGRAM_DEBUG {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_ACTION", &default_action, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF object (are we root?)")?;
         let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("no program {program}"))?
             .try_into()?;
         prog.load().context("the verifier rejected the program")?;
         let mut take = |name: &str| {
@@ -179,6 +199,7 @@ impl Harness {
             cpus,
             shadow_bindings: HashMap::new(),
             shadow_slots: [false; REDIRECT_SLOTS as usize],
+            program,
         })
     }
 
@@ -190,7 +211,7 @@ impl Harness {
 
     fn prog(&self) -> &Xdp {
         self.ebpf
-            .program(PROGRAM)
+            .program(self.program)
             .expect("the program is there")
             .try_into()
             .expect("an XDP program")
@@ -376,7 +397,7 @@ impl Harness {
     }
 
     /// Runs `frame` and checks the program against the model: the same XDP action, exactly the
-    /// model's (outcome, action taken) global cell +1 and no other, and the port counter of a
+    /// model's global cell +1 (if it has one) and no other, and the port counter of a
     /// demultiplexed frame by one packet and its length. With `all_ports`, also
     /// checks that no other `PORT_STATS` entry moved (two batch reads of the whole array).
     ///

@@ -60,7 +60,12 @@ fn state_outlives_every_cli_process() {
     assert_eq!(json_port(&counted, "udp", 7301), (25, pass_bytes));
     assert_eq!(json_port(&counted, "udp", 7302), (12, drop_bytes));
     assert_eq!(counted["totals"]["packets"], 37, "{counted}");
-    assert_eq!(counted["totals"]["actions"]["drop"], 12, "{counted}");
+    assert_eq!(counted["totals"]["outcomes"]["demuxed"], 37, "{counted}");
+    assert_eq!(
+        counted["totals"]["demuxed_bytes"],
+        pass_bytes + drop_bytes,
+        "{counted}"
+    );
 
     // Every CLI process has exited: the data path keeps counting, exactly what was sent.
     pass_bytes += lab.send_udp(&client, 7301, 10, 40);
@@ -73,8 +78,8 @@ fn state_outlives_every_cli_process() {
     assert_eq!(json_port(&counted, "udp", 7302), (12 + 5, drop_bytes));
     let totals = &counted["totals"];
     assert_eq!(totals["packets"], 52, "{counted}");
-    assert_eq!(totals["actions"]["pass"], 35, "{counted}");
-    assert_eq!(totals["actions"]["drop"], 17, "{counted}");
+    assert_eq!(totals["outcomes"]["demuxed"], 52, "{counted}");
+    assert_eq!(totals["redirects"]["redirected"], 0, "{counted}");
     assert_eq!(totals["outcomes"]["demuxed"], 52, "{counted}");
 
     let bindings = pd_json(ns, &["bindings", "--json"]);

@@ -4,8 +4,8 @@
 //!
 //! Per frame: the same XDP action (never `XDP_ABORTED`), and for a frame the model
 //! demultiplexes, its `PORT_STATS` entry at exactly the model's running total. Every
-//! [`CHECK_EVERY`] frames: `GLOBALS` equal to the model's running totals, and the outcomes and
-//! the actions taken each summing to the frames sent. At the end of every binding epoch
+//! [`CHECK_EVERY`] frames: `GLOBALS` equal to the model's running totals, and the per-port
+//! packets plus the frames not demultiplexed summing to the frames sent. At the end of every binding epoch
 //! ([`EPOCH`] frames): all of `PORT_STATS` equal to the model's totals.
 //!
 //! Two instances run side by side, default action pass and drop, taking turns by epoch; each
@@ -28,6 +28,7 @@ use std::{
     time::Instant,
 };
 
+use port_demux::{PROGRAM, PROGRAM_DEBUG};
 use port_demux_common::{
     BINDINGS_LEN, GlobalCounters, PROTO_TCP, PROTO_UDP, PortCounters, REDIRECT_SLOTS, action,
     outcome, port_index, taken,
@@ -44,6 +45,8 @@ use port_demux_tests::{
 const DEFAULT_SEED: u64 = 0x0d15_ea5e_5eed_0001;
 /// Frames when `PORT_DEMUX_FUZZ_FRAMES` is not set.
 const DEFAULT_FRAMES: u64 = 100_000;
+/// Frames through the `--debug` program.
+const DEBUG_FRAMES: u64 = 20_000;
 /// Frames between full `GLOBALS` checks.
 const CHECK_EVERY: u64 = 1_000;
 /// Frames per binding epoch (and between full `PORT_STATS` checks).
@@ -76,8 +79,9 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(default_action: u32) -> Self {
-        let h = Harness::new(default_action).expect("load the program (run the tests as root)");
+    fn new(default_action: u32, program: &'static str) -> Self {
+        let h = Harness::with_program(default_action, program)
+            .expect("load the program (run the tests as root)");
         Self {
             globals: h.globals(),
             h,
@@ -130,11 +134,11 @@ impl Instance {
                 describe_globals(&self.globals)
             ));
         }
-        let outcomes: u64 = g.outcomes().iter().sum();
-        let taken: u64 = g.taken().iter().sum();
-        if outcomes != self.frames || taken != self.frames {
+        let not_demuxed: u64 = g.not_demuxed().iter().sum();
+        let demuxed: u64 = self.ports.values().map(|c| c.packets).sum();
+        if not_demuxed + demuxed != self.frames {
             return Err(format!(
-                "{} frames sent, outcomes sum to {outcomes}, taken to {taken}",
+                "{} frames sent, {demuxed} counted per port and {not_demuxed} not demultiplexed",
                 self.frames
             ));
         }
@@ -226,13 +230,31 @@ fn report(h: &Harness, frame: &[u8], why: &str, seed: u64, index: u64) -> ! {
 fn kernel_agrees_with_model() {
     let seed = env_u64("PORT_DEMUX_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let total = env_u64("PORT_DEMUX_FUZZ_FRAMES").unwrap_or(DEFAULT_FRAMES);
+    fuzz(PROGRAM, seed, total);
+}
+
+/// The `--debug` program is the same data path plus a log record per demultiplexed frame: it
+/// is held to the model too, on fewer frames.
+#[test]
+fn debug_program_agrees_with_model() {
+    let seed = env_u64("PORT_DEMUX_FUZZ_SEED").unwrap_or(DEFAULT_SEED) ^ 0xdeb9;
+    let total = env_u64("PORT_DEMUX_FUZZ_FRAMES").map_or(DEBUG_FRAMES, |n| n.min(DEBUG_FRAMES));
+    fuzz(PROGRAM_DEBUG, seed, total);
+}
+
+/// Runs `total` generated frames through `program` and the model, under both default
+/// actions, and asserts they agree (see the module's doc).
+fn fuzz(program: &'static str, seed: u64, total: u64) {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let mut pool: Vec<u16> = (0..POOL).map(|_| rng.u16()).collect();
     pool.extend([0, 1, 7777, u16::MAX]);
     let mut generator = Generator::new(rng.next_u64(), pool.clone());
     generator.max_len = TEST_RUN_MAX_LINEAR;
-    let mut instances = [Instance::new(action::PASS), Instance::new(action::DROP)];
+    let mut instances = [
+        Instance::new(action::PASS, program),
+        Instance::new(action::DROP, program),
+    ];
     let mut kinds = [0u64; KINDS.len()];
     let mut outcomes = [0u64; outcome::COUNT];
     let mut taken_counts = [0u64; taken::COUNT];
@@ -296,8 +318,8 @@ fn kernel_agrees_with_model() {
     }
     let elapsed = started.elapsed();
     println!(
-        "differential: {sent} frames fuzzed in {elapsed:.2?} (seed {seed:#x}), longest {longest} \
-         bytes"
+        "differential ({program}): {sent} frames fuzzed in {elapsed:.2?} (seed {seed:#x}), \
+         longest {longest} bytes"
     );
     summary(&kinds, &outcomes, &taken_counts);
 }

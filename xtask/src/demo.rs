@@ -190,10 +190,24 @@ fn run_demo(bin: &Path) -> Result<()> {
                 .sum::<u64>()
         })
     };
+    let per_port: u64 = stats["ports"].as_array().map_or(0, |ports| {
+        ports.iter().filter_map(|p| p["packets"].as_u64()).sum()
+    });
     if sum("outcomes") != totals["packets"].as_u64().unwrap_or(0)
-        || sum("actions") != sum("outcomes")
+        || totals["outcomes"]["demuxed"].as_u64() != Some(per_port)
     {
-        failures.push("global counters do not add up".into());
+        failures.push("totals do not add up".into());
+    }
+    let redirected: u32 = UDP_PLAN
+        .iter()
+        .filter(|(_, _, what)| what.starts_with("redirect"))
+        .map(|(_, sent, _)| sent)
+        .sum();
+    if totals["redirects"]["redirected"].as_u64() != Some(u64::from(redirected)) {
+        failures.push(format!(
+            "redirects: {}, sent {redirected}",
+            totals["redirects"]
+        ));
     }
     step(bin, &["unload", "srv0"])?;
     if failures.is_empty() {

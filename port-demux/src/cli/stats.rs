@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Args;
-use port_demux_common::{outcome, taken};
+use port_demux_common::outcome;
 use serde_json::{Map, Value, json};
 
 use super::{Failure, open};
@@ -77,12 +77,12 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
         return Ok(());
     }
     let t = &stats.totals;
-    let demuxed_bytes: u64 = stats.ports.iter().map(|p| p.bytes).sum();
     writeln!(
         out,
-        "{}: {} frames seen, {demuxed_bytes} bytes to TCP/UDP ports",
+        "{}: {} frames seen, {} bytes to TCP/UDP ports",
         demux.iface(),
-        t.packets
+        t.packets,
+        t.demuxed_bytes
     )?;
     writeln!(
         out,
@@ -115,11 +115,15 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
             .join(", ")
     };
     writeln!(out, "outcomes: {}", line(&outcome::NAMES, &t.outcomes))?;
-    writeln!(out, "actions:  {}", line(&taken::NAMES, &t.taken))?;
+    writeln!(
+        out,
+        "redirects: redirected {}, fallback {} (target gone: passed instead)",
+        t.redirected, t.redirect_fallback
+    )?;
     Ok(())
 }
 
-/// `{"packets", "outcomes": {...}, "actions": {...}}`.
+/// `{"packets", "demuxed_bytes", "outcomes": {...}, "redirects": {...}}`.
 #[must_use]
 pub fn totals_json(t: &Totals) -> Value {
     let named = |names: &[&str], values: &[u64]| -> Map<String, Value> {
@@ -131,7 +135,11 @@ pub fn totals_json(t: &Totals) -> Value {
     };
     json!({
         "packets": t.packets,
+        "demuxed_bytes": t.demuxed_bytes,
         "outcomes": named(&outcome::NAMES, &t.outcomes),
-        "actions": named(&taken::NAMES, &t.taken),
+        "redirects": {
+            "redirected": t.redirected,
+            "fallback": t.redirect_fallback,
+        },
     })
 }
