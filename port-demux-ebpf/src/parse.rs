@@ -76,15 +76,8 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
 /// Classifies any frame, step by step, as `port_demux_common::model::parse` states it.
 #[inline(always)]
 pub fn full(ctx: &XdpContext) -> Result<u32, usize> {
-    // Volatile: keeps LLVM from passing `data`/`data_end` into the `slow` subprogram as
-    // scalars; the verifier only accepts packet pointers read from the context there.
-    // SAFETY: `ctx.ctx` is the program's context.
-    let (start, end) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,
-            core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
-        )
-    };
+    let start = ctx.data();
+    let end = ctx.data_end();
     let ip = start + ETH_LEN;
     if ip + IPV4_MIN_LEN > end {
         // Too short for Ethernet and a minimal IPv4 header: a runt, or not IPv4 at all.
