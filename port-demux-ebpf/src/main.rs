@@ -76,7 +76,11 @@ pub fn port_demux_debug(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
-    match parse::fast(ctx).ok_or(()).or_else(|()| parse::full(ctx)) {
+    let parsed = match parse::fast(ctx) {
+        Some(index) => Ok(index),
+        None => parse::full(ctx),
+    };
+    match parsed {
         Ok(index) => apply::<LOG>(ctx, index),
         Err(outcome) => {
             count(outcome);
