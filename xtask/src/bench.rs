@@ -337,6 +337,10 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         }
     }
 
+    let (verdicts, summary) = targets(&report);
+    text.push_str(&summary);
+    report["targets"] = verdicts;
+
     print!("{text}");
     let out = workspace().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -344,6 +348,99 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Frames of the "IPv4 TCP/UDP to a bound or unbound port" targets; the others are "any other
+/// frame".
+const TCP_UDP_FRAMES: [&str; 4] = [
+    "udp_bound_drop",
+    "tcp_bound_pass",
+    "udp_unbound",
+    "udp_ip_options",
+];
+
+/// Issue 3's targets against this run's figures: each one met or not, with the figure that
+/// decides it (the worst frame for the per-packet ones).
+fn targets(report: &Value) -> (Value, String) {
+    let rows = report["per_packet"].as_array().cloned().unwrap_or_default();
+    let worst = |tcp_udp: bool, key: &str, max: bool| {
+        rows.iter()
+            .filter(|r| {
+                TCP_UDP_FRAMES.contains(&r["frame"].as_str().unwrap_or_default()) == tcp_udp
+            })
+            .filter_map(|r| Some((r[key].as_f64()?, r["frame"].as_str()?.to_owned())))
+            .reduce(|a, b| if (b.0 > a.0) == max { b } else { a })
+    };
+    let control = &report["control_plane"];
+    let per_packet = [
+        (
+            "IPv4 TCP/UDP, ratio to the floor",
+            worst(true, "port_demux_ratio_to_floor", true),
+            "<=",
+            1.25,
+        ),
+        (
+            "IPv4 TCP/UDP, xdp-filter / port-demux",
+            worst(true, "xdp_filter_over_port_demux", false),
+            ">=",
+            3.5,
+        ),
+        (
+            "any other frame, ratio to the floor",
+            worst(false, "port_demux_ratio_to_floor", true),
+            "<=",
+            1.25,
+        ),
+    ];
+    let control_rows = [
+        ("bind 65,536 ports, ms", "bind_65536_ports_ms", 1000.0),
+        ("stats of every port, ms", "stats_all_ports_ms", 100.0),
+        ("load, ms", "load_ms_median", 300.0),
+    ];
+    let mut list = Vec::new();
+    let mut text = String::from(
+        "
+targets (issue 3):
+",
+    );
+    let mut row = |what: &str, figure: Option<f64>, at: &str, op: &str, limit: f64| {
+        let met = figure.map(|f| match op {
+            "<" => f < limit,
+            "<=" => f <= limit,
+            _ => f >= limit,
+        });
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            text,
+            "  {what:<40} {op} {limit:<7} {:>9} {verdict}{at}",
+            figure.map_or("-".to_owned(), |f| format!("{f:.2}")),
+        );
+        list.push(
+            json!({ "target": what, "limit": limit, "op": op, "figure": figure, "met": met }),
+        );
+    };
+    for (what, figure, op, limit) in per_packet {
+        let at = figure
+            .as_ref()
+            .map_or(String::new(), |(_, frame)| format!(" ({frame})"));
+        row(what, figure.map(|f| f.0), &at, op, limit);
+    }
+    for (what, key, limit) in control_rows {
+        row(what, control[key].as_f64(), "", "<", limit);
+    }
+    let exact = report["live"]["exact"].as_bool();
+    row(
+        "live traffic counted exactly (1 = yes)",
+        exact.map(|e| f64::from(u8::from(e))),
+        "",
+        ">=",
+        1.0,
+    );
+    (json!(list), text)
 }
 
 fn machine() -> Value {
