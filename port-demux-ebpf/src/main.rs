@@ -81,7 +81,9 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
         None => parse::full(ctx),
     };
     match parsed {
-        Ok(index) => apply::<LOG>(ctx, index),
+        // The frame length from the pointers the parse already loaded, before the map
+        // lookups: after them, the context would have to be kept and read again.
+        Ok(index) => apply::<LOG>(ctx, index, (ctx.data_end() - ctx.data()) as u64),
         Err(outcome) => {
             count(outcome);
             XDP_PASS
@@ -89,15 +91,15 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Counts a demultiplexed frame under its port and applies its binding.
+/// Counts a demultiplexed frame of `len` bytes under its port and applies its binding.
 #[inline(always)]
-fn apply<const LOG: bool>(ctx: &XdpContext, index: u32) -> u32 {
+fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64) -> u32 {
     if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
         // reentrant.
         let counters = unsafe { &mut *counters };
         counters.packets += 1;
-        counters.bytes += (ctx.data_end() - ctx.data()) as u64;
+        counters.bytes += len;
     }
     let (mut act, slot) = match BINDINGS.get(index) {
         Some(binding) => (binding.action, binding.slot),
