@@ -152,17 +152,11 @@ impl GlobalCounters {
         }
     }
 
-    /// Frames that were not demultiplexed, per [`outcome`] (`outcome::DEMUXED`'s is 0: those
-    /// are the sum of the per-port counters).
+    /// Frames that were not demultiplexed, per [`outcome`] (`outcome::DEMUXED`'s cell is never
+    /// counted in: those frames are the sum of the per-port counters).
     #[must_use]
     pub fn not_demuxed(&self) -> [u64; outcome::COUNT] {
-        core::array::from_fn(|o| {
-            if o == outcome::DEMUXED {
-                0
-            } else {
-                self.frames[o]
-            }
-        })
+        core::array::from_fn(|o| self.frames[o])
     }
 
     /// Adds `other` cell by cell (summing per-CPU values).
