@@ -1,9 +1,10 @@
 //! Header parsing: every read is bounds-checked against `data_end` before it, in the form the
 //! verifier tracks (`data + constant or bounded offset > data_end`).
 //!
-//! Reads are whole aligned words (`u8`, `u16` at even offsets): the Ethernet header is 14
-//! bytes and IPv4 headers are multiples of 4, so every `u16` read here is 2-aligned relative to
-//! `data`, and one load replaces the byte loads and shifts `read_unaligned` costs on BPF.
+//! Reads are whole aligned words (`u8`; `u16` at even offsets; `u32` at 12 and 20): the
+//! Ethernet header is 14 bytes and IPv4 headers are multiples of 4, so every read here is
+//! aligned to its size relative to `data`, and one load replaces the byte loads and shifts
+//! `read_unaligned` costs on BPF.
 
 use aya_ebpf::programs::XdpContext;
 use port_demux_common::{
