@@ -13,7 +13,10 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
+/// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
+/// `GLOBALS2`, so the upgrade creates that map and keeps every other one as it is.
+pub const LAYOUT_VERSION_V2: u32 = 2;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -49,26 +52,51 @@ pub mod action {
 
 /// Global outcome of a frame: every frame is counted under exactly one.
 pub mod outcome {
-    /// IPv4 TCP or UDP with a readable destination port: looked up and counted per port.
+    /// IPv4 or IPv6 TCP or UDP with a readable destination port: looked up and counted per
+    /// port.
     pub const DEMUXED: usize = 0;
-    /// Not an IPv4 frame (ARP, IPv6, VLAN-tagged, ...).
-    pub const NOT_IPV4: usize = 1;
-    /// IPv4, but neither TCP nor UDP.
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, MPLS, ...), after up to two VLAN tags. Named
+    /// `not_ipv4` in layout v2 and its JSON; the old key is kept one release (see
+    /// [`DEPRECATED_NOT_IPV4`]).
+    pub const NOT_IP: usize = 1;
+    /// IPv4 or IPv6, but neither TCP nor UDP (ICMP, `ICMPv6`, ESP, no next header, ...).
     pub const NOT_TCP_UDP: usize = 2;
-    /// A non-first IPv4 fragment of TCP or UDP: it carries no ports.
+    /// A non-first fragment (IPv4 of TCP or UDP; IPv6 of anything): it carries no ports.
     pub const FRAGMENT: usize = 3;
-    /// Runt, truncated header, IHL < 5, IPv4 version != 4, or lengths past the frame.
+    /// Runt, truncated header, wrong IP version, lengths inconsistent or past the frame, a
+    /// hop-by-hop header not first.
     pub const MALFORMED: usize = 4;
+    /// More than two VLAN tags before the `EtherType`.
+    pub const VLAN_TOO_DEEP: usize = 5;
+    /// More IPv6 extension headers than the data path walks ([`crate::model::MAX_EXT_HEADERS`]).
+    pub const EXT_HEADERS_TOO_LONG: usize = 6;
+    /// A multi-buffer (jumbo) frame whose headers, up to the destination port, do not fit in
+    /// its first buffer: the data path reads only that buffer.
+    pub const HEADERS_PAST_FIRST_BUFFER: usize = 7;
     /// Number of outcomes.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 8;
     /// Names, as printed by the CLI and used in JSON.
     pub const NAMES: [&str; COUNT] = [
         "demuxed",
-        "not_ipv4",
+        "not_ip",
         "not_tcp_udp",
         "fragment",
         "malformed",
+        "vlan_too_deep",
+        "ext_headers_too_long",
+        "headers_past_first_buffer",
     ];
+    /// The v2 name of [`NOT_IP`], still printed in JSON beside `not_ip` with the same value
+    /// for one release.
+    pub const DEPRECATED_NOT_IPV4: &str = "not_ipv4";
+}
+
+/// The IP version of a demultiplexed frame.
+pub mod family {
+    /// IPv4.
+    pub const IPV4: u8 = 4;
+    /// IPv6.
+    pub const IPV6: u8 = 6;
 }
 
 /// Action taken on a frame: every frame is counted under exactly one.
@@ -103,60 +131,108 @@ pub struct Binding {
 }
 const _: () = assert!(size_of::<Binding>() == 24);
 
-/// Value of the per-CPU `PORT_STATS` array, one per (protocol, port).
+/// Value of the per-CPU `PORT_STATS` array, one per (protocol, port), IPv4 and IPv6 together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortCounters {
     /// Frames seen to this (protocol, destination port).
     pub packets: u64,
-    /// Their bytes, as XDP sees them (Ethernet header included).
+    /// Their bytes, as XDP sees them (Ethernet header included; the whole frame, all its
+    /// buffers, when the IP length says the datagram goes past the first one).
     pub bytes: u64,
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
 
-/// Value of the single-entry per-CPU `GLOBALS` array.
+/// Value of the single-entry per-CPU `GLOBALS` and `GLOBALS2` arrays: eight cells each, a
+/// cache line.
 ///
-/// A demultiplexed frame is counted once, under its port in `PORT_STATS`, and nowhere else
-/// unless it is redirected: the per-port counters are the whole account of those frames, and
-/// the fast path touches one per-CPU value. Every other frame is counted here, once, under
-/// the [`outcome`] that stopped it (`frames[outcome]`; those frames are always passed), and
-/// each redirect of a demultiplexed frame once more, by result ([`Self::REDIRECTED`],
-/// [`Self::REDIRECT_FALLBACK`]).
+/// A demultiplexed frame is counted under its port in `PORT_STATS`, and nowhere else unless it
+/// is IPv6 or redirected: the per-port counters are the whole account of those frames, and
+/// the IPv4 fast path touches one per-CPU value. Every other frame is counted once, under the
+/// [`outcome`] that stopped it (those frames are always passed). The cells, numbered across
+/// both maps ([`Globals`]): `GLOBALS` holds outcomes 1-4 (cells 1-4, as in layout v2), the
+/// redirect results (5, 6) and demultiplexed IPv6 frames (7; IPv4 is the rest); `GLOBALS2`,
+/// new in layout v3, holds the outcomes v3 added (cells 8-10) and five spare cells.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GlobalCounters {
-    /// Frames per cell; `frames[outcome::DEMUXED]` and the last cell stay 0.
+    /// Frames per cell.
     pub frames: [u64; GlobalCounters::LEN],
 }
 const _: () = assert!(size_of::<GlobalCounters>() == 64);
 
 impl GlobalCounters {
-    /// Cells: one per outcome, the two redirect results, one spare (a cache line in all).
+    /// Cells per map.
     pub const LEN: usize = 8;
+}
+
+/// Every global cell, `GLOBALS` (cells 0-7) then `GLOBALS2` (8-15), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// Frames per cell.
+    pub frames: [u64; Globals::LEN],
+}
+
+impl Globals {
+    /// Cells in all.
+    pub const LEN: usize = 2 * GlobalCounters::LEN;
     /// Cell of demultiplexed frames sent on through the `REDIRECT` devmap.
-    pub const REDIRECTED: usize = outcome::COUNT;
+    pub const REDIRECTED: usize = 5;
     /// Cell of demultiplexed frames bound to a redirect whose devmap slot was empty (the
     /// target is gone): they are passed instead.
-    pub const REDIRECT_FALLBACK: usize = outcome::COUNT + 1;
+    pub const REDIRECT_FALLBACK: usize = 6;
+    /// Cell of demultiplexed IPv6 frames (the spare cell of layout v2, never written there).
+    pub const DEMUXED_IPV6: usize = 7;
 
-    /// The cell a frame with this `outcome` and action [`taken`] is counted in, if any:
-    /// demultiplexed frames that are passed or dropped are counted per port only.
+    /// The cell counting frames that stopped at `outcome` (not [`outcome::DEMUXED`]).
     #[inline]
     #[must_use]
-    pub const fn cell(outcome: usize, taken: usize) -> Option<usize> {
-        match (outcome, taken) {
-            (outcome::DEMUXED, taken::REDIRECT) => Some(Self::REDIRECTED),
-            (outcome::DEMUXED, taken::REDIRECT_FALLBACK) => Some(Self::REDIRECT_FALLBACK),
-            (outcome::DEMUXED, _) => None,
-            (outcome, _) => Some(outcome),
+    pub const fn outcome_cell(outcome: usize) -> usize {
+        if outcome < outcome::VLAN_TOO_DEEP {
+            outcome
+        } else {
+            outcome + 3
         }
     }
 
-    /// Frames that were not demultiplexed, per [`outcome`] (`outcome::DEMUXED`'s cell is never
-    /// counted in: those frames are the sum of the per-port counters).
+    /// The cells (at most two) one frame is counted in, given its `outcome`, the action
+    /// [`taken`] and, for a demultiplexed frame, its [`family`]: demultiplexed IPv4 frames
+    /// passed or dropped are counted per port only.
+    #[must_use]
+    pub fn cells(outcome: usize, taken: usize, family: u8) -> [Option<usize>; 2] {
+        if outcome != outcome::DEMUXED {
+            return [Some(Self::outcome_cell(outcome)), None];
+        }
+        [
+            (family == family::IPV6).then_some(Self::DEMUXED_IPV6),
+            match taken {
+                taken::REDIRECT => Some(Self::REDIRECTED),
+                taken::REDIRECT_FALLBACK => Some(Self::REDIRECT_FALLBACK),
+                _ => None,
+            },
+        ]
+    }
+
+    /// The cells of `GLOBALS` and `GLOBALS2`.
+    #[must_use]
+    pub fn from_maps(globals: &GlobalCounters, globals2: &GlobalCounters) -> Self {
+        let mut all = Self::default();
+        all.frames[..GlobalCounters::LEN].copy_from_slice(&globals.frames);
+        all.frames[GlobalCounters::LEN..].copy_from_slice(&globals2.frames);
+        all
+    }
+
+    /// Frames that were not demultiplexed, per [`outcome`] (`outcome::DEMUXED`'s entry is 0:
+    /// those frames are the sum of the per-port counters).
     #[must_use]
     pub fn not_demuxed(&self) -> [u64; outcome::COUNT] {
-        core::array::from_fn(|o| self.frames[o])
+        core::array::from_fn(|o| {
+            if o == outcome::DEMUXED {
+                0
+            } else {
+                self.frames[Self::outcome_cell(o)]
+            }
+        })
     }
 
     /// Adds `other` cell by cell (summing per-CPU values).

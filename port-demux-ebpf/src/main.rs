@@ -1,11 +1,14 @@
-//! The port-demux XDP program: parse Ethernet, IPv4 (with options), TCP and UDP, look the
-//! (protocol, destination port) up in `BINDINGS` and pass, drop or redirect; count every frame.
+//! The port-demux XDP program: parse Ethernet (up to two VLAN tags), IPv4 (with options) or
+//! IPv6 (with extension headers), TCP and UDP, look the (protocol, destination port) up in
+//! `BINDINGS` and pass, drop or redirect; count every frame.
 //!
 //! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
 //!
-//! Shape, for speed: the common frame (IPv4 TCP/UDP, any IHL) takes a fast parse and costs one
-//! per-CPU counter update, its port's; other frames are classified step by step and counted
-//! by outcome. All of it is one function: a bpf-to-bpf call costs more here (a return through
+//! Shape, for speed: the common frame (untagged IPv4 TCP/UDP, any IHL) takes a fast parse and
+//! costs one per-CPU counter update, its port's; other frames (tagged, IPv6, everything not
+//! demultiplexed) are classified step by step; IPv6 frames also count in `GLOBALS`, others by
+//! outcome. Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first
+//! buffer only. All of it is one function: a bpf-to-bpf call costs more here (a return through
 //! the kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it
 //! would spare the fast path. The program loaded with `--debug` is a second entry point,
 //! `port_demux_debug`; the default one holds no logging code at all.
@@ -26,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Meta, PortCounters, REDIRECT_SLOTS, action,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, REDIRECT_SLOTS, action,
 };
 
 /// Bindings, indexed by `port_index(proto, port)`.
@@ -37,9 +40,15 @@ static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, 0);
 #[map]
 static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(BINDINGS_LEN, 0);
 
-/// Frames not demultiplexed, by outcome, and redirects by result, per CPU.
+/// Frames not demultiplexed, by outcome (those of layout v2), redirects by result, and
+/// demultiplexed IPv6 frames, per CPU: `Globals` cells 0-7.
 #[map]
 static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// The outcomes layout v3 added, per CPU: `Globals` cells 8-15. A map of its own, so that
+/// `load --upgrade` from v2 keeps every v2 map and only creates this one.
+#[map]
+static GLOBALS2: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Redirect targets; a binding's `slot` indexes it.
 #[map]
@@ -55,7 +64,7 @@ static META: Array<Meta> = Array::with_max_entries(1, 0);
 static DEFAULT_ACTION: Global<u32> = Global::new(action::PASS);
 
 /// The data path.
-#[xdp]
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro fixes the signature"
@@ -65,7 +74,7 @@ pub fn port_demux(ctx: XdpContext) -> u32 {
 }
 
 /// The data path with a debug log record per demultiplexed frame (`load --debug`).
-#[xdp]
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro fixes the signature"
@@ -76,16 +85,20 @@ pub fn port_demux_debug(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
-    let parsed = match parse::fast(ctx) {
-        Some(index) => Ok(index),
-        None => parse::full(ctx),
-    };
-    match parsed {
+    if let Some(index) = parse::fast(ctx) {
         // The frame length from the pointers the parse already loaded, before the map
         // lookups: after them, the context would have to be kept and read again.
-        Ok(index) => apply::<LOG>(ctx, index, (ctx.data_end() - ctx.data()) as u64),
+        return apply::<LOG>(ctx, index, (ctx.data_end() - ctx.data()) as u64);
+    }
+    match parse::full(ctx) {
+        Ok(found) => {
+            if found.ipv6 {
+                count(Globals::DEMUXED_IPV6);
+            }
+            apply::<LOG>(ctx, found.index, found.len)
+        }
         Err(outcome) => {
-            count(outcome);
+            count(Globals::outcome_cell(outcome));
             XDP_PASS
         }
     }
@@ -129,18 +142,24 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64) -> u32 {
 #[inline(always)]
 fn redirect(slot: u32) -> u32 {
     if let Ok(ret) = REDIRECT.redirect(slot, u64::from(XDP_PASS)) {
-        count(GlobalCounters::REDIRECTED);
+        count(Globals::REDIRECTED);
         ret
     } else {
-        count(GlobalCounters::REDIRECT_FALLBACK);
+        count(Globals::REDIRECT_FALLBACK);
         XDP_PASS
     }
 }
 
-/// Adds one to a `GLOBALS` cell.
+/// Adds one to a `Globals` cell: `GLOBALS` holds cells 0-7, `GLOBALS2` 8-15 (the cell is a
+/// constant at every call, so the map is chosen at compile time).
 #[inline(always)]
 fn count(cell: usize) {
-    if let Some(globals) = GLOBALS.get_ptr_mut(0) {
+    let (map, cell) = if cell < GlobalCounters::LEN {
+        (&GLOBALS, cell)
+    } else {
+        (&GLOBALS2, cell - GlobalCounters::LEN)
+    };
+    if let Some(globals) = map.get_ptr_mut(0) {
         // SAFETY: as for PORT_STATS.
         if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
             *n += 1;

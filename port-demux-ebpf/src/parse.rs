@@ -6,10 +6,14 @@
 //! aligned to its size relative to `data`, and one load replaces the byte loads and shifts
 //! `read_unaligned` costs on BPF.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use port_demux_common::{
     PROTO_TCP, PROTO_UDP,
-    model::{ETH_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_LEN, TCP_MIN_LEN, UDP_LEN},
+    model::{
+        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FRAG_HDR_LEN, IPPROTO_AH,
+        IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_MIN_LEN, IPV6_LEN, MAX_EXT_HEADERS, TCP_MIN_LEN, UDP_LEN, VLAN_LEN,
+    },
     outcome, port_index,
 };
 
@@ -58,9 +62,11 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     };
     let header_len = ((w12 >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
+    // Lengths as scalars: a byte-swapped value added to a packet pointer loses its range on
+    // the 6.1 and 6.12 verifiers (issue 13).
     if header_len < IPV4_MIN_LEN
         || total_len < header_len + l4_len
-        || start + ETH_LEN + total_len > end
+        || ETH_LEN + total_len > end - start
     {
         return None;
     }
@@ -74,47 +80,125 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     Some(port_index(proto, dest_port))
 }
 
-/// Classifies any frame, step by step, as `port_demux_common::model::parse` states it.
+/// A frame [`full`] demultiplexed.
+pub struct Demuxed {
+    /// `PORT_STATS`/`BINDINGS` index.
+    pub index: u32,
+    /// Bytes to count: the first buffer's, or the whole frame's when the IP length reaches
+    /// past the first buffer.
+    pub len: u64,
+    /// IPv6 (counted in `GLOBALS`' `DEMUXED_IPV6` cell too).
+    pub ipv6: bool,
+}
+
+/// The whole frame's length, all buffers: a helper call, made only where the IP length or a
+/// header reaches past the first buffer.
 #[inline(always)]
-pub fn full(ctx: &XdpContext) -> Result<u32, usize> {
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "BPF is 64-bit; a frame is far below 2^32 bytes"
+)]
+fn whole_len(ctx: &XdpContext) -> usize {
+    // SAFETY: the helper reads the context the program was given.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// The outcome of a frame whose bytes `..need` are not all in the first buffer: malformed
+/// when they go past `limit` (the frame's or the IP datagram's end), else split over buffers.
+#[inline(always)]
+fn past_first_buffer(need: usize, limit: usize) -> usize {
+    if need > limit {
+        outcome::MALFORMED
+    } else {
+        outcome::HEADERS_PAST_FIRST_BUFFER
+    }
+}
+
+/// The bytes to count of a datagram ending at `ip_end` (an offset), or `MALFORMED` when it ends
+/// past the frame. `linear` is the first buffer's length.
+#[inline(always)]
+fn datagram_len(ctx: &XdpContext, ip_end: usize, linear: usize) -> Result<u64, usize> {
+    if ip_end <= linear {
+        return Ok(linear as u64);
+    }
+    let whole = whole_len(ctx);
+    if ip_end > whole {
+        return Err(outcome::MALFORMED);
+    }
+    Ok(whole as u64)
+}
+
+/// Whether a big-endian `EtherType` is a VLAN tag's TPID.
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be()
+}
+
+/// Classifies any frame, step by step, as `port_demux_common::model::parse_buffers` states it:
+/// up to two VLAN tags, then IPv4 or IPv6 with its extension headers.
+#[inline(always)]
+pub fn full(ctx: &XdpContext) -> Result<Demuxed, usize> {
     let start = ctx.data();
     let end = ctx.data_end();
-    let ip = start + ETH_LEN;
-    if ip + IPV4_MIN_LEN > end {
-        // Too short for Ethernet and a minimal IPv4 header: a runt, or not IPv4 at all.
-        if ip > end {
-            return Err(outcome::MALFORMED);
-        }
-        // SAFETY: 14 bytes are there.
-        let ether_type: u16 = unsafe { load(start + 12) };
-        return Err(if ether_type == ETH_P_IP.to_be() {
-            outcome::MALFORMED
-        } else {
-            outcome::NOT_IPV4
-        });
+    if start + ETH_LEN > end {
+        return Err(past_first_buffer(ETH_LEN, whole_len(ctx)));
     }
-    // SAFETY: Ethernet and the fixed IPv4 header are there.
-    let (ether_type, version_ihl, total_len, frag, proto) = unsafe {
+    // SAFETY: 14 bytes are there.
+    let mut ether_type: u16 = unsafe { load(start + 12) };
+    let mut l3 = ETH_LEN;
+    if is_vlan(ether_type) {
+        if start + ETH_LEN + VLAN_LEN > end {
+            return Err(past_first_buffer(ETH_LEN + VLAN_LEN, whole_len(ctx)));
+        }
+        // SAFETY: checked just above.
+        ether_type = unsafe { load(start + ETH_LEN + 2) };
+        l3 = ETH_LEN + VLAN_LEN;
+        if is_vlan(ether_type) {
+            if start + ETH_LEN + 2 * VLAN_LEN > end {
+                return Err(past_first_buffer(ETH_LEN + 2 * VLAN_LEN, whole_len(ctx)));
+            }
+            // SAFETY: checked just above.
+            ether_type = unsafe { load(start + ETH_LEN + VLAN_LEN + 2) };
+            l3 = ETH_LEN + 2 * VLAN_LEN;
+            if is_vlan(ether_type) {
+                return Err(outcome::VLAN_TOO_DEEP);
+            }
+        }
+    }
+    if ether_type == ETH_P_IP.to_be() {
+        ipv4(ctx, l3)
+    } else if ether_type == ETH_P_IPV6.to_be() {
+        ipv6(ctx, l3)
+    } else {
+        Err(outcome::NOT_IP)
+    }
+}
+
+/// IPv4 at offset `l3`.
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let ip = start + l3;
+    if ip + IPV4_MIN_LEN > end {
+        return Err(past_first_buffer(l3 + IPV4_MIN_LEN, whole_len(ctx)));
+    }
+    // SAFETY: the fixed IPv4 header is there.
+    let (version_ihl, total_len, frag, proto) = unsafe {
         (
-            load::<u16>(start + 12),
             load::<u8>(ip),
             load::<u16>(ip + 2),
             load::<u16>(ip + 6),
             load::<u8>(ip + 9),
         )
     };
-    if ether_type != ETH_P_IP.to_be() {
-        return Err(outcome::NOT_IPV4);
-    }
     let header_len = usize::from(version_ihl & 0x0f) << 2;
+    // A scalar from here on: never added to a packet pointer (issue 13).
     let total_len = usize::from(u16::from_be(total_len));
-    if version_ihl & 0xf0 != 0x40
-        || header_len < IPV4_MIN_LEN
-        || total_len < header_len
-        || ip + total_len > end
-    {
+    if version_ihl & 0xf0 != 0x40 || header_len < IPV4_MIN_LEN || total_len < header_len {
         return Err(outcome::MALFORMED);
     }
+    let len = datagram_len(ctx, l3 + total_len, end - start)?;
     let (proto, l4_len) = match proto {
         IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
         IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
@@ -127,12 +211,120 @@ pub fn full(ctx: &XdpContext) -> Result<u32, usize> {
     if header_len + l4_len > total_len {
         return Err(outcome::MALFORMED);
     }
-    // `total_len` already bounds the ports; this check is the one the verifier can follow.
+    // The total length already bounds the ports by the datagram: past the first buffer they
+    // are split.
     let l4 = ip + header_len;
     if l4 + 4 > end {
-        return Err(outcome::MALFORMED);
+        return Err(outcome::HEADERS_PAST_FIRST_BUFFER);
     }
     // SAFETY: checked just above.
     let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
-    Ok(port_index(proto, dest_port))
+    Ok(Demuxed {
+        index: port_index(proto, dest_port),
+        len,
+        ipv6: false,
+    })
+}
+
+/// The address of the extension header at offset `off`, whose first `NEED` bytes must lie
+/// inside the datagram (else malformed) and the first buffer (else split).
+#[inline(always)]
+fn ext_header<const NEED: usize>(
+    start: usize,
+    end: usize,
+    off: usize,
+    ip_end: usize,
+) -> Result<usize, usize> {
+    if off + NEED > ip_end {
+        return Err(outcome::MALFORMED);
+    }
+    let hdr = start + off;
+    if hdr + NEED > end {
+        return Err(outcome::HEADERS_PAST_FIRST_BUFFER);
+    }
+    Ok(hdr)
+}
+
+/// IPv6 at offset `l3`, and its extension headers.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let ip = start + l3;
+    if ip + IPV6_LEN > end {
+        return Err(past_first_buffer(l3 + IPV6_LEN, whole_len(ctx)));
+    }
+    // SAFETY: the fixed IPv6 header is there.
+    let (version, payload_len, mut next) =
+        unsafe { (load::<u8>(ip), load::<u16>(ip + 4), load::<u8>(ip + 6)) };
+    if version & 0xf0 != 0x60 {
+        return Err(outcome::MALFORMED);
+    }
+    // A scalar, compared with scalars only (issue 13); as `ipv6_rcv` checks it.
+    let ip_end = l3 + IPV6_LEN + usize::from(u16::from_be(payload_len));
+    let len = datagram_len(ctx, ip_end, end - start)?;
+    // Offset of the header `next` names. Each step adds a byte times a constant plus a
+    // constant, a range the verifier follows (at most 22 + 40 + 6 * 2,048).
+    let mut off = l3 + IPV6_LEN;
+    let mut i = 0;
+    loop {
+        let (proto, l4_len) = match next {
+            IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
+            IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
+            IPPROTO_HOPOPTS if i > 0 => return Err(outcome::MALFORMED),
+            _ if i == MAX_EXT_HEADERS => {
+                return Err(match next {
+                    IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+                    | IPPROTO_AH => outcome::EXT_HEADERS_TOO_LONG,
+                    _ => outcome::NOT_TCP_UDP,
+                });
+            }
+            IPPROTO_FRAGMENT => {
+                let hdr = ext_header::<FRAG_HDR_LEN>(start, end, off, ip_end)?;
+                // SAFETY: 8 bytes are there.
+                let (this_next, frag) = unsafe { (load::<u8>(hdr), load::<u16>(hdr + 2)) };
+                // Fragment offset: the high 13 bits of the big-endian word.
+                if frag & 0xfff8u16.to_be() != 0 {
+                    return Err(outcome::FRAGMENT);
+                }
+                next = this_next;
+                off += FRAG_HDR_LEN;
+                i += 1;
+                continue;
+            }
+            IPPROTO_AH => {
+                let hdr = ext_header::<2>(start, end, off, ip_end)?;
+                // SAFETY: 2 bytes are there.
+                let (this_next, len) = unsafe { (load::<u8>(hdr), load::<u8>(hdr + 1)) };
+                next = this_next;
+                off += (usize::from(len) + 2) << 2;
+                i += 1;
+                continue;
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let hdr = ext_header::<2>(start, end, off, ip_end)?;
+                // SAFETY: 2 bytes are there.
+                let (this_next, len) = unsafe { (load::<u8>(hdr), load::<u8>(hdr + 1)) };
+                next = this_next;
+                off += (usize::from(len) + 1) << 3;
+                i += 1;
+                continue;
+            }
+            _ => return Err(outcome::NOT_TCP_UDP),
+        };
+        if off + l4_len > ip_end {
+            return Err(outcome::MALFORMED);
+        }
+        let l4 = start + off;
+        if l4 + 4 > end {
+            return Err(outcome::HEADERS_PAST_FIRST_BUFFER);
+        }
+        // SAFETY: checked just above.
+        let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
+        return Ok(Demuxed {
+            index: port_index(proto, dest_port),
+            len,
+            ipv6: true,
+        });
+    }
 }

@@ -19,8 +19,8 @@ use aya::{
 };
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, MODE_NATIVE, MODE_SKB, Meta, OWNER_LEN,
-    PortCounters, REDIRECT_SLOTS, action, outcome, port_index,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE,
+    MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS, action, outcome, port_index,
 };
 
 use crate::{
@@ -44,9 +44,9 @@ const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// Devmap values: `struct bpf_devmap_val { u32 ifindex; union { int fd; u32 id; } }`.
 const DEVMAP_VALUE: u32 = 8;
 
-/// The pinned maps: name, type, value size, entries.
+/// The pinned maps: name, type, value size, entries. Layout v2 had all but the last.
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
-const MAPS: [(&str, u32, u32, u32); 5] = [
+const MAPS: [(&str, u32, u32, u32); 6] = [
     (
         "BINDINGS",
         BPF_MAP_TYPE_ARRAY,
@@ -72,7 +72,15 @@ const MAPS: [(&str, u32, u32, u32); 5] = [
         REDIRECT_SLOTS,
     ),
     ("META", BPF_MAP_TYPE_ARRAY, size_of::<Meta>() as u32, 1),
+    (
+        "GLOBALS2",
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        size_of::<GlobalCounters>() as u32,
+        1,
+    ),
 ];
+/// The map layout v3 added; `load --upgrade` from v2 creates it.
+const GLOBALS2: &str = "GLOBALS2";
 const PROG_PIN: &str = "prog";
 const LINK_PIN: &str = "link";
 
@@ -180,6 +188,9 @@ pub struct Totals {
     /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`]. Demultiplexed
     /// frames are the sum of the per-port counters; the others are counted by outcome.
     pub outcomes: [u64; outcome::COUNT],
+    /// Demultiplexed IPv6 frames (counted in `GLOBALS`); the IPv4 ones are the rest of
+    /// `outcomes[DEMUXED]`.
+    pub demuxed_ipv6: u64,
     /// Bytes of the demultiplexed frames (sum of the per-port counters).
     pub demuxed_bytes: u64,
     /// Demultiplexed frames redirected.
@@ -230,6 +241,7 @@ pub struct PortDemux {
     bindings: OwnedFd,
     port_stats: OwnedFd,
     globals: OwnedFd,
+    globals2: OwnedFd,
     redirect: OwnedFd,
 }
 
@@ -333,14 +345,13 @@ impl PortDemux {
             }
             Err(e) => return Err(Error::io("cannot read", &dir, e)),
         }
-        let [bindings, port_stats, globals, redirect, meta_fd] = open_maps(&dir)?;
-        let mut meta = Meta::zeroed();
-        sys::lookup(
-            meta_fd.as_fd(),
-            &0u32.to_ne_bytes(),
-            bytemuck::bytes_of_mut(&mut meta),
-        )
-        .map_err(|e| Error::io("cannot read", dir.join("META"), e))?;
+        let meta = read_meta(&dir)?;
+        if meta.layout_version == LAYOUT_VERSION_V2 {
+            return Err(Error::LayoutV2 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
         if meta.layout_version != LAYOUT_VERSION {
             return Err(Error::Layout {
                 path: dir,
@@ -348,6 +359,7 @@ impl PortDemux {
                 expected: LAYOUT_VERSION,
             });
         }
+        let [bindings, port_stats, globals, redirect, _meta, globals2] = open_maps(&dir, &MAPS)?;
         Ok(Self {
             scope: scope.clone(),
             iface: iface.to_owned(),
@@ -356,6 +368,7 @@ impl PortDemux {
             bindings,
             port_stats,
             globals,
+            globals2,
             redirect,
         })
     }
@@ -431,44 +444,13 @@ impl PortDemux {
     /// # Panics
     /// Never: the embedded object always has the XDP program.
     pub fn upgrade(scope: &Scope, iface: &str, debug: bool) -> Result<UpgradeReport> {
-        let this = Self::open(scope, iface)?;
+        let this = match Self::open(scope, iface) {
+            Err(Error::LayoutV2 { path, .. }) => return upgrade_v2(scope, iface, &path, debug),
+            other => other?,
+        };
         let _lock = DirLock::exclusive(&this.dir)?;
         this.check_attached()?;
-        let dir = &this.dir;
-        let mut ebpf = load_object(dir, this.meta.default_action, debug)?;
-        let prog = xdp_program(&mut ebpf, debug);
-        let link_path = dir.join(LINK_PIN);
-        let link: FdLink = PinnedLink::from_pin(&link_path)
-            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
-            .into();
-        let old_prog_id = link
-            .info()
-            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-            .program_id();
-        let link = XdpLink::try_from(link)
-            .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
-        prog.attach_to_link(link).map_err(|source| Error::Attach {
-            iface: iface.to_owned(),
-            mode: "upgrade".to_owned(),
-            source: Box::new(source),
-        })?;
-        let new_prog_id = prog
-            .info()
-            .map_err(|e| Error::Ebpf(Box::new(e.into())))?
-            .id();
-        // Re-pin the program under its usual name; the link pin is the same link.
-        let next = dir.join("prog-next");
-        let _ = fs::remove_file(&next);
-        prog.pin(&next)
-            .map_err(|e| Error::io("cannot pin", &next, io::Error::other(e)))?;
-        fs::rename(&next, dir.join(PROG_PIN)).map_err(|e| Error::io("cannot rename", &next, e))?;
-        let mut meta = this.meta;
-        meta.debug = u32::from(debug);
-        write_meta(dir, &meta)?;
-        Ok(UpgradeReport {
-            old_prog_id,
-            new_prog_id,
-        })
+        replace_program(&this.dir, iface, this.meta, debug)
     }
 
     /// The interface.
@@ -659,17 +641,26 @@ impl PortDemux {
             .collect())
     }
 
-    /// `GLOBALS`, summed over CPUs.
-    fn globals(&self) -> Result<GlobalCounters> {
+    /// `GLOBALS` and `GLOBALS2`, summed over CPUs.
+    fn globals(&self) -> Result<Globals> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
-        let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
-        sys::lookup(self.globals.as_fd(), &0u32.to_ne_bytes(), &mut raw)
-            .map_err(|e| Error::io("cannot read", self.dir.join("GLOBALS"), e))?;
-        let mut sum = GlobalCounters::zeroed();
-        for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
-            sum.add(&bytemuck::pod_read_unaligned(c));
-        }
-        Ok(sum)
+        let read = |fd: &OwnedFd, name: &str| -> Result<GlobalCounters> {
+            let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
+            sys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut raw)
+                .map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
+            let mut sum = GlobalCounters::zeroed();
+            for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
+                let c: GlobalCounters = bytemuck::pod_read_unaligned(c);
+                for (a, b) in sum.frames.iter_mut().zip(c.frames) {
+                    *a += b;
+                }
+            }
+            Ok(sum)
+        };
+        Ok(Globals::from_maps(
+            &read(&self.globals, "GLOBALS")?,
+            &read(&self.globals2, GLOBALS2)?,
+        ))
     }
 
     /// Attach mode, program id, whether it is attached, bindings.
@@ -835,16 +826,92 @@ impl PortDemux {
     }
 }
 
+/// Loads this build's program with the maps pinned in `dir` (creating those missing, which
+/// are then pinned there) and swaps it in through the pinned link; writes `meta` as this
+/// layout's with `debug`.
+fn replace_program(dir: &Path, iface: &str, mut meta: Meta, debug: bool) -> Result<UpgradeReport> {
+    let mut ebpf = load_object(dir, meta.default_action, debug)?;
+    let prog = xdp_program(&mut ebpf, debug);
+    let link_path = dir.join(LINK_PIN);
+    let link: FdLink = PinnedLink::from_pin(&link_path)
+        .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
+        .into();
+    let old_prog_id = link
+        .info()
+        .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
+        .program_id();
+    let link = XdpLink::try_from(link)
+        .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
+    prog.attach_to_link(link).map_err(|source| Error::Attach {
+        iface: iface.to_owned(),
+        mode: "upgrade".to_owned(),
+        source: Box::new(source),
+    })?;
+    let new_prog_id = prog
+        .info()
+        .map_err(|e| Error::Ebpf(Box::new(e.into())))?
+        .id();
+    // Re-pin the program under its usual name; the link pin is the same link.
+    let next = dir.join("prog-next");
+    let _ = fs::remove_file(&next);
+    prog.pin(&next)
+        .map_err(|e| Error::io("cannot pin", &next, io::Error::other(e)))?;
+    fs::rename(&next, dir.join(PROG_PIN)).map_err(|e| Error::io("cannot rename", &next, e))?;
+    meta.debug = u32::from(debug);
+    meta.layout_version = LAYOUT_VERSION;
+    write_meta(dir, &meta)?;
+    Ok(UpgradeReport {
+        old_prog_id,
+        new_prog_id,
+    })
+}
+
+/// `load --upgrade` of pins of layout v2: every v2 map is checked and kept as it is (the
+/// bindings, per-port counters, global cells 0-6 and redirect targets mean the same in v3);
+/// `GLOBALS2` is created and pinned; then the program is swapped in through the link, as for
+/// any upgrade. On a failure before the swap, the new pin is removed again: nothing changed.
+fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, debug: bool) -> Result<UpgradeReport> {
+    let _lock = DirLock::exclusive(dir)?;
+    // Re-read under the lock: another upgrade may have finished meanwhile.
+    let meta = read_meta(dir)?;
+    if meta.layout_version != LAYOUT_VERSION_V2 {
+        return PortDemux::upgrade(scope, iface, debug);
+    }
+    let v2_maps: [(&str, u32, u32, u32); 5] = [MAPS[0], MAPS[1], MAPS[2], MAPS[3], MAPS[4]];
+    open_maps(dir, &v2_maps)?;
+    let globals2 = dir.join(GLOBALS2);
+    let created = !globals2.exists();
+    if !created {
+        // Left by an upgrade that stopped after creating it: reused if it is the right map.
+        open_maps(dir, &[MAPS[5]])?;
+    }
+    let link_path = dir.join(LINK_PIN);
+    let prog_id = sys::pinned_link_prog_id(&link_path)
+        .map_err(|e| Error::io("cannot read", &link_path, e))?;
+    if !runs(scope, meta.ifindex, prog_id)? {
+        return Err(Error::Detached {
+            iface: iface.to_owned(),
+            detail: format!("{iface} does not run the pinned program id {prog_id}"),
+        });
+    }
+    replace_program(dir, iface, meta, debug).inspect_err(|_| {
+        if created {
+            let _ = fs::remove_file(&globals2);
+        }
+    })
+}
+
 /// Totals from the per-port counters and the global ones.
-fn totals(ports: &[PortCounters], globals: &GlobalCounters) -> Totals {
+fn totals(ports: &[PortCounters], globals: &Globals) -> Totals {
     let mut outcomes = globals.not_demuxed();
     outcomes[outcome::DEMUXED] = ports.iter().map(|c| c.packets).sum();
     Totals {
         packets: outcomes.iter().sum(),
         outcomes,
+        demuxed_ipv6: globals.frames[Globals::DEMUXED_IPV6],
         demuxed_bytes: ports.iter().map(|c| c.bytes).sum(),
-        redirected: globals.frames[GlobalCounters::REDIRECTED],
-        redirect_fallback: globals.frames[GlobalCounters::REDIRECT_FALLBACK],
+        redirected: globals.frames[Globals::REDIRECTED],
+        redirect_fallback: globals.frames[Globals::REDIRECT_FALLBACK],
     }
 }
 
@@ -896,9 +963,25 @@ fn check_ifname(iface: &str) -> Result<()> {
     }
 }
 
-/// Opens the pinned maps and checks each one's type and sizes against this build's layout.
-fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
-    let open = |(name, map_type, value_size, max_entries): (&str, u32, u32, u32)| {
+/// Reads the `META` record pinned in `dir`; a folder without it is of no known layout.
+fn read_meta(dir: &Path) -> Result<Meta> {
+    let [meta_fd] = open_maps(dir, &[MAPS[4]])?;
+    let mut meta = Meta::zeroed();
+    sys::lookup(
+        meta_fd.as_fd(),
+        &0u32.to_ne_bytes(),
+        bytemuck::bytes_of_mut(&mut meta),
+    )
+    .map_err(|e| Error::io("cannot read", dir.join("META"), e))?;
+    Ok(meta)
+}
+
+/// Opens the pinned `maps` and checks each one's type and sizes against this build's layout.
+fn open_maps<const N: usize>(
+    dir: &Path,
+    maps: &[(&str, u32, u32, u32); N],
+) -> Result<[OwnedFd; N]> {
+    let open = |&(name, map_type, value_size, max_entries): &(&str, u32, u32, u32)| {
         let path = dir.join(name);
         let fd = sys::obj_get_readable(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -927,14 +1010,8 @@ fn open_maps(dir: &Path) -> Result<[OwnedFd; 5]> {
         }
         Ok(fd)
     };
-    let [bindings, port_stats, globals, redirect, meta] = MAPS;
-    Ok([
-        open(bindings)?,
-        open(port_stats)?,
-        open(globals)?,
-        open(redirect)?,
-        open(meta)?,
-    ])
+    let fds = maps.iter().map(open).collect::<Result<Vec<_>>>()?;
+    Ok(fds.try_into().expect("one descriptor per map"))
 }
 
 /// Whether the program behind the pinned link in `dir` is the one attached to `ifindex`.

@@ -108,6 +108,16 @@ pub enum Error {
         /// Version understood.
         expected: u32,
     },
+    /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
+    #[error(
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 3: run `port-demux load {iface} --upgrade` to migrate them (bindings and counters are kept)"
+    )]
+    LayoutV2 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
     /// A port of the range is bound already.
     #[error(
         "{port} is already bound to {action}{owner}: nothing changed; unbind it first or bind with --replace"

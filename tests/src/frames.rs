@@ -2,7 +2,10 @@
 //! total length under control) + TCP/UDP, a small deterministic PRNG, and generators of valid
 //! and hostile frames for the differential test.
 
-use port_demux_common::model::{ETH_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
+use port_demux_common::model::{
+    ETH_LEN, ETH_P_IP, FRAG_HDR_LEN, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 /// Ethertype of ARP.
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -177,6 +180,185 @@ impl FrameBuilder {
         frame.extend_from_slice(&self.trailer);
         frame
     }
+}
+
+/// An IPv6 extension header of `kind` (hop-by-hop 0, routing 43, destination options 60: `len`
+/// 8-byte units beyond the first; AH 51: `len` 4-byte units beyond the first two; fragment 44:
+/// `len` ignored, 8 bytes) with its next-header byte filled in by [`Ipv6Builder::build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtHeader {
+    /// The header's protocol number.
+    pub kind: u8,
+    /// Its bytes, the next-header byte (0) included.
+    pub bytes: Vec<u8>,
+}
+
+impl ExtHeader {
+    /// Hop-by-hop (0), routing (43) or destination options (60) with `len` as its length byte:
+    /// `(len + 1) * 8` bytes of PadN-like filler.
+    #[must_use]
+    pub fn options(kind: u8, len: u8) -> Self {
+        let mut bytes = vec![0u8; (usize::from(len) + 1) * 8];
+        bytes[1] = len;
+        Self { kind, bytes }
+    }
+
+    /// An authentication header with `len` as its length byte: `(len + 2) * 4` bytes.
+    #[must_use]
+    pub fn ah(len: u8) -> Self {
+        let mut bytes = vec![0u8; (usize::from(len) + 2) * 4];
+        bytes[1] = len;
+        bytes[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes()); // SPI
+        Self {
+            kind: IPPROTO_AH,
+            bytes,
+        }
+    }
+
+    /// A fragment header at `offset` (8-byte units, 13 bits) with the M flag `more`.
+    #[must_use]
+    pub fn fragment(offset: u16, more: bool) -> Self {
+        let mut bytes = vec![0u8; FRAG_HDR_LEN];
+        let word = (offset << 3) | u16::from(more);
+        bytes[2..4].copy_from_slice(&word.to_be_bytes());
+        bytes[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes()); // identification
+        Self {
+            kind: IPPROTO_FRAGMENT,
+            bytes,
+        }
+    }
+}
+
+/// An IPv6 frame under construction: VLAN tags, the fixed header, extension headers, the
+/// upper-layer bytes and a trailer, each field under control.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Builder {
+    /// VLAN tags outermost first: (TPID, TCI).
+    pub tags: Vec<(u16, u16)>,
+    /// Version nibble (6 for a valid frame).
+    pub version: u8,
+    /// Payload length; `None`: the real extension headers + upper layer length.
+    pub payload_len: Option<u16>,
+    /// Extension headers, in order.
+    pub ext: Vec<ExtHeader>,
+    /// The upper-layer protocol after the last extension header.
+    pub protocol: u8,
+    /// Upper-layer header and payload.
+    pub l4: Vec<u8>,
+    /// Bytes after the datagram.
+    pub trailer: Vec<u8>,
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Builder {
+    /// An IPv6 datagram (ULA addresses) carrying `l4` with upper-layer protocol `protocol`.
+    #[must_use]
+    pub fn ip(protocol: u8, l4: Vec<u8>) -> Self {
+        let mut dst = [0u8; 16];
+        dst[0] = 0xfd;
+        dst[15] = 2;
+        Self {
+            tags: Vec::new(),
+            version: 6,
+            payload_len: None,
+            ext: Vec::new(),
+            protocol,
+            l4,
+            trailer: Vec::new(),
+            dst,
+        }
+    }
+
+    /// UDP from port 40000 to `dport` with `payload_len` bytes of payload.
+    #[must_use]
+    pub fn udp(dport: u16, payload_len: usize) -> Self {
+        Self::ip(IPPROTO_UDP, udp(40_000, dport, &payload(payload_len)))
+    }
+
+    /// TCP (SYN) from port 40000 to `dport` with `payload_len` bytes of payload.
+    #[must_use]
+    pub fn tcp(dport: u16, payload_len: usize) -> Self {
+        Self::ip(IPPROTO_TCP, tcp(40_000, dport, &payload(payload_len)))
+    }
+
+    /// Adds an extension header after the present ones.
+    #[must_use]
+    pub fn ext(mut self, header: ExtHeader) -> Self {
+        self.ext.push(header);
+        self
+    }
+
+    /// Adds a VLAN tag inside the present ones.
+    #[must_use]
+    pub fn tag(mut self, tpid: u16, tci: u16) -> Self {
+        self.tags.push((tpid, tci));
+        self
+    }
+
+    /// The offset of the IPv6 header in the frame.
+    #[must_use]
+    pub fn l3(&self) -> usize {
+        ETH_LEN + 4 * self.tags.len()
+    }
+
+    /// The offset of the upper-layer header in the frame.
+    #[must_use]
+    pub fn l4_offset(&self) -> usize {
+        self.l3() + 40 + self.ext.iter().map(|e| e.bytes.len()).sum::<usize>()
+    }
+
+    /// The frame's bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut frame = ethernet(&self.tags, ETH_P_IPV6);
+        let ext_len: usize = self.ext.iter().map(|e| e.bytes.len()).sum();
+        let payload_len = self
+            .payload_len
+            .unwrap_or_else(|| u16::try_from(ext_len + self.l4.len()).unwrap_or(u16::MAX));
+        frame.extend_from_slice(&[self.version << 4, 0, 0, 1]); // version, class, flow
+        frame.extend_from_slice(&payload_len.to_be_bytes());
+        frame.push(self.ext.first().map_or(self.protocol, |e| e.kind));
+        frame.push(64); // hop limit
+        let mut src = [0u8; 16];
+        src[0] = 0xfd;
+        src[15] = 1;
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&self.dst);
+        for (i, e) in self.ext.iter().enumerate() {
+            let start = frame.len();
+            frame.extend_from_slice(&e.bytes);
+            frame[start] = self.ext.get(i + 1).map_or(self.protocol, |n| n.kind);
+        }
+        frame.extend_from_slice(&self.l4);
+        frame.extend_from_slice(&self.trailer);
+        frame
+    }
+}
+
+/// The Ethernet header (and `tags`, outermost first) of a frame of `ether_type`.
+#[must_use]
+pub fn ethernet(tags: &[(u16, u16)], ether_type: u16) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(ETH_LEN + 4 * tags.len());
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // destination MAC
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC
+    for (tpid, tci) in tags {
+        frame.extend_from_slice(&tpid.to_be_bytes());
+        frame.extend_from_slice(&tci.to_be_bytes());
+    }
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame
+}
+
+/// `frame` with a VLAN tag (`tpid`, `tci`) inserted after the MAC addresses, outside any
+/// present tags.
+#[must_use]
+pub fn tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&tpid.to_be_bytes());
+    out.extend_from_slice(&tci.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
 }
 
 /// A UDP header (checksum 0: none) followed by `payload`.
@@ -394,10 +576,18 @@ pub enum Kind {
     Protocol,
     /// A valid frame with a few bytes of its headers changed at random.
     Mutated,
+    /// IPv6: TCP, UDP or another protocol behind 0 to 8 extension headers of every kind
+    /// (fragments first and later), lengths sometimes wrong, sometimes cut short.
+    Ipv6,
+    /// IPv4 or IPv6 behind 1 to 3 VLAN tags (802.1Q, 802.1ad), sometimes cut inside them.
+    Tagged,
+    /// IPv4 or IPv6 of 3,521 to 9,000 bytes: a multi-buffer frame in `BPF_PROG_TEST_RUN`,
+    /// its headers sometimes pushed past the first buffer by extension headers.
+    MultiBuffer,
 }
 
 /// Every [`Kind`], to draw from.
-pub const KINDS: [Kind; 11] = [
+pub const KINDS: [Kind; 14] = [
     Kind::Valid,
     Kind::Truncated,
     Kind::Random,
@@ -409,6 +599,27 @@ pub const KINDS: [Kind; 11] = [
     Kind::Jumbo,
     Kind::Protocol,
     Kind::Mutated,
+    Kind::Ipv6,
+    Kind::Tagged,
+    Kind::MultiBuffer,
+];
+
+/// Longest frame [`Kind::MultiBuffer`] makes.
+pub const MULTI_BUFFER_MAX: usize = 9000;
+
+/// Extension header kinds, and protocols that end the walk, for the generator.
+const IPV6_NEXT: [u8; 11] = [
+    IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING,
+    IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT,
+    IPPROTO_AH,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPPROTO_ESP,
+    IPPROTO_NONE,
+    IPPROTO_ICMPV6,
+    135, // mobility: not walked
 ];
 
 /// Random frames of every [`Kind`], with destination ports drawn mostly from a small pool (so
@@ -631,8 +842,19 @@ impl Generator {
                 }
                 b.build()
             }
+            Kind::Ipv6 | Kind::Tagged | Kind::MultiBuffer => self.frame_v6_kind(kind),
             Kind::Mutated => {
-                let mut frame = self.valid(48);
+                let mut frame = if self.rng.one_in(2) {
+                    self.valid(48)
+                } else {
+                    let mut b = self.ipv6_builder(24);
+                    if self.rng.one_in(3) {
+                        b.tags = self.tags();
+                    }
+                    let mut frame = b.build();
+                    frame.truncate(self.max_len);
+                    frame
+                };
                 let n = self.rng.range(1, 4);
                 for _ in 0..n {
                     // Mostly within the headers, where the parser looks.
@@ -647,8 +869,164 @@ impl Generator {
                 frame
             }
         };
-        debug_assert!((TEST_RUN_MIN..=self.max_len).contains(&frame.len()));
+        debug_assert!(
+            (TEST_RUN_MIN..=self.max_len).contains(&frame.len())
+                || kind == Kind::MultiBuffer && frame.len() <= MULTI_BUFFER_MAX
+        );
         frame
+    }
+
+    /// A random extension header.
+    fn ext_header(&mut self) -> ExtHeader {
+        match self.rng.below(6) {
+            0 => ExtHeader::options(IPPROTO_HOPOPTS, self.small_len()),
+            1 => ExtHeader::options(IPPROTO_ROUTING, self.small_len()),
+            2 => ExtHeader::options(IPPROTO_DSTOPTS, self.small_len()),
+            3 => ExtHeader::ah(self.small_len()),
+            4 => ExtHeader::fragment(0, self.rng.one_in(2)),
+            _ => {
+                let offset = if self.rng.one_in(2) {
+                    self.rng.pick(&[1, 2, 0x1fff])
+                } else {
+                    self.rng.u16() & 0x1fff
+                };
+                ExtHeader::fragment(offset, self.rng.one_in(2))
+            }
+        }
+    }
+
+    /// An extension header length byte: mostly small, sometimes large.
+    fn small_len(&mut self) -> u8 {
+        if self.rng.one_in(8) {
+            self.rng.byte()
+        } else {
+            u8::try_from(self.rng.below(3)).unwrap_or(0)
+        }
+    }
+
+    /// A random IPv6 frame (see [`Kind::Ipv6`]) with `payload_max` bytes of payload at most.
+    pub fn ipv6_builder(&mut self, payload_max: usize) -> Ipv6Builder {
+        let v4 = self.valid_builder(payload_max);
+        let mut b = Ipv6Builder::ip(v4.protocol, v4.l4);
+        let n = match self.rng.below(4) {
+            0 => 0,
+            1 => self.rng.range(1, 3),
+            2 => self.rng.range(4, 7),
+            _ => self.rng.range(5, 9),
+        };
+        for _ in 0..n {
+            let h = self.ext_header();
+            b.ext.push(h);
+        }
+        if self.rng.one_in(6) {
+            b.protocol = self.rng.pick(&IPV6_NEXT);
+        }
+        if b.ext.len() >= 2 && self.rng.one_in(8) {
+            // Out of order: a hop-by-hop header later in the chain is malformed.
+            let (i, j) = (self.rng.index(b.ext.len()), self.rng.index(b.ext.len()));
+            b.ext.swap(i, j);
+        }
+        if self.rng.one_in(10) {
+            let real = u16::try_from(b.l4_offset() - b.l3() - 40 + b.l4.len()).unwrap_or(0);
+            b.payload_len = Some(match self.rng.below(3) {
+                0 => self.rng.u16(),
+                1 => real.saturating_sub(u16::try_from(self.rng.below(24)).unwrap_or(0)),
+                _ => real + u16::try_from(self.rng.below(4)).unwrap_or(0),
+            });
+        }
+        if self.rng.one_in(20) {
+            b.version = self.rng.byte() & 0x0f;
+        }
+        if self.rng.one_in(4) {
+            let len = self.rng.range(1, 30);
+            b.trailer = self.rng.bytes(len);
+        }
+        b
+    }
+
+    /// 1 to 3 random VLAN tags.
+    fn tags(&mut self) -> Vec<(u16, u16)> {
+        let n = match self.rng.below(8) {
+            0 => 3,
+            1..=3 => 2,
+            _ => 1,
+        };
+        (0..n)
+            .map(|_| {
+                let tpid = self.rng.pick(&[ETH_P_8021Q, ETH_P_8021AD]);
+                (tpid, self.rng.u16())
+            })
+            .collect()
+    }
+
+    /// A frame of one of the kinds added with IPv6 and VLAN support.
+    fn frame_v6_kind(&mut self, kind: Kind) -> Vec<u8> {
+        match kind {
+            Kind::Ipv6 => {
+                let b = self.ipv6_builder(64);
+                let mut frame = b.build();
+                if self.rng.one_in(4) {
+                    // Cut at or near a header boundary.
+                    let cut = if self.rng.one_in(2) {
+                        b.l4_offset() + self.rng.range(0, 4)
+                    } else {
+                        self.rng.range(TEST_RUN_MIN, frame.len())
+                    };
+                    frame.truncate(cut.clamp(TEST_RUN_MIN, frame.len()));
+                }
+                frame.truncate(self.max_len);
+                frame
+            }
+            Kind::Tagged => {
+                let tags = self.tags();
+                let tagged_len = ETH_LEN + 4 * tags.len();
+                let mut frame = if self.rng.one_in(2) {
+                    let mut b = self.ipv6_builder(32);
+                    b.tags.clone_from(&tags);
+                    b.build()
+                } else {
+                    let mut frame = self.valid(32);
+                    for (tpid, tci) in tags.iter().rev() {
+                        frame = tagged(&frame, *tpid, *tci);
+                    }
+                    frame
+                };
+                if self.rng.one_in(5) {
+                    let cut = self.rng.range(TEST_RUN_MIN, tagged_len + 24);
+                    frame.truncate(cut.max(TEST_RUN_MIN));
+                }
+                frame.truncate(self.max_len);
+                frame
+            }
+            _ => {
+                let len = self.rng.range(self.max_len + 1, MULTI_BUFFER_MAX);
+                let mut frame = if self.rng.one_in(3) {
+                    let mut b = self.valid_builder(0);
+                    let target = len - (ETH_LEN + 20 + b.options.len());
+                    let extra = target.saturating_sub(b.l4.len());
+                    b.l4.extend(self.rng.bytes(extra));
+                    b.build()
+                } else {
+                    let mut b = self.ipv6_builder(0);
+                    if self.rng.one_in(2) {
+                        // Extension headers reaching past the first buffer.
+                        let mut at = b.l4_offset();
+                        while at < self.max_len - 200 && b.ext.len() < 8 {
+                            let h = ExtHeader::options(IPPROTO_DSTOPTS, 255);
+                            at += h.bytes.len();
+                            b.ext.push(h);
+                        }
+                        b.ext.truncate(self.rng.range(1, b.ext.len() + 1));
+                    }
+                    let target = len.saturating_sub(b.l4_offset());
+                    let extra = target.saturating_sub(b.l4.len());
+                    b.l4.extend(self.rng.bytes(extra));
+                    b.build()
+                };
+                frame.truncate(len);
+                frame
+            }
+        }
     }
 
     /// A frame of a random kind, returned with its kind.
@@ -692,7 +1070,12 @@ mod tests {
         for _ in 0..10_000 {
             let (kind, frame) = a.frame();
             assert_eq!(b.frame(), (kind, frame.clone()));
-            assert!((TEST_RUN_MIN..=TEST_RUN_MAX_LINEAR).contains(&frame.len()));
+            let max = if kind == Kind::MultiBuffer {
+                MULTI_BUFFER_MAX
+            } else {
+                TEST_RUN_MAX_LINEAR
+            };
+            assert!((TEST_RUN_MIN..=max).contains(&frame.len()), "{kind:?}");
         }
     }
 }

@@ -15,7 +15,7 @@ use aya::{
 };
 use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, sys};
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, PortCounters, REDIRECT_SLOTS, action,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, PortCounters, REDIRECT_SLOTS, action, family,
     model::{self, Verdict},
     outcome,
 };
@@ -25,6 +25,10 @@ use crate::frames::to_hex;
 /// `XDP_ABORTED`: no frame may ever get it.
 pub const XDP_ABORTED: u32 = 0;
 pub use port_demux_common::model::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
+
+/// The first buffer `BPF_PROG_TEST_RUN` gives a frags program: a page less the headroom
+/// (256) and `skb_shared_info` (320) on x86-64; longer input goes into further buffers.
+pub const TEST_RUN_LINEAR: usize = 4096 - 256 - 320;
 
 /// Interface index of `lo`, which exists in every network namespace: a valid devmap target.
 pub const LO_IFINDEX: u32 = 1;
@@ -49,8 +53,8 @@ pub fn unbound() -> Binding {
 
 /// `a - b`, cell by cell (wrapping, so a decrease shows as a huge delta).
 #[must_use]
-pub fn globals_delta(a: &GlobalCounters, b: &GlobalCounters) -> GlobalCounters {
-    let mut d = GlobalCounters::default();
+pub fn globals_delta(a: &Globals, b: &Globals) -> Globals {
+    let mut d = Globals::default();
     for (d, (a, b)) in d.frames.iter_mut().zip(a.frames.iter().zip(&b.frames)) {
         *d = a.wrapping_sub(*b);
     }
@@ -66,13 +70,20 @@ pub fn port_delta(a: &PortCounters, b: &PortCounters) -> PortCounters {
     }
 }
 
-/// The global counter delta of one frame with `outcome` and action `taken`: its cell +1 if it
-/// has one (frames not demultiplexed, redirects), nothing for a demultiplexed frame passed or
-/// dropped (counted per port only).
+/// The global counter delta of one IPv4 frame with `outcome` and action `taken`: its cell +1
+/// if it has one (frames not demultiplexed, redirects), nothing for a demultiplexed frame
+/// passed or dropped (counted per port only).
 #[must_use]
-pub fn one_frame(outcome: usize, taken: usize) -> GlobalCounters {
-    let mut d = GlobalCounters::default();
-    if let Some(cell) = GlobalCounters::cell(outcome, taken) {
+pub fn one_frame(outcome: usize, taken: usize) -> Globals {
+    one_frame_of(outcome, taken, family::IPV4)
+}
+
+/// As [`one_frame`], for a frame of `family` (a demultiplexed IPv6 frame also counts in
+/// [`Globals::DEMUXED_IPV6`]).
+#[must_use]
+pub fn one_frame_of(outcome: usize, taken: usize, family: u8) -> Globals {
+    let mut d = Globals::default();
+    for cell in Globals::cells(outcome, taken, family).into_iter().flatten() {
         d.frames[cell] = 1;
     }
     d
@@ -80,22 +91,30 @@ pub fn one_frame(outcome: usize, taken: usize) -> GlobalCounters {
 
 /// The global counter delta of one frame classified as `verdict`.
 #[must_use]
-pub fn expected_globals(verdict: &Verdict) -> GlobalCounters {
-    one_frame(verdict.outcome, verdict.taken)
+pub fn expected_globals(verdict: &Verdict) -> Globals {
+    one_frame_of(verdict.outcome, verdict.taken, verdict.family)
+}
+
+/// The name of a [`Globals`] cell.
+#[must_use]
+pub fn cell_name(cell: usize) -> &'static str {
+    match cell {
+        Globals::REDIRECTED => "redirected",
+        Globals::REDIRECT_FALLBACK => "redirect_fallback",
+        Globals::DEMUXED_IPV6 => "demuxed_ipv6",
+        c => (1..outcome::COUNT)
+            .find(|&o| Globals::outcome_cell(o) == c)
+            .map_or("spare", |o| outcome::NAMES[o]),
+    }
 }
 
 /// Names of the non-zero cells of `g`, for messages: `malformed=1 redirected=3`.
 #[must_use]
-pub fn describe_globals(g: &GlobalCounters) -> String {
+pub fn describe_globals(g: &Globals) -> String {
     let mut parts = Vec::new();
     for (cell, n) in g.frames.iter().enumerate() {
         if *n != 0 {
-            let name = match cell {
-                GlobalCounters::REDIRECTED => "redirected",
-                GlobalCounters::REDIRECT_FALLBACK => "redirect_fallback",
-                c => outcome::NAMES.get(c).copied().unwrap_or("spare"),
-            };
-            parts.push(format!("{name}={}", n.cast_signed()));
+            parts.push(format!("{}={}", cell_name(cell), n.cast_signed()));
         }
     }
     if parts.is_empty() {
@@ -116,8 +135,8 @@ fn sum_ports(per_cpu: impl Iterator<Item = PortCounters>) -> PortCounters {
 /// Every counter of an instance, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `GLOBALS`.
-    pub globals: GlobalCounters,
+    /// `GLOBALS` and `GLOBALS2`.
+    pub globals: Globals,
     /// `PORT_STATS`, all [`BINDINGS_LEN`] entries.
     pub ports: Vec<PortCounters>,
 }
@@ -128,6 +147,7 @@ pub struct Harness {
     bindings: Array<MapData, Binding>,
     port_stats: PerCpuArray<MapData, PortCounters>,
     globals: PerCpuArray<MapData, GlobalCounters>,
+    globals2: PerCpuArray<MapData, GlobalCounters>,
     redirect: DevMap<MapData>,
     default_action: u32,
     cpus: usize,
@@ -186,6 +206,7 @@ impl Harness {
         let bindings = Array::try_from(take("BINDINGS")?)?;
         let port_stats = PerCpuArray::try_from(take("PORT_STATS")?)?;
         let globals = PerCpuArray::try_from(take("GLOBALS")?)?;
+        let globals2 = PerCpuArray::try_from(take("GLOBALS2")?)?;
         let redirect = DevMap::try_from(take("REDIRECT")?)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow!("cannot count the possible CPUs ({what}): {e}"))?;
@@ -194,6 +215,7 @@ impl Harness {
             bindings,
             port_stats,
             globals,
+            globals2,
             redirect,
             default_action,
             cpus,
@@ -317,16 +339,17 @@ impl Harness {
             .unwrap_or(false)
     }
 
-    /// `GLOBALS`, summed over CPUs.
+    /// `GLOBALS` and `GLOBALS2`, summed over CPUs.
     ///
     /// # Panics
-    /// When the map lookup fails.
+    /// When a map lookup fails.
     #[must_use]
-    pub fn globals(&self) -> GlobalCounters {
-        let per_cpu = self.globals.get(&0, 0).expect("cannot read GLOBALS");
-        let mut sum = GlobalCounters::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
+    pub fn globals(&self) -> Globals {
+        let mut sum = Globals::default();
+        let a = self.globals.get(&0, 0).expect("cannot read GLOBALS");
+        let b = self.globals2.get(&0, 0).expect("cannot read GLOBALS2");
+        for (a, b) in a.iter().zip(b.iter()) {
+            sum.add(&Globals::from_maps(a, b));
         }
         sum
     }
@@ -383,8 +406,9 @@ impl Harness {
     /// through this harness and its default action.
     #[must_use]
     pub fn model(&self, frame: &[u8]) -> Verdict {
-        model::classify(
+        model::classify_buffers(
             frame,
+            frame.len().min(TEST_RUN_LINEAR),
             |index| {
                 self.shadow_bindings
                     .get(&index)
@@ -432,7 +456,7 @@ impl Harness {
         }
         let port_want = PortCounters {
             packets: 1,
-            bytes: frame.len() as u64,
+            bytes: verdict.bytes,
         };
         if all_ports {
             let after = self.ports();
@@ -468,8 +492,8 @@ pub struct Mismatch {
     pub refused: Option<String>,
     /// The program's XDP action and the model's verdict, when the actions differ.
     pub action: Option<(u32, Verdict)>,
-    /// The `GLOBALS` delta and the model's, when they differ.
-    pub globals: Option<(GlobalCounters, GlobalCounters)>,
+    /// The `GLOBALS`/`GLOBALS2` delta and the model's, when they differ.
+    pub globals: Option<(Globals, Globals)>,
     /// `PORT_STATS` entries whose delta differs: index, delta, the model's delta.
     pub ports: Vec<(u32, PortCounters, PortCounters)>,
 }

@@ -14,8 +14,9 @@
 //!
 //! `PORT_DEMUX_FUZZ_SEED` (decimal or 0x-hex) and `PORT_DEMUX_FUZZ_FRAMES` override the seed
 //! and the frame count (`cargo xtask fuzz --frames N --seed S`). Frames stay within
-//! [`TEST_RUN_MAX_LINEAR`] (3520) bytes: longer test-run input is split into fragments the
-//! program does not see (see `tests/test_run.rs`), so "jumbo" here means up to 3520 bytes.
+//! [`TEST_RUN_MAX_LINEAR`] (3520) bytes but for `Kind::MultiBuffer` (up to 9,000): longer
+//! test-run input becomes a multi-buffer frame whose first buffer holds 3520 bytes, as the
+//! model is told.
 //!
 //! On a disagreement the frame is minimised (shortened, then bytes zeroed, while it still
 //! disagrees), printed as hex and written to `tests/fixtures/regressions/<fnv1a>.hex`, which
@@ -30,8 +31,8 @@ use std::{
 
 use port_demux::{PROGRAM, PROGRAM_DEBUG};
 use port_demux_common::{
-    BINDINGS_LEN, GlobalCounters, PROTO_TCP, PROTO_UDP, PortCounters, REDIRECT_SLOTS, action,
-    outcome, port_index, taken,
+    BINDINGS_LEN, Globals, PROTO_TCP, PROTO_UDP, PortCounters, REDIRECT_SLOTS, action, outcome,
+    port_index, taken,
 };
 use port_demux_tests::{
     frames::{Generator, KINDS, Rng, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, fnv1a, from_hex, to_hex},
@@ -73,7 +74,7 @@ fn regressions_dir() -> PathBuf {
 /// One instance and the model's running totals for it.
 struct Instance {
     h: Harness,
-    globals: GlobalCounters,
+    globals: Globals,
     ports: HashMap<u32, PortCounters>,
     frames: u64,
 }
@@ -286,7 +287,7 @@ fn fuzz(program: &'static str, seed: u64, total: u64) {
             if let Some(i) = verdict.port_index {
                 let want = inst.ports.entry(i).or_default();
                 want.packets += 1;
-                want.bytes += frame.len() as u64;
+                want.bytes += verdict.bytes;
                 let got = inst.h.port(i);
                 if got != *want {
                     let why = format!("{kind:?} frame: PORT_STATS[{i}] {got:?}, model {want:?}");

@@ -21,21 +21,28 @@
 use std::collections::HashMap;
 
 use port_demux_common::{
-    PROTO_TCP, PROTO_UDP, PortCounters,
+    Globals, PROTO_TCP, PROTO_UDP, PortCounters,
     action::{self, DROP, PASS, REDIRECT},
-    model::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP},
-    outcome::{DEMUXED, FRAGMENT, MALFORMED, NOT_IPV4, NOT_TCP_UDP},
+    model::{
+        ETH_LEN, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE,
+        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
+    },
+    outcome::{
+        DEMUXED, EXT_HEADERS_TOO_LONG, FRAGMENT, HEADERS_PAST_FIRST_BUFFER, MALFORMED, NOT_IP,
+        NOT_TCP_UDP, VLAN_TOO_DEEP,
+    },
     port_index,
     taken::{self, REDIRECT_FALLBACK},
 };
 use port_demux_tests::{
     frames::{
-        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, FrameBuilder, IP_DF, IP_MF, IP_RESERVED,
-        IPPROTO_ICMP, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, nop_options, payload, tcp, to_hex, udp,
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, ExtHeader, FrameBuilder, IP_DF, IP_MF,
+        IP_RESERVED, IPPROTO_ICMP, Ipv6Builder, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, nop_options,
+        payload, tagged, tcp, to_hex, udp,
     },
     test_run::{
-        Harness, LO_IFINDEX, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, binding,
-        describe_globals, globals_delta, one_frame, port_delta, unbound,
+        Harness, LO_IFINDEX, TEST_RUN_LINEAR, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        binding, describe_globals, globals_delta, one_frame_of, port_delta, unbound,
     },
 };
 
@@ -64,20 +71,37 @@ impl Checker {
     }
 
     /// Runs `frame`, asserting its XDP action, its global cell +1 (if it has one) and no other,
-    /// and for a demultiplexed frame its port counter. The model must say the same.
+    /// and for a demultiplexed frame its port counter (+1 packet, + its length). The model
+    /// must say the same.
     fn expect(&mut self, what: &str, frame: &[u8], xdp: u32, outcome: usize, taken: usize) {
+        self.expect_counted(what, frame, xdp, outcome, taken, frame.len() as u64);
+    }
+
+    /// As [`expect`](Self::expect), for a demultiplexed frame counted at `counted` bytes (a
+    /// multi-buffer frame: its first buffer, or the whole frame).
+    fn expect_counted(
+        &mut self,
+        what: &str,
+        frame: &[u8],
+        xdp: u32,
+        outcome: usize,
+        taken: usize,
+        counted: u64,
+    ) {
         let ctx = || format!("{what} ({} bytes):\n{}", frame.len(), to_hex(frame));
-        let port = (outcome == DEMUXED).then(|| {
-            let (proto, port) = port_demux_common::model::parse(frame)
-                .unwrap_or_else(|o| panic!("{}: the model does not demux it ({o})", ctx()));
-            port_index(proto, port)
+        let linear = frame.len().min(TEST_RUN_LINEAR);
+        let parsed = (outcome == DEMUXED).then(|| {
+            port_demux_common::model::parse_buffers(frame, linear)
+                .unwrap_or_else(|o| panic!("{}: the model does not demux it ({o})", ctx()))
         });
+        let port = parsed.map(|p| port_index(p.proto, p.port));
+        let (family, bytes) = parsed.map_or((0, 0), |p| (p.family, p.bytes));
         let before = self.h.globals();
         let port_before = port.map(|i| self.h.port(i));
         let ret = self.h.run(frame);
         assert_ne!(ret, XDP_ABORTED, "{}", ctx());
         assert_eq!(ret, xdp, "XDP action of {}", ctx());
-        let want = one_frame(outcome, taken);
+        let want = one_frame_of(outcome, taken, family);
         let got = globals_delta(&self.h.globals(), &before);
         assert_eq!(
             got,
@@ -89,14 +113,12 @@ impl Checker {
         );
         if let (Some(i), Some(b)) = (port, port_before) {
             let d = port_delta(&self.h.port(i), &b);
-            let w = PortCounters {
-                packets: 1,
-                bytes: frame.len() as u64,
-            };
+            assert_eq!(bytes, counted, "the model's byte count of {}", ctx());
+            let w = PortCounters { packets: 1, bytes };
             assert_eq!(d, w, "PORT_STATS[{i}] of {}", ctx());
             let e = self.ports.entry(i).or_default();
             e.packets += 1;
-            e.bytes += frame.len() as u64;
+            e.bytes += bytes;
         }
         let verdict = self.h.model(frame);
         assert_eq!(
@@ -111,6 +133,19 @@ impl Checker {
     /// Asserts an unbound frame's outcome with the default action passing it.
     fn pass(&mut self, what: &str, frame: &[u8], outcome: usize) {
         self.expect(what, frame, XDP_PASS, outcome, taken::PASS);
+    }
+
+    /// Asserts a frame's outcome, passed, with the default action passing it, and the
+    /// `DEMUXED_IPV6` cell +1 when it is demultiplexed (an IPv6 frame).
+    fn pass6(&mut self, what: &str, frame: &[u8], outcome: usize) {
+        let before = self.h.globals().frames[Globals::DEMUXED_IPV6];
+        self.pass(what, frame, outcome);
+        let after = self.h.globals().frames[Globals::DEMUXED_IPV6];
+        assert_eq!(
+            after - before,
+            u64::from(outcome == DEMUXED),
+            "{what}: DEMUXED_IPV6"
+        );
     }
 
     /// Every `PORT_STATS` entry moved by exactly what [`expect`](Self::expect) recorded, and
@@ -209,11 +244,11 @@ fn runts() {
         c.pass(&format!("{len}-byte IPv4 runt"), &frame[..len], MALFORMED);
         let mut arp = frame[..len].to_vec();
         arp[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-        c.pass(&format!("{len}-byte ARP runt"), &arp, NOT_IPV4);
+        c.pass(&format!("{len}-byte ARP runt"), &arp, NOT_IP);
     }
     // Zeroed frames of minimal size: ethertype 0.
-    c.pass("14 zero bytes", &[0; 14], NOT_IPV4);
-    c.pass("60 zero bytes", &[0; 60], NOT_IPV4);
+    c.pass("14 zero bytes", &[0; 14], NOT_IP);
+    c.pass("60 zero bytes", &[0; 60], NOT_IP);
     c.finish();
 }
 
@@ -386,27 +421,29 @@ fn fragments() {
 }
 
 #[test]
-fn non_ipv4_ethertypes() {
+fn non_ip_ethertypes() {
     let mut c = Checker::new(DROP);
     for ethertype in [
-        ETH_P_ARP,
-        ETH_P_IPV6,
-        ETH_P_8021Q,
-        ETH_P_8021AD,
-        0x0008, // IPv4 byte-swapped
-        0x0801,
-        0x07ff,
-        0x0000,
-        0xffff,
-        0x05dc, // an 802.3 length
+        ETH_P_ARP, 0x0008, // IPv4 byte-swapped
+        0xdd86, // IPv6 byte-swapped
+        0x0801, 0x07ff, 0x0000, 0xffff, 0x05dc, // an 802.3 length
+        0x9100, // an old QinQ TPID: not walked
     ] {
         let frame = FrameBuilder::udp(UDP_PORT, 20).ethertype(ethertype).build();
-        c.pass(&format!("EtherType {ethertype:#06x}"), &frame, NOT_IPV4);
+        c.pass(&format!("EtherType {ethertype:#06x}"), &frame, NOT_IP);
     }
-    // A VLAN-tagged IPv4 frame: the tag is not parsed.
-    let mut tagged = udp_frame();
-    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
-    c.pass("802.1Q-tagged IPv4", &tagged, NOT_IPV4);
+    // An IPv4 header behind the IPv6 EtherType: version 4 is malformed IPv6.
+    let frame = FrameBuilder::udp(UDP_PORT, 20)
+        .ethertype(ETH_P_IPV6)
+        .build();
+    c.pass("IPv4 behind EtherType IPv6", &frame, MALFORMED);
+    // Behind a tag, an EtherType that is neither.
+    let frame = tagged(
+        &FrameBuilder::udp(UDP_PORT, 20).ethertype(ETH_P_ARP).build(),
+        ETH_P_8021Q,
+        10,
+    );
+    c.pass("802.1Q-tagged ARP", &frame, NOT_IP);
     c.finish();
 }
 
@@ -593,7 +630,7 @@ fn default_action_drop() {
     c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), unbound());
     // Frames that are not demultiplexed are passed whatever the default.
     let frame = FrameBuilder::udp(UDP_PORT, 4).ethertype(ETH_P_ARP).build();
-    c.pass("ARP", &frame, NOT_IPV4);
+    c.pass("ARP", &frame, NOT_IP);
     let frame = FrameBuilder::udp(UDP_PORT, 4).ihl(2).build();
     c.pass("IHL 2", &frame, MALFORMED);
     let frame = FrameBuilder::udp(UDP_PORT, 4).flags_frag(IP_MF | 1).build();
@@ -659,33 +696,44 @@ fn test_run_frame_size_limits() {
     let frame = builder.build();
     assert_eq!(frame.len(), limit);
     checker.pass("largest linear frame", &frame, DEMUXED);
-    let index = port_index(PROTO_UDP, UDP_PORT);
     for len in [limit + 1, 4096, 9000, 65_000] {
-        // Longer: the program sees (and counts) the first `limit` bytes only, so a datagram
-        // whose total length covers the whole frame ends past what it sees.
+        // Longer: a multi-buffer frame. A datagram whose total length covers the whole frame
+        // is demultiplexed and counted whole (the program asks for the length, on this path).
         let mut builder = FrameBuilder::udp(UDP_PORT, 0);
         builder.l4.resize(len - ETH_LEN - 20, 0xee);
         let frame = builder.build();
-        let before = checker.h.globals();
-        assert_eq!(checker.h.run(&frame), XDP_PASS);
-        let got = globals_delta(&checker.h.globals(), &before);
-        assert_eq!(got, one_frame(MALFORMED, taken::PASS), "{len} bytes");
-        // Headers within the first `limit` bytes: demultiplexed, counted at `limit` bytes.
-        let before = checker.h.globals();
-        let port_before = checker.h.port(index);
-        assert_eq!(checker.h.run(&padded_udp(len)), XDP_PASS);
-        let got = globals_delta(&checker.h.globals(), &before);
-        assert_eq!(got, one_frame(DEMUXED, taken::PASS), "{len} bytes");
-        let delta = port_delta(&checker.h.port(index), &port_before);
-        let want = PortCounters {
-            packets: 1,
-            bytes: limit as u64,
+        let total = u16::try_from(len - ETH_LEN).unwrap_or(u16::MAX);
+        let frame = if len - ETH_LEN > usize::from(u16::MAX) {
+            // Past what an IPv4 length can say: malformed.
+            checker.pass(
+                &format!("{len} bytes, total length short"),
+                &frame,
+                MALFORMED,
+            );
+            continue;
+        } else {
+            let mut f = frame;
+            f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+            f
         };
-        assert_eq!(delta, want, "{len} bytes");
-        let entry = checker.ports.entry(index).or_default();
-        entry.packets += 1;
-        entry.bytes += limit as u64;
-        checker.frames += 2;
+        checker.expect_counted(
+            &format!("{len}-byte datagram"),
+            &frame,
+            XDP_PASS,
+            DEMUXED,
+            taken::PASS,
+            len as u64,
+        );
+        // A short datagram with bytes after it in further buffers: counted at the first
+        // buffer's length, the datagram being all in it.
+        checker.expect_counted(
+            &format!("{len}-byte frame, short datagram"),
+            &padded_udp(len),
+            XDP_PASS,
+            DEMUXED,
+            taken::PASS,
+            limit as u64,
+        );
     }
     // Far too long: refused.
     assert!(checker.h.try_run(&vec![0u8; 200_000]).is_err());
@@ -702,4 +750,531 @@ fn unbound_binding_reads_back_empty() {
     assert_eq!(h.binding(i), binding(DROP, 3));
     h.clear_bindings();
     assert_eq!(h.binding(i), unbound());
+}
+
+// ------------------------------------------------------------------------------------------
+// IPv6, VLAN tags, multi-buffer frames.
+
+fn udp6() -> Ipv6Builder {
+    Ipv6Builder::udp(UDP_PORT, 6)
+}
+
+#[test]
+fn ipv6_udp_and_tcp_follow_their_bindings() {
+    let mut c = Checker::new(PASS);
+    let udp_i = port_index(PROTO_UDP, UDP_PORT);
+    let tcp_i = port_index(PROTO_TCP, TCP_PORT);
+    c.pass6("IPv6 UDP, unbound", &udp6().build(), DEMUXED);
+    c.pass6(
+        "IPv6 TCP, unbound",
+        &Ipv6Builder::tcp(TCP_PORT, 0).build(),
+        DEMUXED,
+    );
+    c.h.set_binding(udp_i, binding(DROP, 0));
+    c.expect(
+        "IPv6 UDP, drop",
+        &udp6().build(),
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    // The same binding and counter for both families.
+    c.expect(
+        "IPv4 UDP, drop",
+        &udp_frame(),
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    c.h.set_slot(3, LO_IFINDEX);
+    c.h.set_binding(tcp_i, binding(REDIRECT, 3));
+    let tcp6 = Ipv6Builder::tcp(TCP_PORT, 40).build();
+    c.expect(
+        "IPv6 TCP, redirect",
+        &tcp6,
+        XDP_REDIRECT,
+        DEMUXED,
+        taken::REDIRECT,
+    );
+    c.h.set_binding(tcp_i, binding(REDIRECT, 4));
+    c.expect(
+        "IPv6 TCP, empty slot",
+        &tcp6,
+        XDP_PASS,
+        DEMUXED,
+        REDIRECT_FALLBACK,
+    );
+    // Link-local and multicast destinations: the address does not matter.
+    for dst0 in [0xfe, 0xff, 0x20] {
+        let mut b = udp6();
+        b.dst[0] = dst0;
+        c.expect(
+            &format!("IPv6 UDP to {dst0:#x}.."),
+            &b.build(),
+            XDP_DROP,
+            DEMUXED,
+            taken::DROP,
+        );
+    }
+    // Padding after the datagram, as a minimum-size Ethernet frame has.
+    let mut b = Ipv6Builder::udp(UDP_PORT, 0);
+    b.trailer = vec![0; 6];
+    c.expect(
+        "IPv6 UDP, padded",
+        &b.build(),
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    c.finish();
+}
+
+#[test]
+fn ipv6_every_extension_header_kind() {
+    let mut c = Checker::new(PASS);
+    for len in [0u8, 1, 7, 255] {
+        for kind in [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS] {
+            let frame = udp6().ext(ExtHeader::options(kind, len)).build();
+            c.pass6(&format!("header {kind}, length {len}"), &frame, DEMUXED);
+        }
+        let frame = Ipv6Builder::tcp(TCP_PORT, 0)
+            .ext(ExtHeader::ah(len))
+            .build();
+        c.pass6(&format!("AH, length {len}"), &frame, DEMUXED);
+    }
+    for more in [false, true] {
+        let frame = udp6().ext(ExtHeader::fragment(0, more)).build();
+        c.pass6(&format!("first fragment, M {more}"), &frame, DEMUXED);
+    }
+    // AH's length is in 4-byte units: a bound port read at (len + 2) * 4 proves it, where
+    // 8-byte units would read the decoy bytes 4 further on.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    let mut ah = ExtHeader::ah(1);
+    ah.bytes.extend_from_slice(&[0x11, 0x11, 0x22, 0x22]);
+    ah.bytes[1] = 2; // 16 bytes: the 4 decoy bytes are part of it
+    let frame = udp6().ext(ah).build();
+    c.expect("AH, 16 bytes", &frame, XDP_DROP, DEMUXED, taken::DROP);
+    // All kinds in one chain, hop-by-hop first.
+    let frame = udp6()
+        .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+        .ext(ExtHeader::options(IPPROTO_DSTOPTS, 1))
+        .ext(ExtHeader::options(IPPROTO_ROUTING, 2))
+        .ext(ExtHeader::fragment(0, true))
+        .ext(ExtHeader::ah(4))
+        .ext(ExtHeader::options(IPPROTO_DSTOPTS, 0))
+        .build();
+    c.expect(
+        "six headers, every kind",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    c.finish();
+}
+
+#[test]
+fn ipv6_chain_at_and_past_the_bound() {
+    let mut c = Checker::new(PASS);
+    for n in 0..=6 {
+        let mut b = udp6();
+        for _ in 0..n {
+            b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 0));
+        }
+        c.pass6(
+            &format!("{n} destination options headers"),
+            &b.build(),
+            DEMUXED,
+        );
+    }
+    let seven = |last: ExtHeader| {
+        let mut b = udp6();
+        for _ in 0..6 {
+            b = b.ext(ExtHeader::options(IPPROTO_ROUTING, 0));
+        }
+        b.ext(last).build()
+    };
+    for (what, h) in [
+        ("routing", ExtHeader::options(IPPROTO_ROUTING, 0)),
+        (
+            "destination options",
+            ExtHeader::options(IPPROTO_DSTOPTS, 3),
+        ),
+        ("fragment", ExtHeader::fragment(0, true)),
+        ("later fragment", ExtHeader::fragment(5, true)),
+        ("AH", ExtHeader::ah(1)),
+    ] {
+        c.pass6(
+            &format!("7th header {what}"),
+            &seven(h),
+            EXT_HEADERS_TOO_LONG,
+        );
+    }
+    // Hop-by-hop anywhere but first is malformed, also as the 7th.
+    c.pass6(
+        "7th header hop-by-hop",
+        &seven(ExtHeader::options(IPPROTO_HOPOPTS, 0)),
+        MALFORMED,
+    );
+    // After six headers, what ends the walk still counts as itself.
+    let mut b = Ipv6Builder::ip(IPPROTO_ESP, payload(16));
+    for _ in 0..6 {
+        b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 0));
+    }
+    c.pass6("six headers, then ESP", &b.build(), NOT_TCP_UDP);
+    // A too-long chain is passed even when its port is bound to drop.
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    c.pass6(
+        "7 headers, port bound drop",
+        &seven(ExtHeader::options(IPPROTO_DSTOPTS, 0)),
+        EXT_HEADERS_TOO_LONG,
+    );
+    c.finish();
+}
+
+#[test]
+fn ipv6_hop_by_hop_only_first() {
+    let mut c = Checker::new(PASS);
+    let frame = udp6()
+        .ext(ExtHeader::options(IPPROTO_DSTOPTS, 0))
+        .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+        .build();
+    c.pass6("hop-by-hop second", &frame, MALFORMED);
+    let frame = udp6()
+        .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+        .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+        .build();
+    c.pass6("hop-by-hop twice", &frame, MALFORMED);
+    c.finish();
+}
+
+#[test]
+fn ipv6_fragments() {
+    let mut c = Checker::new(PASS);
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    for offset in [1u16, 2, 100, 0x1fff] {
+        for more in [false, true] {
+            let frame = udp6().ext(ExtHeader::fragment(offset, more)).build();
+            c.pass6(&format!("offset {offset}, M {more}"), &frame, FRAGMENT);
+            // Behind other headers, and of a protocol that is not TCP/UDP.
+            let frame = Ipv6Builder::ip(IPPROTO_ICMPV6, payload(8))
+                .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+                .ext(ExtHeader::fragment(offset, more))
+                .build();
+            c.pass6(&format!("ICMPv6 offset {offset}"), &frame, FRAGMENT);
+        }
+    }
+    // A later fragment too short to hold ports is still a fragment.
+    let mut b = Ipv6Builder::ip(IPPROTO_UDP, Vec::new()).ext(ExtHeader::fragment(9, false));
+    b.l4 = vec![1, 2];
+    c.pass6("later fragment, 2 bytes", &b.build(), FRAGMENT);
+    // The first fragment carries the ports: the binding applies.
+    let frame = udp6().ext(ExtHeader::fragment(0, true)).build();
+    c.expect(
+        "first fragment, drop",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+    );
+    // A fragment header cut short inside the datagram is malformed.
+    let mut b = udp6().ext(ExtHeader::fragment(0, true));
+    b.l4.clear();
+    b.payload_len = Some(4);
+    c.pass6("fragment header of 4 bytes", &b.build(), MALFORMED);
+    c.finish();
+}
+
+#[test]
+fn ipv6_other_protocols_are_not_tcp_udp() {
+    let mut c = Checker::new(DROP);
+    for proto in [
+        IPPROTO_ESP,
+        IPPROTO_NONE,
+        IPPROTO_ICMPV6,
+        132,
+        135,
+        139,
+        253,
+        4,
+        41,
+    ] {
+        let frame = Ipv6Builder::ip(proto, payload(24)).build();
+        c.pass6(&format!("next header {proto}"), &frame, NOT_TCP_UDP);
+        let frame = Ipv6Builder::ip(proto, payload(24))
+            .ext(ExtHeader::options(IPPROTO_DSTOPTS, 0))
+            .build();
+        c.pass6(&format!("dstopts, then {proto}"), &frame, NOT_TCP_UDP);
+    }
+    // Neighbour discovery: ICMPv6 behind the fixed header.
+    let frame = Ipv6Builder::ip(IPPROTO_ICMPV6, vec![135, 0, 0, 0, 0, 0, 0, 0]).build();
+    c.pass6("neighbour solicitation", &frame, NOT_TCP_UDP);
+    c.finish();
+}
+
+#[test]
+fn ipv6_payload_length_and_version() {
+    let mut c = Checker::new(PASS);
+    let real = u16::try_from(udp6().build().len() - ETH_LEN - 40).unwrap();
+    for (what, len, outcome) in [
+        ("exact", real, DEMUXED),
+        ("one past the frame", real + 1, MALFORMED),
+        ("far past", u16::MAX, MALFORMED),
+        ("UDP header only", 8, DEMUXED),
+        ("7: UDP header cut", 7, MALFORMED),
+        ("0 (a jumbogram's)", 0, MALFORMED),
+    ] {
+        let mut b = udp6();
+        b.payload_len = Some(len);
+        c.pass6(&format!("payload length {what}"), &b.build(), outcome);
+    }
+    // TCP needs its 20 bytes inside the payload length.
+    let mut b = Ipv6Builder::tcp(TCP_PORT, 4);
+    b.payload_len = Some(19);
+    c.pass6("TCP in 19 bytes", &b.build(), MALFORMED);
+    b.payload_len = Some(20);
+    c.pass6("TCP in 20 bytes", &b.build(), DEMUXED);
+    // Extension headers past the payload length, inside the frame.
+    let mut b = udp6().ext(ExtHeader::options(IPPROTO_ROUTING, 0));
+    b.payload_len = Some(1);
+    c.pass6(
+        "routing header past the payload length",
+        &b.build(),
+        MALFORMED,
+    );
+    for version in (0..16).filter(|&v| v != 6) {
+        let mut b = udp6();
+        b.version = version;
+        c.pass6(&format!("version {version}"), &b.build(), MALFORMED);
+    }
+    c.finish();
+}
+
+#[test]
+fn ipv6_truncated_at_every_length() {
+    let mut c = Checker::new(PASS);
+    let b = udp6()
+        .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+        .ext(ExtHeader::fragment(0, false))
+        .ext(ExtHeader::ah(0));
+    let full = b.build();
+    let l3 = ETH_LEN;
+    let l4 = b.l4_offset();
+    // Every header boundary: 54 (IPv6), 62, 70, 78 (AH), 86 (UDP header).
+    assert_eq!((l3 + 40, l4, l4 + 8), (54, 78, 86));
+    for len in TEST_RUN_MIN..=full.len() {
+        let cut = &full[..len];
+        // The payload length unchanged: past the end until the frame is whole.
+        let outcome = if len == full.len() {
+            DEMUXED
+        } else {
+            MALFORMED
+        };
+        c.pass6(&format!("cut at {len}"), cut, outcome);
+        if len >= l3 + 40 {
+            // The payload length made to match the cut: malformed until the UDP header is whole.
+            let mut fixed = cut.to_vec();
+            let payload = u16::try_from(len - l3 - 40).unwrap();
+            fixed[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+            let outcome = if len >= l4 + 8 { DEMUXED } else { MALFORMED };
+            c.pass6(
+                &format!("cut at {len}, payload length fixed"),
+                &fixed,
+                outcome,
+            );
+        }
+    }
+    c.finish();
+}
+
+#[test]
+fn vlan_tags() {
+    let mut c = Checker::new(PASS);
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    for (what, tpid, tci) in [
+        ("802.1Q VLAN 10", ETH_P_8021Q, 10),
+        ("802.1Q priority tag (VLAN 0, PCP 5)", ETH_P_8021Q, 5 << 13),
+        ("802.1ad VLAN 4094", ETH_P_8021AD, 4094),
+    ] {
+        let frame = tagged(&udp_frame(), tpid, tci);
+        c.expect(
+            &format!("{what}, IPv4"),
+            &frame,
+            XDP_DROP,
+            DEMUXED,
+            taken::DROP,
+        );
+        let frame = udp6().tag(tpid, tci).build();
+        c.expect(
+            &format!("{what}, IPv6"),
+            &frame,
+            XDP_DROP,
+            DEMUXED,
+            taken::DROP,
+        );
+    }
+    // QinQ: 802.1ad outside, 802.1Q inside, and two 802.1Q.
+    for outer in [ETH_P_8021AD, ETH_P_8021Q] {
+        let frame = tagged(&tagged(&udp_frame(), ETH_P_8021Q, 20), outer, 100);
+        c.expect(
+            &format!("two tags, outer {outer:#06x}, IPv4"),
+            &frame,
+            XDP_DROP,
+            DEMUXED,
+            taken::DROP,
+        );
+        let frame = udp6().tag(outer, 100).tag(ETH_P_8021Q, 20).build();
+        c.expect(
+            &format!("two tags, outer {outer:#06x}, IPv6"),
+            &frame,
+            XDP_DROP,
+            DEMUXED,
+            taken::DROP,
+        );
+    }
+    // Three tags: too deep, passed whatever the binding.
+    let frame = udp6()
+        .tag(ETH_P_8021AD, 1)
+        .tag(ETH_P_8021Q, 2)
+        .tag(ETH_P_8021Q, 3)
+        .build();
+    c.pass("three tags, IPv6", &frame, VLAN_TOO_DEEP);
+    let frame = tagged(
+        &tagged(&tagged(&udp_frame(), ETH_P_8021Q, 1), ETH_P_8021Q, 2),
+        ETH_P_8021AD,
+        3,
+    );
+    c.pass("three tags, IPv4", &frame, VLAN_TOO_DEEP);
+    // Cut inside the tags (14..22 bytes), and just after them.
+    let two = udp6().tag(ETH_P_8021AD, 7).tag(ETH_P_8021Q, 8).build();
+    for len in TEST_RUN_MIN..ETH_LEN + 8 {
+        c.pass(&format!("two tags cut at {len}"), &two[..len], MALFORMED);
+    }
+    c.pass("two tags, then nothing", &two[..ETH_LEN + 8], MALFORMED);
+    // Tagged, but neither IP version.
+    let arp = tagged(
+        &FrameBuilder::udp(UDP_PORT, 20).ethertype(ETH_P_ARP).build(),
+        ETH_P_8021Q,
+        10,
+    );
+    c.pass("802.1Q-tagged ARP", &arp, NOT_IP);
+    // Tagged fragments and ICMP keep their outcome.
+    let frame = tagged(
+        &FrameBuilder::udp(UDP_PORT, 16)
+            .flags_frag(IP_MF | 3)
+            .build(),
+        ETH_P_8021Q,
+        1,
+    );
+    c.pass("tagged IPv4 later fragment", &frame, FRAGMENT);
+    let frame = Ipv6Builder::ip(IPPROTO_ICMPV6, payload(8))
+        .tag(ETH_P_8021AD, 1)
+        .tag(ETH_P_8021Q, 2)
+        .build();
+    c.pass("QinQ ICMPv6", &frame, NOT_TCP_UDP);
+    c.finish();
+}
+
+/// A datagram padded to `len` bytes with its lengths covering all of it.
+fn jumbo_udp6(len: usize) -> Vec<u8> {
+    let b = udp6();
+    let mut b = Ipv6Builder::udp(UDP_PORT, len - b.l4_offset() - 8);
+    b.dst[15] = 9;
+    b.build()
+}
+
+#[test]
+fn multi_buffer_frames() {
+    let mut c = Checker::new(PASS);
+    c.h.set_binding(port_index(PROTO_UDP, UDP_PORT), binding(DROP, 0));
+    // Jumbo datagrams over several buffers: demultiplexed, counted whole.
+    let frame = jumbo_udp6(8062);
+    assert_eq!(frame.len(), 8062);
+    c.expect_counted(
+        "8,062-byte IPv6 UDP",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+        8062,
+    );
+    let mut b = FrameBuilder::udp(UDP_PORT, 8000);
+    b.l4[4..6].copy_from_slice(&8008u16.to_be_bytes());
+    let frame = b.build();
+    assert_eq!(frame.len(), 8042);
+    c.expect_counted(
+        "8,042-byte IPv4 UDP",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+        8042,
+    );
+    let frame = tagged(&frame, ETH_P_8021Q, 9);
+    c.expect_counted(
+        "8,046-byte tagged IPv4",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+        8046,
+    );
+    // Lengths past the whole frame: malformed, the helper says so.
+    let mut frame = jumbo_udp6(5000);
+    frame[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(5000u16 - 54 + 1).to_be_bytes());
+    c.pass6(
+        "IPv6 payload length 1 past the 5,000-byte frame",
+        &frame,
+        MALFORMED,
+    );
+    // Extension headers that push TCP past the first buffer (3,520 bytes): passed and
+    // counted as such, whatever the binding.
+    c.h.set_binding(port_index(PROTO_TCP, TCP_PORT), binding(DROP, 0));
+    let mut b = Ipv6Builder::tcp(TCP_PORT, 2000);
+    for _ in 0..2 {
+        b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 255)); // 2,048 bytes each
+    }
+    assert!(b.l4_offset() > TEST_RUN_LINEAR);
+    let frame = b.build();
+    c.pass6(
+        "TCP at byte 4,150 of 6,170",
+        &frame,
+        HEADERS_PAST_FIRST_BUFFER,
+    );
+    // The ports just inside the first buffer: demultiplexed, counted whole.
+    let mut b = Ipv6Builder::tcp(TCP_PORT, 3000);
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 255));
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 176)); // ends at 54 + 2048 + 1416 = 3518
+    assert_eq!(b.l4_offset() + 4, TEST_RUN_LINEAR + 2);
+    let frame = b.build();
+    c.pass6(
+        "ports 2 bytes past the first buffer",
+        &frame,
+        HEADERS_PAST_FIRST_BUFFER,
+    );
+    let mut b = Ipv6Builder::tcp(TCP_PORT, 3000);
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 255));
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 175));
+    assert_eq!(b.l4_offset() + 4, TEST_RUN_LINEAR - 6);
+    let frame = b.build();
+    let len = frame.len() as u64;
+    c.expect_counted(
+        "ports inside the first buffer",
+        &frame,
+        XDP_DROP,
+        DEMUXED,
+        taken::DROP,
+        len,
+    );
+    // An extension header whose first bytes are in the second buffer.
+    let mut b = Ipv6Builder::udp(UDP_PORT, 100);
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 255));
+    b = b.ext(ExtHeader::options(IPPROTO_DSTOPTS, 180)); // ends at 3550
+    b = b.ext(ExtHeader::options(IPPROTO_ROUTING, 0));
+    c.pass6(
+        "routing header in the second buffer",
+        &b.build(),
+        HEADERS_PAST_FIRST_BUFFER,
+    );
+    c.finish();
 }

@@ -117,13 +117,21 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     writeln!(out, "outcomes: {}", line(&outcome::NAMES, &t.outcomes))?;
     writeln!(
         out,
+        "demuxed by family: ipv4 {}, ipv6 {}",
+        t.outcomes[outcome::DEMUXED].saturating_sub(t.demuxed_ipv6),
+        t.demuxed_ipv6
+    )?;
+    writeln!(
+        out,
         "redirects: redirected {}, fallback {} (target gone: passed instead)",
         t.redirected, t.redirect_fallback
     )?;
     Ok(())
 }
 
-/// `{"packets", "demuxed_bytes", "outcomes": {...}, "redirects": {...}}`.
+/// `{"packets", "demuxed_bytes", "outcomes": {...}, "families": {...}, "redirects": {...}}`.
+/// `outcomes` also carries the v2 key `not_ipv4` (deprecated, the value of `not_ip`) for one
+/// release.
 #[must_use]
 pub fn totals_json(t: &Totals) -> Value {
     let named = |names: &[&str], values: &[u64]| -> Map<String, Value> {
@@ -133,10 +141,19 @@ pub fn totals_json(t: &Totals) -> Value {
             .map(|(n, v)| ((*n).to_owned(), json!(v)))
             .collect()
     };
+    let mut outcomes = named(&outcome::NAMES, &t.outcomes);
+    outcomes.insert(
+        outcome::DEPRECATED_NOT_IPV4.to_owned(),
+        json!(t.outcomes[outcome::NOT_IP]),
+    );
     json!({
         "packets": t.packets,
         "demuxed_bytes": t.demuxed_bytes,
-        "outcomes": named(&outcome::NAMES, &t.outcomes),
+        "outcomes": outcomes,
+        "families": {
+            "ipv4": t.outcomes[outcome::DEMUXED].saturating_sub(t.demuxed_ipv6),
+            "ipv6": t.demuxed_ipv6,
+        },
         "redirects": {
             "redirected": t.redirected,
             "fallback": t.redirect_fallback,
