@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, ProgramInfo, Xdp, XdpMode,
+        ProgramInfo, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -1049,7 +1049,7 @@ fn load_object(
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match &e {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-            if denied(io_error) =>
+            if kernel::denied(io_error) =>
         {
             Error::Privileges {
                 what: "creating the XDP program's maps".to_owned(),
@@ -1060,43 +1060,8 @@ fn load_object(
     let program = if debug { PROGRAM_DEBUG } else { PROGRAM };
     xdp_program(&mut ebpf, debug)
         .load()
-        .map_err(|e| program_load_error(e, program, verifier_log))?;
+        .map_err(|e| kernel::program_load_error(e, program, verifier_log))?;
     Ok(ebpf)
-}
-
-/// Whether the kernel said the caller may not.
-fn denied(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
-}
-
-/// A failed `BPF_PROG_LOAD` as one line: missing privileges, or the verifier's reason with its
-/// whole log saved to a file.
-fn program_load_error(e: ProgramError, program: &str, log_path: Option<&Path>) -> Error {
-    let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = e
-    else {
-        return Error::Ebpf(Box::new(e.into()));
-    };
-    let log = verifier_log.to_string();
-    // EPERM without a log is the capability check; EACCES or EINVAL with one is the verifier.
-    if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
-        return Error::Privileges {
-            what: "loading the XDP program".to_owned(),
-        };
-    }
-    let path = log_path.map_or_else(
-        || std::env::temp_dir().join("port-demux-verifier.log"),
-        Path::to_owned,
-    );
-    let saved = kernel::save_log(&path, &log).ok().map(|()| path);
-    Error::Verifier {
-        kernel: kernel::Release(kernel::running()).to_string(),
-        program: program.to_owned(),
-        reason: format!("{} ({io_error})", kernel::verifier_reason(&log)),
-        log: saved,
-    }
 }
 
 /// Writes the `META` record pinned in `dir`.

@@ -8,7 +8,13 @@
 
 use std::{fmt, io, path::Path};
 
-use aya::util::KernelVersion;
+use aya::{
+    EbpfLoader,
+    programs::{ProgramError, Xdp},
+    util::KernelVersion,
+};
+
+use crate::{Error, Result};
 
 /// How much port-demux depends on a kernel feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +112,62 @@ pub fn verifier_reason(log: &str) -> String {
         .to_owned()
 }
 
-/// Writes a verifier log where the user can read it.
-pub(crate) fn save_log(path: &Path, log: &str) -> io::Result<()> {
-    std::fs::write(path, log)
+/// Whether the kernel said the caller may not.
+pub(crate) fn denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+}
+
+/// A failed `BPF_PROG_LOAD` as one line: missing privileges, or the verifier's reason with its
+/// whole log saved to a file.
+pub(crate) fn program_load_error(e: ProgramError, program: &str, log_path: Option<&Path>) -> Error {
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    else {
+        return Error::Ebpf(Box::new(e.into()));
+    };
+    let log = verifier_log.to_string();
+    // EPERM without a log is the capability check; EACCES or EINVAL with one is the verifier.
+    if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+        return Error::Privileges {
+            what: "loading the XDP program".to_owned(),
+        };
+    }
+    let path = log_path.map_or_else(
+        || std::env::temp_dir().join("port-demux-verifier.log"),
+        Path::to_owned,
+    );
+    let saved = std::fs::write(&path, &log).ok().map(|()| path);
+    Error::Verifier {
+        kernel: Release(running()).to_string(),
+        program: program.to_owned(),
+        reason: format!("{} ({io_error})", verifier_reason(&log)),
+        log: saved,
+    }
+}
+
+/// Loads `program` of the eBPF object `object` into the kernel, unattached and unpinned (its
+/// maps are created and freed with it), and returns the number of instructions the verifier
+/// processed (`None` before Linux 5.16). What `load` would say of the same object on this
+/// kernel, without touching any interface: `cargo xtask vm-test` and the kernel tests use it.
+///
+/// # Errors
+/// [`Error::Verifier`] (its whole log written to `verifier_log` or a file in the temporary
+/// directory), [`Error::Privileges`], or the object's other load errors.
+pub fn verify(object: &[u8], program: &str, verifier_log: Option<&Path>) -> Result<Option<u32>> {
+    let mut ebpf = EbpfLoader::new()
+        .load(object)
+        .map_err(|e| Error::Ebpf(Box::new(e)))?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| Error::BadSpec(format!("the object has no program {program:?}")))?
+        .try_into()
+        .map_err(|e: ProgramError| Error::Ebpf(Box::new(e.into())))?;
+    xdp.load()
+        .map_err(|e| program_load_error(e, program, verifier_log))?;
+    let info = xdp.info().map_err(|e| Error::Ebpf(Box::new(e.into())))?;
+    Ok(info.verified_instruction_count())
 }
 
 /// `Linux 6.1.0`, or `this kernel` when its version is unknown.
