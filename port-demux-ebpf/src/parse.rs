@@ -1,6 +1,15 @@
 //! Header parsing: every read is bounds-checked against `data_end` before it, in the form the
 //! verifier tracks (`data + constant or bounded offset > data_end`).
 //!
+//! A length read from the packet (the IPv4 total length) is never added to a packet pointer:
+//! it is byte-swapped, and verifiers before Linux 6.18 forget a register's range after a byte
+//! swap (`BPF_END`), so `data + total_len` is "math between pkt pointer and register with
+//! unbounded min value" there, and the program does not load on 6.1 or 6.12. A mask or a
+//! comparison after the swap does not help: the compiler knows the value fits in 16 bits and
+//! removes it. Such lengths are compared as scalars with the frame length (`data_end - data`,
+//! which the program computes anyway for the byte counters); only offsets bounded by a mask
+//! the verifier follows (IHL * 4) are added to pointers.
+//!
 //! Reads are whole aligned words (`u8`; `u16` at even offsets; `u32` at 12 and 20): the
 //! Ethernet header is 14 bytes and IPv4 headers are multiples of 4, so every read here is
 //! aligned to its size relative to `data`, and one load replaces the byte loads and shifts
@@ -62,8 +71,7 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     };
     let header_len = ((w12 >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
-    // Lengths as scalars: a byte-swapped value added to a packet pointer loses its range on
-    // the 6.1 and 6.12 verifiers (issue 13).
+    // Scalars only: see the module's doc.
     if header_len < IPV4_MIN_LEN
         || total_len < header_len + l4_len
         || ETH_LEN + total_len > end - start

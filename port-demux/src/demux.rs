@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        Xdp, XdpMode,
+        ProgramInfo, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -24,7 +24,7 @@ use port_demux_common::{
 };
 
 use crate::{
-    Action, DefaultAction, Error, PortSpec, Proto, Result, netlink,
+    Action, DefaultAction, Error, PortSpec, Proto, Result, kernel, netlink,
     scope::{DirLock, Scope},
     spec::valid_ifname,
     sys,
@@ -108,8 +108,9 @@ impl Mode {
     }
 }
 
-/// Options of [`PortDemux::load`].
-#[derive(Clone, Copy, Debug, Default)]
+/// Options of [`PortDemux::load`] (and of [`PortDemux::upgrade`], which keeps the running
+/// instance's mode and default action and uses only `debug` and `verifier_log`).
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Attach mode.
     pub mode: Mode,
@@ -119,6 +120,9 @@ pub struct LoadOptions {
     pub force: bool,
     /// Compile debug logging in (read it with `port-demux log`).
     pub debug: bool,
+    /// Where to write the verifier's log when it rejects the program (default: a file in the
+    /// temporary directory, named in the error).
+    pub verifier_log: Option<PathBuf>,
 }
 
 /// What [`PortDemux::load`] did.
@@ -227,6 +231,9 @@ pub struct Status {
     pub default_action: DefaultAction,
     /// Debug logging compiled in.
     pub debug: bool,
+    /// Instructions the kernel's verifier processed to accept the program (its margin to the
+    /// 1,000,000 limit and to older verifiers), when the kernel reports it (5.16 and later).
+    pub verified_insns: Option<u32>,
     /// Pin folder.
     pub pin_dir: PathBuf,
 }
@@ -257,6 +264,7 @@ impl PortDemux {
     /// Never: the embedded object always has the XDP program.
     pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         check_ifname(iface)?;
+        check_kernel()?;
         let ifindex = scope
             .ifindex(iface)?
             .ok_or_else(|| Error::UnknownInterface {
@@ -293,7 +301,7 @@ impl PortDemux {
             .mode(0o700)
             .create(&tmp)
             .map_err(|e| Error::io("cannot create", &tmp, e))?;
-        match load_into(scope, iface, ifindex, *opts, &tmp) {
+        match load_into(scope, iface, ifindex, opts, &tmp) {
             Ok((mode, fallback_reason, prog_id)) => {
                 fs::rename(&tmp, &dir).map_err(|e| {
                     let _ = remove_pins(&tmp);
@@ -438,19 +446,23 @@ impl PortDemux {
     /// (`BPF_LINK_UPDATE`): bindings, counters and redirect targets stay, no frame goes
     /// unprocessed. Refused when the pins' layout differs from this build's.
     ///
+    /// Only `opts.debug` and `opts.verifier_log` are used: the instance keeps its mode and
+    /// default action.
+    ///
     /// # Errors
-    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], load or update failures.
+    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], [`Error::Verifier`], load
+    /// or update failures.
     ///
     /// # Panics
     /// Never: the embedded object always has the XDP program.
-    pub fn upgrade(scope: &Scope, iface: &str, debug: bool) -> Result<UpgradeReport> {
+    pub fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
         let this = match Self::open(scope, iface) {
-            Err(Error::LayoutV2 { path, .. }) => return upgrade_v2(scope, iface, &path, debug),
+            Err(Error::LayoutV2 { path, .. }) => return upgrade_v2(scope, iface, &path, opts),
             other => other?,
         };
         let _lock = DirLock::exclusive(&this.dir)?;
         this.check_attached()?;
-        replace_program(&this.dir, iface, this.meta, debug)
+        replace_program(&this.dir, iface, this.meta, opts)
     }
 
     /// The interface.
@@ -696,6 +708,9 @@ impl PortDemux {
                 DefaultAction::Pass
             },
             debug: self.meta.debug != 0,
+            verified_insns: ProgramInfo::from_pin(self.dir.join(PROG_PIN))
+                .ok()
+                .and_then(|info| info.verified_instruction_count()),
             pin_dir: self.dir.clone(),
         })
     }
@@ -829,8 +844,19 @@ impl PortDemux {
 /// Loads this build's program with the maps pinned in `dir` (creating those missing, which
 /// are then pinned there) and swaps it in through the pinned link; writes `meta` as this
 /// layout's with `debug`.
-fn replace_program(dir: &Path, iface: &str, mut meta: Meta, debug: bool) -> Result<UpgradeReport> {
-    let mut ebpf = load_object(dir, meta.default_action, debug)?;
+fn replace_program(
+    dir: &Path,
+    iface: &str,
+    mut meta: Meta,
+    opts: &LoadOptions,
+) -> Result<UpgradeReport> {
+    let debug = opts.debug;
+    let mut ebpf = load_object(
+        dir,
+        meta.default_action,
+        debug,
+        opts.verifier_log.as_deref(),
+    )?;
     let prog = xdp_program(&mut ebpf, debug);
     let link_path = dir.join(LINK_PIN);
     let link: FdLink = PinnedLink::from_pin(&link_path)
@@ -870,12 +896,12 @@ fn replace_program(dir: &Path, iface: &str, mut meta: Meta, debug: bool) -> Resu
 /// bindings, per-port counters, global cells 0-6 and redirect targets mean the same in v3);
 /// `GLOBALS2` is created and pinned; then the program is swapped in through the link, as for
 /// any upgrade. On a failure before the swap, the new pin is removed again: nothing changed.
-fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, debug: bool) -> Result<UpgradeReport> {
+fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, opts: &LoadOptions) -> Result<UpgradeReport> {
     let _lock = DirLock::exclusive(dir)?;
     // Re-read under the lock: another upgrade may have finished meanwhile.
     let meta = read_meta(dir)?;
     if meta.layout_version != LAYOUT_VERSION_V2 {
-        return PortDemux::upgrade(scope, iface, debug);
+        return PortDemux::upgrade(scope, iface, opts);
     }
     let v2_maps: [(&str, u32, u32, u32); 5] = [MAPS[0], MAPS[1], MAPS[2], MAPS[3], MAPS[4]];
     open_maps(dir, &v2_maps)?;
@@ -894,7 +920,7 @@ fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, debug: bool) -> Result<Upg
             detail: format!("{iface} does not run the pinned program id {prog_id}"),
         });
     }
-    replace_program(dir, iface, meta, debug).inspect_err(|_| {
+    replace_program(dir, iface, meta, opts).inspect_err(|_| {
         if created {
             let _ = fs::remove_file(&globals2);
         }
@@ -1065,9 +1091,31 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
     Ok(Some(attached.prog_id))
 }
 
+/// Refuses, in one line, a kernel that lacks a feature `load` needs.
+fn check_kernel() -> Result<()> {
+    let Some(running) = kernel::running() else {
+        return Ok(());
+    };
+    match kernel::missing(running) {
+        None => Ok(()),
+        Some(f) => Err(Error::KernelTooOld {
+            kernel: kernel::Release(Some(running)).to_string(),
+            feature: f.name,
+            used_for: f.used_for,
+            since: format!("{}.{}", f.since.0, f.since.1),
+        }),
+    }
+}
+
 /// Loads the object with its maps pinned in (or reused from) `dir` and the program verified,
-/// not attached.
-fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
+/// not attached. A verifier rejection writes the whole log to `verifier_log` (or a file in the
+/// temporary directory) and becomes [`Error::Verifier`].
+fn load_object(
+    dir: &Path,
+    default_action: u32,
+    debug: bool,
+    verifier_log: Option<&Path>,
+) -> Result<Ebpf> {
     let log_level: u8 = if debug {
         aya_log::Level::Debug as u8
     } else {
@@ -1081,12 +1129,20 @@ fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match &e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+            if kernel::denied(io_error) =>
+        {
+            Error::Privileges {
+                what: "creating the XDP program's maps".to_owned(),
+            }
+        }
+        _ => Error::Ebpf(Box::new(e)),
+    })?;
+    let program = if debug { PROGRAM_DEBUG } else { PROGRAM };
     xdp_program(&mut ebpf, debug)
         .load()
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+        .map_err(|e| kernel::program_load_error(e, program, verifier_log))?;
     Ok(ebpf)
 }
 
@@ -1112,14 +1168,19 @@ fn load_into(
     scope: &Scope,
     iface: &str,
     ifindex: u32,
-    opts: LoadOptions,
+    opts: &LoadOptions,
     tmp: &Path,
 ) -> Result<(Mode, Option<String>, u32)> {
     let default_action = match opts.default_action {
         DefaultAction::Pass => action::PASS,
         DefaultAction::Drop => action::DROP,
     };
-    let mut ebpf = load_object(tmp, default_action, opts.debug)?;
+    let mut ebpf = load_object(
+        tmp,
+        default_action,
+        opts.debug,
+        opts.verifier_log.as_deref(),
+    )?;
     let prog = xdp_program(&mut ebpf, opts.debug);
     let attach = |prog: &mut Xdp, mode: Mode| {
         let xdp_mode = if mode == Mode::Skb {
@@ -1176,18 +1237,6 @@ fn load_into(
     link.pin(tmp.join(LINK_PIN))
         .map_err(|e| Error::io("cannot pin", tmp.join(LINK_PIN), io::Error::other(e)))?;
     Ok((mode, fallback, prog_id))
-}
-
-/// Maps a load error caused by missing privileges to [`Error::Privileges`].
-fn privileged(e: Error) -> Error {
-    let text = format!("{e:?}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        Error::Privileges {
-            what: "loading the XDP program".to_owned(),
-        }
-    } else {
-        e
-    }
 }
 
 /// Removes a pin folder: the link first (detaching the program), then everything else.
