@@ -81,6 +81,10 @@ const MAPS: [(&str, u32, u32, u32); 6] = [
 ];
 /// The map layout v3 added; `load --upgrade` from v2 creates it.
 const GLOBALS2: &str = "GLOBALS2";
+/// The devmap of redirect targets.
+const REDIRECT: &str = "REDIRECT";
+/// Where `load --upgrade` from v2 pins the devmap it replaces `REDIRECT` with, until the swap.
+const REDIRECT_V3: &str = "REDIRECT-v3";
 const PROG_PIN: &str = "prog";
 const LINK_PIN: &str = "link";
 
@@ -462,7 +466,7 @@ impl PortDemux {
         };
         let _lock = DirLock::exclusive(&this.dir)?;
         this.check_attached()?;
-        replace_program(&this.dir, iface, this.meta, opts)
+        replace_program(&this.dir, iface, this.meta, opts, None)
     }
 
     /// The interface.
@@ -849,14 +853,20 @@ fn replace_program(
     iface: &str,
     mut meta: Meta,
     opts: &LoadOptions,
+    v2_redirect: Option<&Scope>,
 ) -> Result<UpgradeReport> {
     let debug = opts.debug;
-    let mut ebpf = load_object(
+    let staged = dir.join(REDIRECT_V3);
+    let mut ebpf = load_object_with(
         dir,
         meta.default_action,
         debug,
         opts.verifier_log.as_deref(),
+        v2_redirect.map(|_| staged.as_path()),
     )?;
+    if let Some(scope) = v2_redirect {
+        copy_devmap(scope, &dir.join(REDIRECT), &staged)?;
+    }
     let prog = xdp_program(&mut ebpf, debug);
     let link_path = dir.join(LINK_PIN);
     let link: FdLink = PinnedLink::from_pin(&link_path)
@@ -877,6 +887,11 @@ fn replace_program(
         .info()
         .map_err(|e| Error::Ebpf(Box::new(e.into())))?
         .id();
+    if v2_redirect.is_some() {
+        // The new program runs with the new devmap: its pin takes the usual name.
+        fs::rename(&staged, dir.join(REDIRECT))
+            .map_err(|e| Error::io("cannot rename", &staged, e))?;
+    }
     // Re-pin the program under its usual name; the link pin is the same link.
     let next = dir.join("prog-next");
     let _ = fs::remove_file(&next);
@@ -892,10 +907,31 @@ fn replace_program(
     })
 }
 
-/// `load --upgrade` of pins of layout v2: every v2 map is checked and kept as it is (the
-/// bindings, per-port counters, global cells 0-6 and redirect targets mean the same in v3);
-/// `GLOBALS2` is created and pinned; then the program is swapped in through the link, as for
-/// any upgrade. On a failure before the swap, the new pin is removed again: nothing changed.
+/// Copies every filled slot of the devmap pinned at `from` into the one pinned at `to`, in
+/// `scope`'s namespace (a devmap resolves an ifindex in its writer's namespace).
+fn copy_devmap(scope: &Scope, from: &Path, to: &Path) -> Result<()> {
+    let old = sys::obj_get_readable(from).map_err(|e| Error::io("cannot open", from, e))?;
+    let new = sys::obj_get(to, false).map_err(|e| Error::io("cannot open", to, e))?;
+    for slot in 0..REDIRECT_SLOTS {
+        let mut value = [0u8; DEVMAP_VALUE as usize];
+        let found = sys::lookup(old.as_fd(), &slot.to_ne_bytes(), &mut value)
+            .map_err(|e| Error::io("cannot read", from, e))?;
+        if found {
+            // Only the ifindex: the slot holds no program.
+            value[4..].fill(0);
+            scope
+                .run(|| sys::update(new.as_fd(), &slot.to_ne_bytes(), &value))?
+                .map_err(|e| Error::io("cannot write", to, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `load --upgrade` of pins of layout v2: every v2 map is checked; the bindings, per-port
+/// counters and global cells 0-6 mean the same in v3 and are kept as they are; `GLOBALS2` is
+/// created and pinned; the redirect targets are copied into a new devmap (see below); then
+/// the program is swapped in through the link, as for any upgrade. On a failure before the
+/// swap, the new pins are removed again: nothing changed.
 fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, opts: &LoadOptions) -> Result<UpgradeReport> {
     let _lock = DirLock::exclusive(dir)?;
     // Re-read under the lock: another upgrade may have finished meanwhile.
@@ -920,7 +956,13 @@ fn upgrade_v2(scope: &Scope, iface: &str, dir: &Path, opts: &LoadOptions) -> Res
             detail: format!("{iface} does not run the pinned program id {prog_id}"),
         });
     }
-    replace_program(dir, iface, meta, opts).inspect_err(|_| {
+    // The kernel lets a devmap serve only programs that agree on multi-buffer support
+    // (`xdp.frags`): v2's program was not frags-aware, so v2's `REDIRECT` cannot serve this
+    // build's. The upgrade gives it a new devmap with the same slots, swapped in with the
+    // program; bindings name slots, so they stay valid.
+    let _ = fs::remove_file(dir.join(REDIRECT_V3));
+    replace_program(dir, iface, meta, opts, Some(scope)).inspect_err(|_| {
+        let _ = fs::remove_file(dir.join(REDIRECT_V3));
         if created {
             let _ = fs::remove_file(&globals2);
         }
@@ -1116,12 +1158,30 @@ fn load_object(
     debug: bool,
     verifier_log: Option<&Path>,
 ) -> Result<Ebpf> {
+    load_object_with(dir, default_action, debug, verifier_log, None)
+}
+
+/// As [`load_object`], with `REDIRECT` pinned at `redirect` instead of in `dir` (created there
+/// when missing).
+fn load_object_with(
+    dir: &Path,
+    default_action: u32,
+    debug: bool,
+    verifier_log: Option<&Path>,
+    redirect: Option<&Path>,
+) -> Result<Ebpf> {
     let log_level: u8 = if debug {
         aya_log::Level::Debug as u8
     } else {
         0
     };
-    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
+    let paths: Vec<(&str, PathBuf)> = MAPS
+        .iter()
+        .map(|m| match redirect {
+            Some(path) if m.0 == REDIRECT => (m.0, path.to_owned()),
+            _ => (m.0, dir.join(m.0)),
+        })
+        .collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEFAULT_ACTION", &default_action, true)

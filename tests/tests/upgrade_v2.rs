@@ -1,0 +1,378 @@
+//! `load --upgrade` from layout v2 (main at 5e68fb7, IPv4 only; its object is kept as
+//! `tests/fixtures/port-demux-v2.o`) to this build's layout v3, under traffic, on a real veth.
+//!
+//! The v2 instance is made as v2's loader made it: maps pinned in
+//! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/`, the program attached through a pinned
+//! `bpf_link`, `META` saying layout 2. Then: every v3 verb but the upgrade refuses it with one
+//! line; `load --upgrade` keeps bindings and counters and loses no frame; a layout it cannot
+//! migrate is refused with one line and nothing changed.
+//!
+//! Needs root and the binary (`PORT_DEMUX_BIN`, or `target/debug/port-demux`).
+
+use std::{
+    fs,
+    net::SocketAddrV4,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::Duration,
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+use port_demux::{
+    Error, PortDemux,
+    common::{
+        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE,
+        Meta, PROTO_UDP, PortCounters, action, port_index,
+    },
+};
+use port_demux_tests::{
+    cli::{assert_refused, json_port, pd, pd_json, pd_ok},
+    netns::{Lab, SERVER_IF, UDP_OVERHEAD, poll, recv_datagrams, set_rcvbuf},
+};
+
+const PASS_PORT: u16 = 7911;
+const DROP_PORT: u16 = 7912;
+const PAYLOAD: usize = 100;
+/// The v2 pins: every map but `GLOBALS2`, and the program and link.
+const V2_PINS: [&str; 7] = [
+    "BINDINGS",
+    "PORT_STATS",
+    "GLOBALS",
+    "REDIRECT",
+    "META",
+    "prog",
+    "link",
+];
+
+fn v2_object() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/port-demux-v2.o");
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Loads the v2 object on b0 as v2's `port-demux load b0` did; returns the pin folder.
+fn load_v2(lab: &Lab) -> PathBuf {
+    let scope = lab.server.scope();
+    let ns_dir = scope.dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ns_dir)
+        .expect("creating the namespace folder");
+    let dir = ns_dir.join(SERVER_IF);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("creating the pin folder");
+    let object = v2_object();
+    let paths: Vec<(&str, PathBuf)> = V2_PINS[..5].iter().map(|m| (*m, dir.join(m))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("DEFAULT_ACTION", &action::PASS, true)
+        .override_global(aya_log::LEVEL, &0u8, false);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(&object).expect("the v2 object loads");
+    let prog: &mut Xdp = ebpf
+        .program_mut("port_demux")
+        .expect("port_demux")
+        .try_into()
+        .expect("XDP");
+    prog.load().expect("the host verifier takes the v2 program");
+    let ifindex = lab.server.ifindex(SERVER_IF);
+    let link_id = scope
+        .run(|| prog.attach_to_if_index(ifindex, XdpMode::Driver))
+        .expect("entering the namespace")
+        .expect("attaching the v2 program");
+    prog.pin(dir.join("prog")).expect("pinning prog");
+    let link: FdLink = prog
+        .take_link(link_id)
+        .expect("the link")
+        .try_into()
+        .expect("an fd link");
+    link.pin(dir.join("link")).expect("pinning link");
+    let mut meta: Meta = bytemuck::Zeroable::zeroed();
+    meta.layout_version = LAYOUT_VERSION_V2;
+    meta.ifindex = ifindex;
+    meta.default_action = action::PASS;
+    meta.mode = MODE_NATIVE;
+    meta.netns_ino = scope.netns_ino();
+    meta.ifname[..SERVER_IF.len()].copy_from_slice(SERVER_IF.as_bytes());
+    let mut meta_map: Array<MapData, Meta> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(dir.join("META")).expect("META"),
+    ))
+    .expect("META is an array");
+    meta_map.set(0, meta, 0).expect("writing META");
+    dir
+}
+
+/// Binds `port` (UDP) to `act` by writing the pinned v2 `BINDINGS`, as v2's `bind` did.
+fn bind_v2(dir: &Path, port: u16, act: u32) {
+    let mut bindings: Array<MapData, Binding> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(dir.join("BINDINGS")).expect("BINDINGS"),
+    ))
+    .expect("an array");
+    let mut b: Binding = bytemuck::Zeroable::zeroed();
+    b.action = act;
+    b.owner[..2].copy_from_slice(b"v2");
+    bindings
+        .set(port_index(PROTO_UDP, port), b, 0)
+        .expect("binding");
+}
+
+/// Packets counted on UDP `port`, read from the pinned `PORT_STATS` (any layout).
+fn counted(dir: &Path, port: u16) -> u64 {
+    let stats: PerCpuArray<MapData, PortCounters> = PerCpuArray::try_from(
+        aya::maps::Map::PerCpuArray(MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS")),
+    )
+    .expect("a per-CPU array");
+    stats
+        .get(&port_index(PROTO_UDP, port), 0)
+        .expect("PORT_STATS entry")
+        .iter()
+        .map(|c| c.packets)
+        .sum()
+}
+
+/// Sets the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pins(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("pins")
+        .map(|e| e.expect("pin").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: v2 traffic, the upgrade under traffic, then every check"
+)]
+fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
+    assert_eq!(BINDINGS_LEN, 2 << 16);
+    assert_eq!(size_of::<GlobalCounters>(), 64);
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v2(&lab);
+    let v2_prog = ns.xdp_prog(SERVER_IF).expect("the v2 program is attached");
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+
+    // v3 reads no v2 pins: one line saying how to migrate.
+    match PortDemux::open(&ns.scope(), SERVER_IF) {
+        Err(e @ Error::LayoutV2 { .. }) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains("--upgrade"), "{line}");
+        }
+        other => panic!("open of v2 pins: {other:?}"),
+    }
+    assert_refused(
+        &pd(ns, &["stats"]),
+        "stats on v2 pins",
+        &["layout version 2", "load b0 --upgrade"],
+    );
+
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    set_rcvbuf(&passed, 64 << 20);
+    let _dropped = lab.udp_server(DROP_PORT);
+    // Traffic under v2 first.
+    let before_pass =
+        lab.send_udp(&client, PASS_PORT, 100, PAYLOAD) / (UDP_OVERHEAD + PAYLOAD as u64);
+    let before_drop =
+        lab.send_udp(&client, DROP_PORT, 50, PAYLOAD) / (UDP_OVERHEAD + PAYLOAD as u64);
+    assert_eq!(recv_datagrams(&passed, 100).len(), 100);
+    poll(
+        "v2 counts 150",
+        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+        |&n| n == 150,
+    );
+
+    // Then the upgrade, with datagrams going out all along.
+    let (stop, sent_pass, sent_drop) =
+        (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
+    let upgrade = thread::scope(|s| {
+        // A failure below must stop the sender too.
+        let _stop = StopOnDrop(&stop);
+        let sender = s.spawn(|| {
+            let data = vec![0x5a; PAYLOAD];
+            let (to_pass, to_drop) = (
+                SocketAddrV4::new(lab.server_addr(), PASS_PORT),
+                SocketAddrV4::new(lab.server_addr(), DROP_PORT),
+            );
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                client.send_to(&data, to_pass).expect("send");
+                sent_pass.fetch_add(1, Ordering::SeqCst);
+                client.send_to(&data, to_drop).expect("send");
+                sent_drop.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+                if n.is_multiple_of(32) {
+                    // Stay within the veth's ring: wait for the counters to catch up.
+                    let total = 150 + 2 * n;
+                    poll(
+                        "counters catching up",
+                        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+                        |&c| c + 128 >= total,
+                    );
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        poll(
+            "traffic flowing",
+            || sent_pass.load(Ordering::SeqCst),
+            |&n| n >= 300,
+        );
+        let at_upgrade = sent_pass.load(Ordering::SeqCst);
+        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+        // Traffic goes on after the upgrade as well.
+        poll(
+            "traffic after the upgrade",
+            || sent_pass.load(Ordering::SeqCst),
+            |&n| n >= at_upgrade + 300,
+        );
+        stop.store(true, Ordering::SeqCst);
+        sender.join().expect("sender");
+        out
+    });
+    assert!(
+        upgrade.starts_with("upgraded port-demux on b0: "),
+        "{upgrade}"
+    );
+    let new_prog = ns.xdp_prog(SERVER_IF).expect("attached");
+    assert_ne!(new_prog, v2_prog, "the program was replaced");
+
+    let (sent_pass, sent_drop) = (
+        before_pass + sent_pass.load(Ordering::SeqCst),
+        before_drop + sent_drop.load(Ordering::SeqCst),
+    );
+    // Every passed datagram reached the socket: none was lost while the program changed.
+    assert_eq!(
+        recv_datagrams(&passed, usize::try_from(sent_pass - 100).unwrap()).len() as u64,
+        sent_pass - 100
+    );
+    let stats = poll(
+        "every frame counted",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| {
+            json_port(s, "udp", PASS_PORT).0 + json_port(s, "udp", DROP_PORT).0
+                >= sent_pass + sent_drop
+        },
+    );
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    assert_eq!(
+        json_port(&stats, "udp", PASS_PORT),
+        (sent_pass, sent_pass * frame),
+        "{stats}"
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (sent_drop, sent_drop * frame),
+        "{stats}"
+    );
+    let totals = &stats["totals"];
+    assert_eq!(
+        totals["outcomes"]["demuxed"],
+        sent_pass + sent_drop,
+        "{stats}"
+    );
+    assert_eq!(totals["families"]["ipv6"], 0, "{stats}");
+    // The bindings made under v2, owners included.
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    let list = bindings["bindings"].as_array().expect("bindings");
+    assert_eq!(list.len(), 2, "{bindings}");
+    for (port, act) in [(PASS_PORT, "pass"), (DROP_PORT, "drop")] {
+        assert!(
+            list.iter()
+                .any(|b| b["first"] == port && b["action"] == act && b["owner"] == "v2"),
+            "{port} {act}: {bindings}"
+        );
+    }
+    let after = pd_json(ns, &["status", "--json"]);
+    assert_eq!(after["interfaces"][0]["attached"], true, "{after}");
+    assert!(dir.join("GLOBALS2").exists());
+    assert_eq!(
+        PortDemux::open(&ns.scope(), SERVER_IF)
+            .expect("v3 now")
+            .pin_dir(),
+        dir
+    );
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_layout_it_cannot_migrate_is_refused_and_nothing_changes() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v2(&lab);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    let prog = ns.xdp_prog(SERVER_IF);
+    let pins_before = pins(&dir);
+    let mut meta_map: Array<MapData, Meta> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(dir.join("META")).expect("META"),
+    ))
+    .expect("META");
+    let original = meta_map.get(&0, 0).expect("META[0]");
+    // A layout older than v2, and one newer than this build.
+    for version in [1, LAYOUT_VERSION + 1] {
+        meta_map
+            .set(
+                0,
+                Meta {
+                    layout_version: version,
+                    ..original
+                },
+                0,
+            )
+            .expect("META");
+        let line = assert_refused(
+            &pd(ns, &["load", SERVER_IF, "--upgrade"]),
+            &format!("upgrade from layout {version}"),
+            &[&format!("layout version {version}")],
+        );
+        assert!(line.contains("reads version 3"), "{line}");
+        assert_eq!(pins(&dir), pins_before, "layout {version}: pins changed");
+        assert_eq!(
+            ns.xdp_prog(SERVER_IF),
+            prog,
+            "layout {version}: program changed"
+        );
+    }
+    meta_map.set(0, original, 0).expect("META");
+    // A v2 folder whose PORT_STATS is not v2's: refused before anything is created.
+    let real = MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS");
+    fs::remove_file(dir.join("PORT_STATS")).expect("unpin");
+    PerCpuArray::<MapData, u64>::create(16, 0)
+        .expect("create")
+        .pin(dir.join("PORT_STATS"))
+        .expect("pin");
+    assert_refused(
+        &pd(ns, &["load", SERVER_IF, "--upgrade"]),
+        "upgrade with a foreign PORT_STATS",
+        &["layout version 0"],
+    );
+    assert_eq!(pins(&dir), pins_before, "pins changed");
+    assert_eq!(ns.xdp_prog(SERVER_IF), prog, "program changed");
+    fs::remove_file(dir.join("PORT_STATS")).expect("unpin");
+    real.pin(dir.join("PORT_STATS")).expect("re-pin");
+    // Restored, it migrates.
+    pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    pd_ok(ns, &["unload", SERVER_IF]);
+}
