@@ -42,10 +42,15 @@ pub struct BenchArgs {
 
 const NS_TX: &str = "pdbench-tx";
 const NS_RX: &str = "pdbench-rx";
+/// Namespace of today's program (layout v2, main at 5e68fb7), on `v2rx0`.
+const NS_V2: &str = "pdbench-v2";
+/// The commit of today's program, built by the bench into `target/bench/`.
+const V2_COMMIT: &str = "5e68fb7";
 const BOUND_UDP: u16 = 7777;
 const BOUND_TCP: u16 = 80;
 
-/// Frames, all 60 bytes (the Ethernet minimum without FCS) unless said otherwise.
+/// Frames: the untagged IPv4 ones 60 bytes (the Ethernet minimum without FCS), the others
+/// their headers' length.
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("udp_bound_drop", ipv4(17, BOUND_UDP, &[])),
@@ -58,7 +63,85 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ("non_ip_arp", arp()),
         // Not TCP or UDP: classified step by step, counted under `not_tcp_udp`.
         ("ipv4_icmp", ipv4(1, 0, &[])),
+        ("ipv6_udp", ipv6(17, BOUND_UDP, &[], &[])),
+        ("ipv6_tcp", ipv6(6, BOUND_TCP, &[], &[])),
+        // Hop-by-hop then destination options, 8 bytes each.
+        ("ipv6_two_ext", ipv6(17, BOUND_UDP, &[(0, 8), (60, 8)], &[])),
+        // A fragment header at offset 0, M set: the ports are there.
+        ("ipv6_first_fragment", ipv6(17, BOUND_UDP, &[(44, 8)], &[])),
+        ("vlan_ipv4_udp", tag(&ipv4(17, BOUND_UDP, &[]), 0x8100, 10)),
+        (
+            "qinq_ipv6_udp",
+            ipv6(17, BOUND_UDP, &[], &[(0x88a8, 100), (0x8100, 10)]),
+        ),
     ]
+}
+
+/// Untagged IPv4 frames: port-demux within 0.5 ns of today's program on each.
+const UNTAGGED_IPV4: [&str; 6] = [
+    "udp_bound_drop",
+    "tcp_bound_pass",
+    "udp_unbound",
+    "udp_ip_options",
+    "non_ip_arp",
+    "ipv4_icmp",
+];
+/// IPv6 without extension headers: <= 1.25x the floor.
+const IPV6: [&str; 2] = ["ipv6_udp", "ipv6_tcp"];
+/// IPv6 with extension headers: <= 1.35x the floor.
+const IPV6_EXT: [&str; 2] = ["ipv6_two_ext", "ipv6_first_fragment"];
+/// Tagged frames: <= 1.30x the floor.
+const TAGGED: [&str; 2] = ["vlan_ipv4_udp", "qinq_ipv6_udp"];
+
+/// `frame` with a VLAN tag inserted after the MAC addresses.
+fn tag(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&tci.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// An IPv6 frame to `dport` behind extension headers `ext` ((kind, bytes): hop-by-hop 0,
+/// destination options 60, fragment 44 at offset 0 with M set) and VLAN `tags`, padded to 60
+/// bytes at least.
+fn ipv6(proto: u8, dport: u16, ext: &[(u8, usize)], tags: &[(u16, u16)]) -> Vec<u8> {
+    let l4_len = if proto == 6 { 20 } else { 8 };
+    let ext_len: usize = ext.iter().map(|e| e.1).sum();
+    let mut f = ethernet(0x86dd);
+    for (tpid, tci) in tags.iter().rev() {
+        f = tag(&f, *tpid, *tci);
+    }
+    let payload_len = u16::try_from(ext_len + l4_len).expect("small");
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&payload_len.to_be_bytes());
+    f.push(ext.first().map_or(proto, |e| e.0));
+    f.push(64);
+    f.extend_from_slice(&[0xfd, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    f.extend_from_slice(&[0xfd, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    for (i, (kind, len)) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, |e| e.0);
+        let mut h = vec![0u8; *len];
+        h[0] = next;
+        if *kind == 44 {
+            h[3] = 1; // offset 0, M set
+        } else {
+            h[1] = u8::try_from(len / 8 - 1).expect("small");
+        }
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        f.extend_from_slice(&8u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+    }
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
 }
 
 fn ethernet(ether_type: u16) -> Vec<u8> {
@@ -117,9 +200,14 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Runs `port-demux --netns NS_RX ARGS`, returning stdout and the wall time.
 fn pd(bin: &Path, args: &[&str]) -> Result<(String, Duration)> {
+    pd_in(bin, NS_RX, args)
+}
+
+/// Runs `port-demux --netns NS ARGS`, returning stdout and the wall time.
+fn pd_in(bin: &Path, ns: &str, args: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = Command::new(bin)
-        .args(["--netns", NS_RX])
+        .args(["--netns", ns])
         .args(args)
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -171,16 +259,49 @@ fn xdp_prog_id(ns: &str, dev: &str) -> Result<u32> {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let bin = workspace().join("target/release/port-demux");
     ensure_bpffs()?;
-    let _ns = Namespaces::create(&[NS_TX, NS_RX])?;
+    let v2 = v2_binary();
+    let _ns = Namespaces::create(&[NS_TX, NS_RX, NS_V2])?;
     Namespaces::veth(NS_TX, "tx0", "10.98.0.2/24", NS_RX, "rx0", "10.98.0.1/24")?;
     Namespaces::veth(NS_TX, "ftx0", "", NS_RX, "frx0", "")?;
-    let result = run(args, &bin);
+    Namespaces::veth(NS_TX, "v2tx0", "", NS_V2, "v2rx0", "")?;
+    let result = run(args, &bin, v2.as_deref());
     let _ = pd(&bin, &["unload", "rx0"]);
+    if let Ok(v2) = &v2 {
+        let _ = pd_in(v2, NS_V2, &["unload", "v2rx0"]);
+    }
     let _ = nsenter(NS_RX, &["xdp-filter", "unload", "frx0"]);
     result
 }
 
-fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
+/// Today's program: `port-demux` built from main at [`V2_COMMIT`] (layout v2) in
+/// `target/bench/`, from a git worktree, once.
+fn v2_binary() -> Result<PathBuf> {
+    let base = workspace().join("target/bench");
+    let bin = base.join("v2-target/release/port-demux");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let src = base.join("v2-src");
+    if !src.exists() {
+        let status = Command::new("git")
+            .current_dir(workspace())
+            .args(["worktree", "add", "--detach"])
+            .arg(&src)
+            .arg(V2_COMMIT)
+            .status()?;
+        ensure!(status.success(), "git worktree add {V2_COMMIT} failed");
+    }
+    eprintln!("xtask: building today's program ({V2_COMMIT}) for the bench");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", base.join("v2-target"))
+        .args(["build", "--release", "-p", "port-demux"])
+        .status()?;
+    ensure!(status.success(), "building {V2_COMMIT} failed");
+    Ok(bin)
+}
+
+fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Result<()> {
     let mut report = json!({
         "machine": machine(),
         "repeat": args.repeat,
@@ -248,14 +369,24 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
     }
+    let today = v2
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(today_program);
+    if let Err(e) = &today {
+        writeln!(text, "today's program ({V2_COMMIT}) unavailable: {e:#}")?;
+    }
     let frames = frames();
-    let mut samples: Vec<[Vec<f64>; 3]> = vec![Default::default(); frames.len()];
-    let mut kernel: Vec<[Vec<f64>; 3]> = vec![Default::default(); frames.len()];
-    let mut actions: Vec<[u32; 3]> = vec![[0; 3]; frames.len()];
+    let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
+    let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
+    let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
     for _ in 0..args.rounds {
         for (i, (_, frame)) in frames.iter().enumerate() {
-            let progs: [Option<&std::os::fd::OwnedFd>; 3] =
-                [Some(&floor), Some(&demux), filter.as_ref().ok()];
+            let progs: [Option<&std::os::fd::OwnedFd>; 4] = [
+                Some(&floor),
+                Some(&demux),
+                filter.as_ref().ok(),
+                today.as_ref().ok(),
+            ];
             for (j, prog) in progs.into_iter().enumerate() {
                 let Some(prog) = prog else { continue };
                 let start = Instant::now();
@@ -275,13 +406,21 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     )?;
     writeln!(
         text,
-        "  {:<16} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12}",
-        "frame", "floor ns", "port-demux", "ratio", "xdp-filter", "ratio", "xf/pd"
+        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>8} {:>12} {:>8}",
+        "frame",
+        "floor ns",
+        "port-demux",
+        "ratio",
+        "xdp-filter",
+        "ratio",
+        "xf/pd",
+        "v2 (today)",
+        "pd-v2"
     )?;
     let kernel_ns = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let mut per_packet = Vec::new();
     for (i, (name, frame)) in frames.iter().enumerate() {
-        let [f, d, x] = &mut samples[i];
+        let [f, d, x, t] = &mut samples[i];
         // Ratios of the figures measured next to each other in one round, then their median:
         // the VM's speed drifts over seconds, and a pair within a round sees the same drift.
         let paired = |a: &[f64], b: &[f64]| {
@@ -292,14 +431,22 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         let (filter_ratio, filter_over_demux) = (paired(x, f), paired(x, d));
         let (floor_ns, demux_ns) = (median(f), median(d));
         let filter_ns = (!x.is_empty()).then(|| median(x));
-        let [kf, kd, kx] = &mut kernel[i];
+        // port-demux minus today's program, paired within each round.
+        let over_today = {
+            let mut d: Vec<f64> = d.iter().zip(t.iter()).map(|(a, b)| a - b).collect();
+            (!d.is_empty()).then(|| median(&mut d))
+        };
+        let today_ns = (!t.is_empty()).then(|| median(t));
+        let [kf, kd, kx, kt] = &mut kernel[i];
 
         writeln!(
             text,
-            "  {name:<16} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12}",
+            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>13} {:>8} {:>8} {:>12} {:>8}",
             filter_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
             filter_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             filter_over_demux.map_or("-".into(), |r| format!("{r:.2}x")),
+            today_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
+            over_today.map_or("-".into(), |x| format!("{x:+.2}")),
         )?;
         per_packet.push(json!({
             "frame": name,
@@ -312,10 +459,14 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
             "xdp_filter_ratio_to_floor": filter_ratio,
             "xdp_filter_over_port_demux": filter_over_demux,
             "xdp_filter_action": filter_ns.map(|_| actions[i][2]),
+            "today_ns": today_ns,
+            "today_action": today_ns.map(|_| actions[i][3]),
+            "port_demux_minus_today_ns": over_today,
             "kernel_duration_ns": {
                 "floor": kernel_ns(kf),
                 "port_demux": kernel_ns(kd),
                 "xdp_filter": kernel_ns(kx),
+                "today": kernel_ns(kt),
             },
         }));
     }
@@ -358,52 +509,74 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Frames of the "IPv4 TCP/UDP to a bound or unbound port" targets; the others are "any other
-/// frame".
-const TCP_UDP_FRAMES: [&str; 4] = [
-    "udp_bound_drop",
-    "tcp_bound_pass",
-    "udp_unbound",
-    "udp_ip_options",
-];
-
 /// Whether a figure meets a target.
 type Verdict = fn(f64) -> bool;
 
-/// Issue 3's targets against this run's figures: each one met or not, with the figure that
-/// decides it (the worst frame for the per-packet ones).
+/// Issue 3's and issue 8's targets against this run's figures: each one met or not, with the
+/// figure that decides it (the worst frame of its class).
 fn targets(report: &Value) -> (Value, String) {
     const RATIO: &str = "port_demux_ratio_to_floor";
     const FILTER: &str = "xdp_filter_over_port_demux";
+    const TODAY: &str = "port_demux_minus_today_ns";
     let rows = report["per_packet"].as_array().cloned().unwrap_or_default();
-    // The highest (or lowest) figure under `key` among the TCP/UDP frames or the others.
-    let worst = |tcp_udp: bool, key: &str, highest: bool| {
+    // The highest (or lowest) figure under `key` among `frames`.
+    let worst = |frames: &[&str], key: &str, highest: bool| {
         rows.iter()
-            .filter(|r| {
-                TCP_UDP_FRAMES.contains(&r["frame"].as_str().unwrap_or_default()) == tcp_udp
-            })
+            .filter(|r| frames.contains(&r["frame"].as_str().unwrap_or_default()))
             .filter_map(|r| Some((r[key].as_f64()?, r["frame"].as_str()?.to_owned())))
             .reduce(|a, b| if (b.0 > a.0) == highest { b } else { a })
     };
-    // (target, TCP/UDP frames or the others, figure, the highest or the lowest decides, met)
-    let per_packet: [(&str, bool, &str, bool, Verdict); 3] = [
+    let tcp_udp: Vec<&str> = [
+        "udp_bound_drop",
+        "tcp_bound_pass",
+        "udp_unbound",
+        "udp_ip_options",
+    ]
+    .into_iter()
+    .chain(IPV6)
+    .chain(IPV6_EXT)
+    .chain(TAGGED)
+    .collect();
+    // (target, frames, figure, the highest or the lowest decides, met)
+    let per_packet: [(&str, &[&str], &str, bool, Verdict); 6] = [
         (
-            "IPv4 TCP/UDP: ratio to the floor <= 1.25",
+            "untagged IPv4: port-demux - today's program <= 0.5 ns",
+            &UNTAGGED_IPV4,
+            TODAY,
             true,
+            |d| d <= 0.5,
+        ),
+        (
+            "IPv6: ratio to the floor <= 1.25",
+            &IPV6,
             RATIO,
             true,
             |r| r <= 1.25,
         ),
         (
-            "IPv4 TCP/UDP: xdp-filter / port-demux >= 3.5",
+            "tagged: ratio to the floor <= 1.30",
+            &TAGGED,
+            RATIO,
             true,
+            |r| r <= 1.30,
+        ),
+        (
+            "IPv6 extension headers: ratio to the floor <= 1.35",
+            &IPV6_EXT,
+            RATIO,
+            true,
+            |r| r <= 1.35,
+        ),
+        (
+            "TCP/UDP, every class: xdp-filter / port-demux >= 3.5",
+            &tcp_udp,
             FILTER,
             false,
             |r| r >= 3.5,
         ),
         (
-            "any other frame: ratio to the floor <= 1.25",
-            false,
+            "untagged IPv4: ratio to the floor <= 1.25",
+            &UNTAGGED_IPV4,
             RATIO,
             true,
             |r| r <= 1.25,
@@ -419,7 +592,7 @@ fn targets(report: &Value) -> (Value, String) {
         ("load < 300 ms", "load_ms_median", |ms| ms < 300.0),
     ];
     let mut list = Vec::new();
-    let mut text = String::from("\ntargets (issue 3):\n");
+    let mut text = String::from("\ntargets (issues 3 and 8):\n");
     let mut judge = |what: &str, figure: Option<f64>, at: &str, met: Option<bool>| {
         let verdict = match met {
             Some(true) => "met",
@@ -427,11 +600,11 @@ fn targets(report: &Value) -> (Value, String) {
             None => "not measured",
         };
         let figure_text = figure.map_or_else(String::new, |f| format!("{f:.2}"));
-        let _ = writeln!(text, "  {what:<46} {figure_text:>8} {verdict}{at}");
+        let _ = writeln!(text, "  {what:<56} {figure_text:>8} {verdict}{at}");
         list.push(json!({ "target": what, "figure": figure, "met": met }));
     };
-    for (what, tcp_udp, key, highest, ok) in per_packet {
-        let figure = worst(tcp_udp, key, highest);
+    for (what, frames, key, highest, ok) in per_packet {
+        let figure = worst(frames, key, highest);
         let at = figure
             .as_ref()
             .map_or_else(String::new, |(_, frame)| format!(" ({frame})"));
@@ -449,6 +622,20 @@ fn targets(report: &Value) -> (Value, String) {
     let exact = report["live"]["exact"].as_bool();
     judge("live traffic counted exactly", None, "", exact);
     (json!(list), text)
+}
+
+/// Today's program (layout v2) loaded in native mode on `v2rx0` with the same bindings as
+/// port-demux's; its pinned program.
+fn today_program(v2: &Path) -> Result<std::os::fd::OwnedFd> {
+    pd_in(v2, NS_V2, &["load", "v2rx0", "--mode", "native"])?;
+    pd_in(v2, NS_V2, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
+    pd_in(v2, NS_V2, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
+    let (out, _) = pd_in(v2, NS_V2, &["status", "--json"])?;
+    let status: Value = serde_json::from_str(&out)?;
+    let dir = status["interfaces"][0]["pins"]
+        .as_str()
+        .context("status printed no pin folder")?;
+    Ok(bpf::obj_get(&format!("{dir}/prog"))?)
 }
 
 fn machine() -> Value {
@@ -694,8 +881,21 @@ mod tests {
     #[test]
     fn frames_are_well_formed() {
         for (name, frame) in frames() {
-            assert_eq!(frame.len(), 60, "{name}");
+            if UNTAGGED_IPV4.contains(&name) {
+                assert_eq!(frame.len(), 60, "{name}");
+            } else {
+                assert!(frame.len() >= 60, "{name}");
+            }
         }
+        // IPv6: payload length covers the extension headers and the UDP header.
+        let two_ext = ipv6(17, 7, &[(0, 8), (60, 8)], &[]);
+        assert_eq!(u16::from_be_bytes([two_ext[18], two_ext[19]]), 24);
+        assert_eq!((two_ext[20], two_ext[54], two_ext[62]), (0, 60, 17));
+        assert_eq!(u16::from_be_bytes([two_ext[72], two_ext[73]]), 7);
+        let qinq = ipv6(17, 7, &[], &[(0x88a8, 1), (0x8100, 2)]);
+        assert_eq!(&qinq[12..14], &[0x88, 0xa8]);
+        assert_eq!(&qinq[16..18], &[0x81, 0x00]);
+        assert_eq!(&qinq[20..22], &[0x86, 0xdd]);
         let options = ipv4(17, 1, &[1, 1, 1, 1]);
         assert_eq!(options[14], 0x46);
         // A correct IPv4 header checksums to zero.
