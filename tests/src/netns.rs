@@ -17,7 +17,7 @@ use std::{
     fs::{self, File},
     io::{self, Read as _, Write as _},
     mem,
-    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -511,6 +511,84 @@ impl Lab {
 
     fn mac(&self, host: u8) -> String {
         format!("02:77:00:00:{:02x}:{host:02x}", self.subnet)
+    }
+
+    /// The MAC address of a0 (`host` 2) or b0 (`host` 1).
+    #[must_use]
+    pub fn mac_bytes(&self, host: u8) -> [u8; 6] {
+        [0x02, 0x77, 0, 0, self.subnet, host]
+    }
+
+    /// Dual stack: IPv6 on a0 and b0 as well, with ULA addresses ([`Lab::server_addr6`],
+    /// [`Lab::client_addr6`]) and link-local ones (`fe80::1`, `fe80::2`), no duplicate address
+    /// detection, no router solicitation, no automatic addresses, permanent neighbours. The
+    /// only IPv6 frames the stack sends by itself are MLD reports for the addresses' multicast
+    /// groups (`ICMPv6`: `not_tcp_udp`).
+    ///
+    /// # Panics
+    /// When the set-up fails.
+    pub fn enable_ipv6(&self) {
+        for (ns, iface, own, peer, peer_mac) in [
+            (&self.client, CLIENT_IF, 2, 1, self.mac(1)),
+            (&self.server, SERVER_IF, 1, 2, self.mac(2)),
+        ] {
+            ns.run(|| {
+                for (key, value) in [
+                    ("accept_dad", "0"),
+                    ("dad_transmits", "0"),
+                    ("router_solicitations", "0"),
+                    ("accept_ra", "0"),
+                    ("addr_gen_mode", "1"),
+                    ("disable_ipv6", "0"),
+                ] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{iface}/{key}");
+                    fs::write(&path, value).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+                }
+            });
+            for (addr, peer_addr) in [
+                (self.addr6(own).to_string(), self.addr6(peer).to_string()),
+                (format!("fe80::{own}"), format!("fe80::{peer}")),
+            ] {
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr}/64"),
+                    "dev",
+                    iface,
+                    "nodad",
+                ]);
+                ns.ip(&[
+                    "-6",
+                    "neigh",
+                    "add",
+                    &peer_addr,
+                    "lladdr",
+                    &peer_mac,
+                    "dev",
+                    iface,
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
+    }
+
+    /// `fd77:<subnet>::<host>`.
+    fn addr6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd77, u16::from(self.subnet), 0, 0, 0, 0, 0, host)
+    }
+
+    /// b0's ULA address, with [`Lab::enable_ipv6`].
+    #[must_use]
+    pub fn server_addr6(&self) -> Ipv6Addr {
+        self.addr6(1)
+    }
+
+    /// a0's ULA address, with [`Lab::enable_ipv6`].
+    #[must_use]
+    pub fn client_addr6(&self) -> Ipv6Addr {
+        self.addr6(2)
     }
 
     /// Namespace C.
