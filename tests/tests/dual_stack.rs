@@ -18,7 +18,7 @@ use std::{
     thread,
 };
 
-use port_demux::{BindOptions, LoadOptions, PortDemux, Proto, Stats, common::outcome};
+use port_demux::{BindOptions, LoadOptions, Mode, PortDemux, Proto, Stats, common::outcome};
 use port_demux_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, FrameBuilder, Ipv6Builder, ip_checksum, tagged},
     netns::{
@@ -390,6 +390,81 @@ fn vlan_tagged_frames_injected_raw() {
     assert_eq!(t.outcomes[outcome::DEMUXED], total, "{t:?}");
     assert_eq!(t.demuxed_ipv6, 15, "{t:?}");
     assert_eq!((t.redirected, t.redirect_fallback), (15, 0), "{t:?}");
+    drop(demux);
+    PortDemux::unload(&lab.server.scope(), SERVER_IF).expect("unload");
+}
+
+/// Receives `count` datagrams of up to 65,535 bytes on `sock`; returns their lengths.
+fn recv_large(sock: &UdpSocket, count: usize) -> Vec<usize> {
+    sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = vec![0u8; 65_535];
+    (0..count)
+        .map(|i| {
+            sock.recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {} of {count}: {e}", i + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn mtu_9000_in_native_mode_counts_jumbo_datagrams_whole() {
+    const PAYLOAD: usize = 8000;
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    for (ns, iface) in [(&lab.client, CLIENT_IF), (&lab.server, SERVER_IF)] {
+        ns.ip(&["link", "set", iface, "mtu", "9000"]);
+    }
+    let opts = LoadOptions {
+        mode: Mode::Native,
+        ..LoadOptions::default()
+    };
+    let (demux, report) = PortDemux::load(&lab.server.scope(), SERVER_IF, &opts)
+        .unwrap_or_else(|e| panic!("native load on MTU 9000: {e}"));
+    assert_eq!(report.mode, Mode::Native);
+    bind(&demux, "udp/7301", "drop");
+    bind(&demux, "udp/7302", "pass");
+    bind(&demux, "udp/7303", "drop");
+    bind(&demux, "udp/7304", "pass");
+    let (v4_drop, v4_pass) = (lab.udp_server(7301), lab.udp_server(7302));
+    let (v6_drop, v6_pass) = (udp6_server(&lab, 7303), udp6_server(&lab, 7304));
+    let client4 = lab.udp_client();
+    let client6 = lab
+        .client
+        .run(|| UdpSocket::bind((lab.client_addr6(), 0)))
+        .expect("client");
+    let data = vec![0x6a; PAYLOAD];
+    for _ in 0..10 {
+        for port in [7301, 7302] {
+            let to = std::net::SocketAddrV4::new(lab.server_addr(), port);
+            assert_eq!(client4.send_to(&data, to).expect("send"), PAYLOAD);
+        }
+        for port in [7303, 7304] {
+            let to = SocketAddrV6::new(lab.server_addr6(), port, 0, 0);
+            assert_eq!(client6.send_to(&data, to).expect("send"), PAYLOAD);
+        }
+    }
+    assert_eq!(recv_large(&v4_pass, 10), vec![PAYLOAD; 10]);
+    assert_eq!(recv_large(&v6_pass, 10), vec![PAYLOAD; 10]);
+    let s = poll(
+        "40 jumbo frames counted",
+        || stats(&demux),
+        |s| {
+            [7301, 7302, 7303, 7304]
+                .iter()
+                .map(|&p| port(s, Proto::Udp, p).0)
+                .sum::<u64>()
+                >= 40
+        },
+    );
+    assert_eq!(count_datagrams(&v4_drop, SILENCE), 0);
+    assert_eq!(count_datagrams(&v6_drop, SILENCE), 0);
+    // The whole frame: 14 + 20 + 8 + 8,000 and 14 + 40 + 8 + 8,000 bytes.
+    assert_eq!(port(&s, Proto::Udp, 7301), (10, 10 * 8042));
+    assert_eq!(port(&s, Proto::Udp, 7302), (10, 10 * 8042));
+    assert_eq!(port(&s, Proto::Udp, 7303), (10, 10 * 8062));
+    assert_eq!(port(&s, Proto::Udp, 7304), (10, 10 * 8062));
+    assert_eq!(s.totals.demuxed_ipv6, 20, "{:?}", s.totals);
+    assert_eq!(s.totals.outcomes[outcome::MALFORMED], 0, "{:?}", s.totals);
     drop(demux);
     PortDemux::unload(&lab.server.scope(), SERVER_IF).expect("unload");
 }
