@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, DevMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use port_demux::{
@@ -33,11 +33,15 @@ use port_demux::{
 };
 use port_demux_tests::{
     cli::{assert_refused, json_port, pd, pd_json, pd_ok},
-    netns::{Lab, SERVER_IF, UDP_OVERHEAD, poll, recv_datagrams, set_rcvbuf},
+    netns::{
+        Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, poll, recv_datagrams,
+        set_rcvbuf, udp_to,
+    },
 };
 
 const PASS_PORT: u16 = 7911;
 const DROP_PORT: u16 = 7912;
+const REDIRECT_PORT: u16 = 7913;
 const PAYLOAD: usize = 100;
 /// The v2 pins: every map but `GLOBALS2`, and the program and link.
 const V2_PINS: [&str; 7] = [
@@ -166,12 +170,22 @@ fn pins(dir: &Path) -> Vec<String> {
 fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     assert_eq!(BINDINGS_LEN, 2 << 16);
     assert_eq!(size_of::<GlobalCounters>(), 64);
-    let lab = Lab::new();
+    let lab = Lab::with_redirect();
     let ns = &lab.server;
     let dir = load_v2(&lab);
     let v2_prog = ns.xdp_prog(SERVER_IF).expect("the v2 program is attached");
     bind_v2(&dir, DROP_PORT, action::DROP);
     bind_v2(&dir, PASS_PORT, action::PASS);
+    // A redirect to c0 through devmap slot 0, as v2's `bind udp/7913 redirect:c0` made it.
+    let c0 = ns.ifindex(REDIRECT_IF);
+    ns.run(|| {
+        let mut devmap = DevMap::try_from(aya::maps::Map::DevMap(
+            MapData::from_pin(dir.join("REDIRECT")).expect("REDIRECT"),
+        ))
+        .expect("a devmap");
+        devmap.set(0, c0, None, 0).expect("filling slot 0");
+    });
+    bind_v2(&dir, REDIRECT_PORT, action::REDIRECT);
 
     // v3 reads no v2 pins: one line saying how to migrate.
     match PortDemux::open(&ns.scope(), SERVER_IF) {
@@ -296,7 +310,24 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     // The bindings made under v2, owners included.
     let bindings = pd_json(ns, &["bindings", "--json"]);
     let list = bindings["bindings"].as_array().expect("bindings");
-    assert_eq!(list.len(), 2, "{bindings}");
+    assert_eq!(list.len(), 3, "{bindings}");
+    assert!(
+        list.iter()
+            .any(|b| b["first"] == REDIRECT_PORT && b["action"] == "redirect:c0"),
+        "{bindings}"
+    );
+    // The redirect target moved to the new devmap: frames still reach it.
+    let mut sink = Capture::open(lab.sink(), SINK_IF);
+    let _ = lab.send_udp(&lab.udp_client(), REDIRECT_PORT, 10, PAYLOAD);
+    sink.wait("10 redirected after the upgrade", |f| {
+        udp_to(f, REDIRECT_PORT).0 == 10
+    });
+    let t = poll(
+        "10 redirects counted",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| s["totals"]["redirects"]["redirected"] == 10,
+    );
+    assert_eq!(t["totals"]["redirects"]["fallback"], 0, "{t}");
     for (port, act) in [(PASS_PORT, "pass"), (DROP_PORT, "drop")] {
         assert!(
             list.iter()
