@@ -15,7 +15,8 @@ pub mod model;
 /// carry another version instead of misreading them.
 pub const LAYOUT_VERSION: u32 = 3;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
-/// `GLOBALS2`, so the upgrade creates that map and keeps every other one as it is.
+/// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
+/// moves to a new devmap: see `port-demux`'s upgrade).
 pub const LAYOUT_VERSION_V2: u32 = 2;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
@@ -143,39 +144,43 @@ pub struct PortCounters {
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
 
-/// Value of the single-entry per-CPU `GLOBALS` and `GLOBALS2` arrays: eight cells each, a
-/// cache line.
-///
-/// A demultiplexed frame is counted under its port in `PORT_STATS`, and nowhere else unless it
-/// is IPv6 or redirected: the per-port counters are the whole account of those frames, and
-/// the IPv4 fast path touches one per-CPU value. Every other frame is counted once, under the
-/// [`outcome`] that stopped it (those frames are always passed). The cells, numbered across
-/// both maps ([`Globals`]): `GLOBALS` holds outcomes 1-4 (cells 1-4, as in layout v2), the
-/// redirect results (5, 6) and demultiplexed IPv6 frames (7; IPv4 is the rest); `GLOBALS2`,
-/// new in layout v3, holds the outcomes v3 added (cells 8-10) and five spare cells.
+/// Value of the single-entry per-CPU `GLOBALS` array of layout v2: eight cells, a cache line.
+/// A v3 program never writes it; it stays pinned so that the counts a v2 program made before
+/// `load --upgrade` stay in the totals ([`Globals::from_maps`] adds it in).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GlobalCounters {
-    /// Frames per cell.
+    /// Frames per cell, numbered as [`Globals`]' first eight.
     pub frames: [u64; GlobalCounters::LEN],
 }
 const _: () = assert!(size_of::<GlobalCounters>() == 64);
 
 impl GlobalCounters {
-    /// Cells per map.
+    /// Cells.
     pub const LEN: usize = 8;
 }
 
-/// Every global cell, `GLOBALS` (cells 0-7) then `GLOBALS2` (8-15), summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Value of the single-entry per-CPU `GLOBALS2` array (layout v3), and the sum of both maps.
+///
+/// A demultiplexed frame is counted under its port in `PORT_STATS`, and nowhere else unless it
+/// is IPv6 or redirected: the per-port counters are the whole account of those frames, and
+/// the IPv4 fast path touches one per-CPU value. Every other frame is counted once, under the
+/// [`outcome`] that stopped it (those frames are always passed). Cells 0-7 mean what they
+/// meant in v2's `GLOBALS`: outcomes 1-4, the redirect results (5, 6), and (new) demultiplexed
+/// IPv6 frames (7, v2's spare: IPv4 is the rest); cells 8-10 hold the outcomes v3 added, and
+/// 11-15 are spare. One map for every cell the program writes: a lookup whose map depended on
+/// the outcome would not be inlined by the verifier (a helper call, 10 ns and more).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Globals {
     /// Frames per cell.
     pub frames: [u64; Globals::LEN],
 }
+const _: () = assert!(size_of::<Globals>() == 128);
 
 impl Globals {
     /// Cells in all.
-    pub const LEN: usize = 2 * GlobalCounters::LEN;
+    pub const LEN: usize = 16;
     /// Cell of demultiplexed frames sent on through the `REDIRECT` devmap.
     pub const REDIRECTED: usize = 5;
     /// Cell of demultiplexed frames bound to a redirect whose devmap slot was empty (the
@@ -213,12 +218,13 @@ impl Globals {
         ]
     }
 
-    /// The cells of `GLOBALS` and `GLOBALS2`.
+    /// The sum of `GLOBALS` (a v2 program's counts, before an upgrade) and `GLOBALS2`.
     #[must_use]
-    pub fn from_maps(globals: &GlobalCounters, globals2: &GlobalCounters) -> Self {
-        let mut all = Self::default();
-        all.frames[..GlobalCounters::LEN].copy_from_slice(&globals.frames);
-        all.frames[GlobalCounters::LEN..].copy_from_slice(&globals2.frames);
+    pub fn from_maps(globals: &GlobalCounters, globals2: &Self) -> Self {
+        let mut all = *globals2;
+        for (a, b) in all.frames.iter_mut().zip(globals.frames) {
+            *a += b;
+        }
         all
     }
 
@@ -279,5 +285,6 @@ mod user {
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::PortCounters {}
     unsafe impl aya::Pod for super::GlobalCounters {}
+    unsafe impl aya::Pod for super::Globals {}
     unsafe impl aya::Pod for super::Meta {}
 }

@@ -40,15 +40,16 @@ static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, 0);
 #[map]
 static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(BINDINGS_LEN, 0);
 
-/// Frames not demultiplexed, by outcome (those of layout v2), redirects by result, and
-/// demultiplexed IPv6 frames, per CPU: `Globals` cells 0-7.
+/// Layout v2's global counters: never written here, pinned so that a v2 program's counts stay
+/// in the totals after `load --upgrade`.
 #[map]
 static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// The outcomes layout v3 added, per CPU: `Globals` cells 8-15. A map of its own, so that
-/// `load --upgrade` from v2 keeps every v2 map and only creates this one.
+/// Frames not demultiplexed, by outcome, redirects by result, and demultiplexed IPv6 frames,
+/// per CPU (`Globals`' cells). The one map every count here goes to: the verifier inlines a
+/// lookup only when the map is the same on every path to it.
 #[map]
-static GLOBALS2: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+static GLOBALS2: PerCpuArray<Globals> = PerCpuArray::with_max_entries(1, 0);
 
 /// Redirect targets; a binding's `slot` indexes it.
 #[map]
@@ -150,16 +151,10 @@ fn redirect(slot: u32) -> u32 {
     }
 }
 
-/// Adds one to a `Globals` cell: `GLOBALS` holds cells 0-7, `GLOBALS2` 8-15 (the cell is a
-/// constant at every call, so the map is chosen at compile time).
+/// Adds one to a `GLOBALS2` cell.
 #[inline(always)]
 fn count(cell: usize) {
-    let (map, cell) = if cell < GlobalCounters::LEN {
-        (&GLOBALS, cell)
-    } else {
-        (&GLOBALS2, cell - GlobalCounters::LEN)
-    };
-    if let Some(globals) = map.get_ptr_mut(0) {
+    if let Some(globals) = GLOBALS2.get_ptr_mut(0) {
         // SAFETY: as for PORT_STATS.
         if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
             *n += 1;

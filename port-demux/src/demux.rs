@@ -75,7 +75,7 @@ const MAPS: [(&str, u32, u32, u32); 6] = [
     (
         "GLOBALS2",
         BPF_MAP_TYPE_PERCPU_ARRAY,
-        size_of::<GlobalCounters>() as u32,
+        size_of::<Globals>() as u32,
         1,
     ),
 ];
@@ -657,26 +657,28 @@ impl PortDemux {
             .collect())
     }
 
-    /// `GLOBALS` and `GLOBALS2`, summed over CPUs.
+    /// `GLOBALS` and `GLOBALS2`, summed over CPUs and added.
     fn globals(&self) -> Result<Globals> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
-        let read = |fd: &OwnedFd, name: &str| -> Result<GlobalCounters> {
-            let mut raw = vec![0u8; size_of::<GlobalCounters>() * cpus];
+        let read = |fd: &OwnedFd, name: &str, size: usize| -> Result<Vec<u8>> {
+            let mut raw = vec![0u8; size * cpus];
             sys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut raw)
                 .map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
-            let mut sum = GlobalCounters::zeroed();
-            for c in raw.chunks_exact(size_of::<GlobalCounters>()) {
-                let c: GlobalCounters = bytemuck::pod_read_unaligned(c);
-                for (a, b) in sum.frames.iter_mut().zip(c.frames) {
-                    *a += b;
-                }
-            }
-            Ok(sum)
+            Ok(raw)
         };
-        Ok(Globals::from_maps(
-            &read(&self.globals, "GLOBALS")?,
-            &read(&self.globals2, GLOBALS2)?,
-        ))
+        let v2 = read(&self.globals, "GLOBALS", size_of::<GlobalCounters>())?;
+        let v3 = read(&self.globals2, GLOBALS2, size_of::<Globals>())?;
+        let mut sum = Globals::default();
+        for (a, b) in v2
+            .chunks_exact(size_of::<GlobalCounters>())
+            .zip(v3.chunks_exact(size_of::<Globals>()))
+        {
+            sum.add(&Globals::from_maps(
+                &bytemuck::pod_read_unaligned(a),
+                &bytemuck::pod_read_unaligned(b),
+            ));
+        }
+        Ok(sum)
     }
 
     /// Attach mode, program id, whether it is attached, bindings.

@@ -147,7 +147,7 @@ pub struct Harness {
     bindings: Array<MapData, Binding>,
     port_stats: PerCpuArray<MapData, PortCounters>,
     globals: PerCpuArray<MapData, GlobalCounters>,
-    globals2: PerCpuArray<MapData, GlobalCounters>,
+    globals2: PerCpuArray<MapData, Globals>,
     redirect: DevMap<MapData>,
     default_action: u32,
     cpus: usize,
