@@ -195,7 +195,9 @@ mod tests {
     #[test]
     fn required_features_by_release() {
         assert_eq!(missing(KernelVersion::new(6, 1, 0)), None);
-        assert_eq!(missing(KernelVersion::new(5, 9, 0)), None);
+        assert_eq!(missing(KernelVersion::new(5, 18, 0)), None);
+        let frags = missing(KernelVersion::new(5, 17, 15)).expect("5.17 lacks xdp.frags");
+        assert!(frags.name.contains("multi-buffer"), "{frags:?}");
         let old = missing(KernelVersion::new(5, 8, 18)).expect("5.8 lacks XDP links");
         assert!(old.name.contains("bpf_link"), "{old:?}");
         let older = missing(KernelVersion::new(5, 4, 0)).expect("5.4 lacks batch ops");
