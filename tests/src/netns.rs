@@ -17,7 +17,10 @@ use std::{
     fs::{self, File},
     io::{self, Read as _, Write as _},
     mem,
-    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
+        UdpSocket,
+    },
     os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -664,9 +667,24 @@ impl Lab {
     #[must_use]
     pub fn tcp_exchange(&self, port: u16, request: &[u8], reply: &[u8]) -> Vec<u8> {
         let server_addr = SocketAddrV4::new(self.server_addr(), port);
+        self.tcp_exchange_to(server_addr.into(), request, reply)
+    }
+
+    /// As [`Lab::tcp_exchange`], to any address of b0 (IPv6 ones with [`Lab::enable_ipv6`]; a
+    /// link-local one with a0's index as its scope): the server listens on the unspecified
+    /// address of `to`'s family.
+    ///
+    /// # Panics
+    /// When any step fails.
+    #[must_use]
+    pub fn tcp_exchange_to(&self, to: SocketAddr, request: &[u8], reply: &[u8]) -> Vec<u8> {
+        let any: IpAddr = match to {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
         let listener = self
             .server
-            .run(|| TcpListener::bind(server_addr))
+            .run(|| TcpListener::bind((any, to.port())))
             .expect("listening in B");
         thread::scope(|s| {
             let server = s.spawn(move || {
@@ -681,9 +699,10 @@ impl Lab {
             });
             let client_ip = self.client_addr();
             let got = self.client.run(|| {
-                let mut conn = TcpStream::connect_timeout(&server_addr.into(), TIMEOUT)
-                    .expect("connecting from A");
-                assert_eq!(conn.local_addr().expect("address").ip(), client_ip);
+                let mut conn = TcpStream::connect_timeout(&to, TIMEOUT).expect("connecting from A");
+                if to.is_ipv4() {
+                    assert_eq!(conn.local_addr().expect("address").ip(), client_ip);
+                }
                 conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
                 conn.write_all(request).expect("writing the request");
                 conn.shutdown(Shutdown::Write).expect("half-closing");

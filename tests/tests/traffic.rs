@@ -13,11 +13,9 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
     mem,
-    net::{Ipv6Addr, Shutdown, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd as _,
-    thread,
 };
 
 use port_demux::{
@@ -483,35 +481,6 @@ fn udp6_server(lab: &Lab, port: u16) -> UdpSocket {
         .expect("binding the IPv6 UDP server")
 }
 
-/// One TCP exchange over IPv6 from the client to `to`: request, half-close, reply, close.
-fn tcp6_exchange(lab: &Lab, to: SocketAddrV6, request: &[u8], reply: &[u8]) {
-    let listener = lab
-        .server
-        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, to.port())))
-        .expect("listening");
-    thread::scope(|s| {
-        let server = s.spawn(move || {
-            let (mut conn, _) = listener.accept().expect("accepting");
-            conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-            let mut got = Vec::new();
-            conn.read_to_end(&mut got).expect("reading the request");
-            assert_eq!(got, request);
-            conn.write_all(reply).expect("writing the reply");
-        });
-        let mut conn = lab
-            .client
-            .run(|| TcpStream::connect(to))
-            .expect("connecting");
-        conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        conn.write_all(request).expect("writing the request");
-        conn.shutdown(Shutdown::Write).expect("half-close");
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).expect("reading the reply");
-        assert_eq!(got, reply);
-        server.join().expect("server");
-    });
-}
-
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -585,8 +554,10 @@ fn ipv6_udp_and_tcp_drop_pass_redirect_over_ula_and_link_local() {
     assert_eq!(port(&s, Proto::Udp, 7103), (15, 15 * frame));
 
     // TCP over both address kinds.
-    tcp6_exchange(&lab, ula(8101), &[b'q'; 1000], &[b'r'; 3000]);
-    tcp6_exchange(&lab, link_local(8101), &[b'q'; 10], &[b'r'; 10]);
+    let reply = lab.tcp_exchange_to(ula(8101).into(), &[b'q'; 1000], &[b'r'; 3000]);
+    assert_eq!(reply, [b'r'; 3000]);
+    let reply = lab.tcp_exchange_to(link_local(8101).into(), &[b'q'; 10], &[b'r'; 10]);
+    assert_eq!(reply, [b'r'; 10]);
     // Every frame passed to the stack is in the capture: they must agree exactly.
     let s = poll(
         "TCP counted as captured",
