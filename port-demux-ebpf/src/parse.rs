@@ -1,6 +1,15 @@
 //! Header parsing: every read is bounds-checked against `data_end` before it, in the form the
 //! verifier tracks (`data + constant or bounded offset > data_end`).
 //!
+//! A length read from the packet (the IPv4 total length) is never added to a packet pointer:
+//! it is byte-swapped, and verifiers before Linux 6.18 forget a register's range after a byte
+//! swap (`BPF_END`), so `data + total_len` is "math between pkt pointer and register with
+//! unbounded min value" there, and the program does not load on 6.1 or 6.12. A mask or a
+//! comparison after the swap does not help: the compiler knows the value fits in 16 bits and
+//! removes it. Such lengths are compared as scalars with the frame length (`data_end - data`,
+//! which the program computes anyway for the byte counters); only offsets bounded by a mask
+//! the verifier follows (IHL * 4) are added to pointers.
+//!
 //! Reads are whole aligned words (`u8`; `u16` at even offsets; `u32` at 12 and 20): the
 //! Ethernet header is 14 bytes and IPv4 headers are multiples of 4, so every read here is
 //! aligned to its size relative to `data`, and one load replaces the byte loads and shifts
@@ -58,9 +67,10 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     };
     let header_len = ((w12 >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
+    // Scalars only: see the module's doc.
     if header_len < IPV4_MIN_LEN
         || total_len < header_len + l4_len
-        || start + ETH_LEN + total_len > end
+        || ETH_LEN + total_len > end - start
     {
         return None;
     }
@@ -108,10 +118,11 @@ pub fn full(ctx: &XdpContext) -> Result<u32, usize> {
     }
     let header_len = usize::from(version_ihl & 0x0f) << 2;
     let total_len = usize::from(u16::from_be(total_len));
+    // Scalars only: see the module's doc.
     if version_ihl & 0xf0 != 0x40
         || header_len < IPV4_MIN_LEN
         || total_len < header_len
-        || ip + total_len > end
+        || ETH_LEN + total_len > end - start
     {
         return Err(outcome::MALFORMED);
     }

@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        Xdp, XdpMode,
+        ProgramInfo, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -24,7 +24,7 @@ use port_demux_common::{
 };
 
 use crate::{
-    Action, DefaultAction, Error, PortSpec, Proto, Result, netlink,
+    Action, DefaultAction, Error, PortSpec, Proto, Result, kernel, netlink,
     scope::{DirLock, Scope},
     spec::valid_ifname,
     sys,
@@ -100,8 +100,9 @@ impl Mode {
     }
 }
 
-/// Options of [`PortDemux::load`].
-#[derive(Clone, Copy, Debug, Default)]
+/// Options of [`PortDemux::load`] (and of [`PortDemux::upgrade`], which keeps the running
+/// instance's mode and default action and uses only `debug` and `verifier_log`).
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Attach mode.
     pub mode: Mode,
@@ -111,6 +112,9 @@ pub struct LoadOptions {
     pub force: bool,
     /// Compile debug logging in (read it with `port-demux log`).
     pub debug: bool,
+    /// Where to write the verifier's log when it rejects the program (default: a file in the
+    /// temporary directory, named in the error).
+    pub verifier_log: Option<PathBuf>,
 }
 
 /// What [`PortDemux::load`] did.
@@ -216,6 +220,9 @@ pub struct Status {
     pub default_action: DefaultAction,
     /// Debug logging compiled in.
     pub debug: bool,
+    /// Instructions the kernel's verifier processed to accept the program (its margin to the
+    /// 1,000,000 limit and to older verifiers), when the kernel reports it (5.16 and later).
+    pub verified_insns: Option<u32>,
     /// Pin folder.
     pub pin_dir: PathBuf,
 }
@@ -245,6 +252,7 @@ impl PortDemux {
     /// Never: the embedded object always has the XDP program.
     pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         check_ifname(iface)?;
+        check_kernel()?;
         let ifindex = scope
             .ifindex(iface)?
             .ok_or_else(|| Error::UnknownInterface {
@@ -281,7 +289,7 @@ impl PortDemux {
             .mode(0o700)
             .create(&tmp)
             .map_err(|e| Error::io("cannot create", &tmp, e))?;
-        match load_into(scope, iface, ifindex, *opts, &tmp) {
+        match load_into(scope, iface, ifindex, opts, &tmp) {
             Ok((mode, fallback_reason, prog_id)) => {
                 fs::rename(&tmp, &dir).map_err(|e| {
                     let _ = remove_pins(&tmp);
@@ -425,17 +433,27 @@ impl PortDemux {
     /// (`BPF_LINK_UPDATE`): bindings, counters and redirect targets stay, no frame goes
     /// unprocessed. Refused when the pins' layout differs from this build's.
     ///
+    /// Only `opts.debug` and `opts.verifier_log` are used: the instance keeps its mode and
+    /// default action.
+    ///
     /// # Errors
-    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], load or update failures.
+    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], [`Error::Verifier`], load
+    /// or update failures.
     ///
     /// # Panics
     /// Never: the embedded object always has the XDP program.
-    pub fn upgrade(scope: &Scope, iface: &str, debug: bool) -> Result<UpgradeReport> {
+    pub fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
+        let debug = opts.debug;
         let this = Self::open(scope, iface)?;
         let _lock = DirLock::exclusive(&this.dir)?;
         this.check_attached()?;
         let dir = &this.dir;
-        let mut ebpf = load_object(dir, this.meta.default_action, debug)?;
+        let mut ebpf = load_object(
+            dir,
+            this.meta.default_action,
+            debug,
+            opts.verifier_log.as_deref(),
+        )?;
         let prog = xdp_program(&mut ebpf, debug);
         let link_path = dir.join(LINK_PIN);
         let link: FdLink = PinnedLink::from_pin(&link_path)
@@ -705,6 +723,9 @@ impl PortDemux {
                 DefaultAction::Pass
             },
             debug: self.meta.debug != 0,
+            verified_insns: ProgramInfo::from_pin(self.dir.join(PROG_PIN))
+                .ok()
+                .and_then(|info| info.verified_instruction_count()),
             pin_dir: self.dir.clone(),
         })
     }
@@ -988,9 +1009,31 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
     Ok(Some(attached.prog_id))
 }
 
+/// Refuses, in one line, a kernel that lacks a feature `load` needs.
+fn check_kernel() -> Result<()> {
+    let Some(running) = kernel::running() else {
+        return Ok(());
+    };
+    match kernel::missing(running) {
+        None => Ok(()),
+        Some(f) => Err(Error::KernelTooOld {
+            kernel: kernel::Release(Some(running)).to_string(),
+            feature: f.name,
+            used_for: f.used_for,
+            since: format!("{}.{}", f.since.0, f.since.1),
+        }),
+    }
+}
+
 /// Loads the object with its maps pinned in (or reused from) `dir` and the program verified,
-/// not attached.
-fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
+/// not attached. A verifier rejection writes the whole log to `verifier_log` (or a file in the
+/// temporary directory) and becomes [`Error::Verifier`].
+fn load_object(
+    dir: &Path,
+    default_action: u32,
+    debug: bool,
+    verifier_log: Option<&Path>,
+) -> Result<Ebpf> {
     let log_level: u8 = if debug {
         aya_log::Level::Debug as u8
     } else {
@@ -1004,12 +1047,20 @@ fn load_object(dir: &Path, default_action: u32, debug: bool) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e))))?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match &e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+            if kernel::denied(io_error) =>
+        {
+            Error::Privileges {
+                what: "creating the XDP program's maps".to_owned(),
+            }
+        }
+        _ => Error::Ebpf(Box::new(e)),
+    })?;
+    let program = if debug { PROGRAM_DEBUG } else { PROGRAM };
     xdp_program(&mut ebpf, debug)
         .load()
-        .map_err(|e| privileged(Error::Ebpf(Box::new(e.into()))))?;
+        .map_err(|e| kernel::program_load_error(e, program, verifier_log))?;
     Ok(ebpf)
 }
 
@@ -1035,14 +1086,19 @@ fn load_into(
     scope: &Scope,
     iface: &str,
     ifindex: u32,
-    opts: LoadOptions,
+    opts: &LoadOptions,
     tmp: &Path,
 ) -> Result<(Mode, Option<String>, u32)> {
     let default_action = match opts.default_action {
         DefaultAction::Pass => action::PASS,
         DefaultAction::Drop => action::DROP,
     };
-    let mut ebpf = load_object(tmp, default_action, opts.debug)?;
+    let mut ebpf = load_object(
+        tmp,
+        default_action,
+        opts.debug,
+        opts.verifier_log.as_deref(),
+    )?;
     let prog = xdp_program(&mut ebpf, opts.debug);
     let attach = |prog: &mut Xdp, mode: Mode| {
         let xdp_mode = if mode == Mode::Skb {
@@ -1099,18 +1155,6 @@ fn load_into(
     link.pin(tmp.join(LINK_PIN))
         .map_err(|e| Error::io("cannot pin", tmp.join(LINK_PIN), io::Error::other(e)))?;
     Ok((mode, fallback, prog_id))
-}
-
-/// Maps a load error caused by missing privileges to [`Error::Privileges`].
-fn privileged(e: Error) -> Error {
-    let text = format!("{e:?}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        Error::Privileges {
-            what: "loading the XDP program".to_owned(),
-        }
-    } else {
-        e
-    }
 }
 
 /// Removes a pin folder: the link first (detaching the program), then everything else.

@@ -154,6 +154,38 @@ pub enum Error {
     /// Loading the eBPF object failed.
     #[error("cannot load the XDP program: {0}")]
     Ebpf(#[from] Box<aya::EbpfError>),
+    /// The running kernel lacks a feature `load` needs (see `kernel::FEATURES`).
+    #[error(
+        "{kernel} lacks {feature}, which port-demux needs ({used_for}): Linux {since} or later has it"
+    )]
+    KernelTooOld {
+        /// The running kernel, like `Linux 5.4.0`.
+        kernel: String,
+        /// What it lacks.
+        feature: &'static str,
+        /// What port-demux needs it for.
+        used_for: &'static str,
+        /// First release with it, like `5.9`.
+        since: String,
+    },
+    /// The kernel's verifier rejected the program.
+    #[error(
+        "the verifier of {kernel} rejected the XDP program {program}: {reason}; {log} (port-demux is tested on Linux 6.1, 6.12 and newer)",
+        log = match .log {
+            Some(path) => format!("its whole log is in {}", path.display()),
+            None => "rerun with --verifier-log FILE to keep its whole log".to_owned(),
+        }
+    )]
+    Verifier {
+        /// The running kernel, like `Linux 6.1.0`.
+        kernel: String,
+        /// The program's name in the object.
+        program: String,
+        /// The verifier's last error line.
+        reason: String,
+        /// Where the whole log was written, when it could be.
+        log: Option<PathBuf>,
+    },
     /// A kernel call on a pin or map failed.
     #[error("{what} {path}: {source}", path = .path.display())]
     Io {

@@ -24,6 +24,7 @@
 pub mod cli;
 mod demux;
 mod error;
+pub mod kernel;
 mod netlink;
 mod scope;
 mod spec;

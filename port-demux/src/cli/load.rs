@@ -27,6 +27,10 @@ pub struct LoadArgs {
     /// Replace the program of a loaded instance atomically, keeping bindings and counters.
     #[arg(long, conflicts_with_all = ["mode", "default_action", "force"])]
     pub upgrade: bool,
+    /// Where to write the kernel verifier's log if it rejects the program (default: a file in
+    /// the temporary directory, named in the error).
+    #[arg(long, value_name = "FILE")]
+    pub verifier_log: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `unload`.
@@ -38,8 +42,15 @@ pub struct UnloadArgs {
 
 pub fn load(scope: &Scope, args: &LoadArgs, out: &mut dyn Write) -> Result<(), Failure> {
     check_privileges("port-demux load")?;
+    let opts = LoadOptions {
+        mode: args.mode,
+        default_action: args.default_action,
+        force: args.force,
+        debug: args.debug,
+        verifier_log: args.verifier_log.clone(),
+    };
     if args.upgrade {
-        let report = PortDemux::upgrade(scope, &args.iface, args.debug)?;
+        let report = PortDemux::upgrade(scope, &args.iface, &opts)?;
         writeln!(
             out,
             "upgraded port-demux on {}: program id {} replaced {} through its link; bindings and counters kept",
@@ -47,12 +58,6 @@ pub fn load(scope: &Scope, args: &LoadArgs, out: &mut dyn Write) -> Result<(), F
         )?;
         return Ok(());
     }
-    let opts = LoadOptions {
-        mode: args.mode,
-        default_action: args.default_action,
-        force: args.force,
-        debug: args.debug,
-    };
     let (demux, report) = PortDemux::load(scope, &args.iface, &opts)?;
     if report.stale_pins_removed {
         writeln!(

@@ -34,6 +34,7 @@ pub fn status(scope: &Scope, args: &StatusArgs, out: &mut dyn Write) -> Result<(
                     "bound_ports": s.bound_ports,
                     "default": default_name(s.default_action),
                     "debug": s.debug,
+                    "verified_insns": s.verified_insns,
                     "pins": s.pin_dir,
                 })
             })
