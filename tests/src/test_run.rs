@@ -203,15 +203,6 @@ impl Harness {
         })
     }
 
-    /// The instructions the verifier processed to accept the program (`verified_insns`);
-    /// `None` before kernel 5.16, which does not report it.
-    ///
-    /// # Errors
-    /// When the kernel does not answer `BPF_OBJ_GET_INFO_BY_FD`.
-    pub fn verified_instructions(&self) -> Result<Option<u32>> {
-        Ok(self.prog().info()?.verified_instruction_count())
-    }
-
     /// The default action the program was loaded with.
     #[must_use]
     pub fn default_action(&self) -> u32 {

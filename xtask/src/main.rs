@@ -187,16 +187,17 @@ fn test() -> Result<()> {
     build(false)?;
     let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "port-demux-ebpf",
-        "--no-fail-fast",
-    ])
-    .env("PORT_DEMUX_BIN", &bin);
+    let mut cmd = cargo_test();
+    cmd.arg("--no-fail-fast").env("PORT_DEMUX_BIN", &bin);
     run_counting(&mut cmd)
+}
+
+/// `cargo test` on the workspace but the eBPF crate: the one set of flags under which the
+/// tests are built, so that `vm-test` takes the executables the host tests ran.
+fn cargo_test() -> Command {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "port-demux-ebpf"]);
+    cmd
 }
 
 /// Runs `cargo test`, echoing its output, and closes with one line summing every test binary's
