@@ -419,3 +419,91 @@ fn same_interface_name_in_two_namespaces() {
         assert_eq!(bindings["bindings"][0]["owner"], owner);
     }
 }
+
+/// The lifecycle in each attach mode, every step its own process: load, bind, traffic counted,
+/// `load --upgrade` (a new program; bindings and counters kept), more traffic counted on, unload,
+/// and nothing left: no pins, no XDP program, both programs freed. Short and without timing
+/// margins, so that `cargo xtask vm-test` runs it on every supported kernel under emulation.
+#[test]
+fn lifecycle_with_upgrade_in_native_and_skb_mode() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let client = lab.udp_client();
+    let passed = lab.udp_server(7401);
+    let dropped = lab.udp_server(7402);
+    let instance = || {
+        let doc = pd_json(ns, &["status", "--json"]);
+        let instances = doc["interfaces"].as_array().expect("interfaces").clone();
+        assert_eq!(instances.len(), 1, "{doc}");
+        instances[0].clone()
+    };
+    for mode in ["native", "skb"] {
+        pd_ok(ns, &["load", SERVER_IF, "--mode", mode]);
+        let loaded = instance();
+        assert_eq!(loaded["mode"], mode, "{loaded}");
+        let first_id = program_id(&loaded);
+        assert_eq!(ns.xdp_prog(SERVER_IF), Some(first_id), "{mode}: attached");
+        pd_ok(ns, &["bind", "udp/7401", "pass"]);
+        pd_ok(ns, &["bind", "udp/7402", "drop", "--owner", "lifecycle"]);
+        let mut pass_bytes = lab.send_udp(&client, 7401, 5, 40);
+        let drop_bytes = lab.send_udp(&client, 7402, 4, 90);
+        assert_eq!(recv_datagrams(&passed, 5).len(), 5, "{mode}");
+        let stats = || pd_json(ns, &["stats", "--json"]);
+        poll("4 frames on udp/7402", stats, |s| {
+            json_port(s, "udp", 7402).0 >= 4
+        });
+        assert_eq!(
+            count_datagrams(&dropped, SILENCE),
+            0,
+            "{mode}: udp/7402 is dropped"
+        );
+        let bindings = pd_json(ns, &["bindings", "--json"]);
+
+        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+        let upgraded = instance();
+        let new_id = program_id(&upgraded);
+        assert_ne!(new_id, first_id, "{mode}: {out}");
+        assert_eq!(upgraded["mode"], mode, "{upgraded}");
+        assert_eq!(
+            ns.xdp_prog(SERVER_IF),
+            Some(new_id),
+            "{mode}: upgraded in place"
+        );
+        assert_eq!(pd_json(ns, &["bindings", "--json"]), bindings, "{mode}");
+        let counted = stats();
+        assert_eq!(json_port(&counted, "udp", 7401), (5, pass_bytes), "{mode}");
+        assert_eq!(json_port(&counted, "udp", 7402), (4, drop_bytes), "{mode}");
+        pass_bytes += lab.send_udp(&client, 7401, 3, 40);
+        assert_eq!(recv_datagrams(&passed, 3).len(), 3, "{mode}");
+        let counted = poll("8 frames on udp/7401", stats, |s| {
+            json_port(s, "udp", 7401).0 >= 8
+        });
+        assert_eq!(json_port(&counted, "udp", 7401), (8, pass_bytes), "{mode}");
+        assert_eq!(counted["totals"]["packets"], 12, "{mode}: {counted}");
+
+        let pins = PathBuf::from(upgraded["pins"].as_str().expect("pins"));
+        pd_ok(ns, &["unload", SERVER_IF]);
+        assert!(!pins.exists(), "{mode}: {} left behind", pins.display());
+        assert!(
+            !ns.pin_dir().exists(),
+            "{mode}: {} left",
+            ns.pin_dir().display()
+        );
+        assert_eq!(
+            ns.xdp_prog(SERVER_IF),
+            None,
+            "{mode}: b0 still has an XDP program"
+        );
+        for id in [first_id, new_id] {
+            poll(
+                &format!("program {id} to be freed"),
+                || program_exists(id),
+                |exists| !exists,
+            );
+        }
+        assert_eq!(
+            pd_ok(ns, &["status", "--json"]).trim(),
+            r#"{"interfaces":[]}"#
+        );
+    }
+}

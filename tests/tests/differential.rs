@@ -319,8 +319,8 @@ fn fuzz(program: &'static str, seed: u64, total: u64) {
     }
     let elapsed = started.elapsed();
     println!(
-        "differential ({program}): {sent} frames fuzzed in {elapsed:.2?} (seed {seed:#x}), \
-         longest {longest} bytes"
+        "differential ({program}): {sent} frames agreed with the model in {elapsed:.2?} \
+         (seed {seed:#x}), longest {longest} bytes"
     );
     summary(&kinds, &outcomes, &taken_counts);
 }

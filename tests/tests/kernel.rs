@@ -35,11 +35,14 @@ fn this_build_verifies() {
     let name = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let name = name.trim();
     for program in [PROGRAM, PROGRAM_DEBUG] {
-        let insns = kernel::verify(EBPF_OBJECT, program, None)
-            .unwrap_or_else(|e| panic!("{program} on {name}: {e}"));
+        let insns = kernel::verify(EBPF_OBJECT, program, None).unwrap_or_else(|e| {
+            // Read by `cargo xtask vm-test` too.
+            println!("verifier: {program} rejected: {e}");
+            panic!("{program} on {name}: {e}")
+        });
         // One line per program, read by `cargo xtask vm-test`.
         println!(
-            "verifier: {program} accepted on {name}, {} instructions processed",
+            "verifier: {program} processed {} instructions",
             insns.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
         );
         if release() >= (5, 16) {

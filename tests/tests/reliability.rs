@@ -30,8 +30,8 @@ use bytemuck::Zeroable as _;
 use port_demux::{
     Action, BindOptions, BindingRange, DirLock, Error, LoadOptions, PortDemux, Proto, Scope, Stats,
     common::{
-        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, action, outcome,
-        port_index,
+        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PortCounters,
+        action, outcome, port_index,
     },
     is_bpffs, sys,
 };
@@ -259,6 +259,23 @@ impl Sent {
     }
 }
 
+/// Frames port-demux counted on the two ports the upgrade test sends to, summed over CPUs:
+/// two lookups in the pinned `PORT_STATS`, not a read of all 131,072 ports, so the sender's
+/// pacing does not depend on how fast a loaded machine reads the whole table.
+fn counted_upgrade_ports(port_stats: &PerCpuArray<MapData, PortCounters>) -> u64 {
+    [UPGRADE_PASS, UPGRADE_DROP]
+        .into_iter()
+        .map(|port| {
+            port_stats
+                .get(&port_index(Proto::Udp.index(), port), 0)
+                .unwrap_or_else(|e| panic!("PORT_STATS[udp/{port}]: {e}"))
+                .iter()
+                .map(|c| c.packets)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Sends datagrams to the passed and the dropped port (two to one) until `upgrading` is
 /// cleared and at least `at_least` went out, or `abort` is raised. Never more than a window
 /// ahead of what port-demux has counted, so the veth's 256-frame ring cannot overflow; and a
@@ -278,6 +295,9 @@ fn send_during_upgrades(
     let to_pass = SocketAddrV4::new(lab.server_addr(), UPGRADE_PASS);
     let to_drop = SocketAddrV4::new(lab.server_addr(), UPGRADE_DROP);
     let (pass, drop) = ([0x11; UPGRADE_PASS_PAYLOAD], [0x22; UPGRADE_DROP_PAYLOAD]);
+    let port_stats = MapData::from_pin(demux.pin_dir().join("PORT_STATS"))
+        .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
+        .unwrap_or_else(|e| panic!("PORT_STATS: {e}"));
     let mut sent = Sent::default();
     while (upgrading.load(Ordering::SeqCst) || sent.total() < at_least)
         && !abort.load(Ordering::SeqCst)
@@ -298,7 +318,7 @@ fn send_during_upgrades(
                     "port-demux to count {} of {total} frames",
                     total.saturating_sub(WINDOW)
                 ),
-                || demux.totals().expect("totals").packets,
+                || counted_upgrade_ports(&port_stats),
                 |&counted| counted + WINDOW >= total,
             );
             thread::sleep(PAUSE);

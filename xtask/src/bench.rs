@@ -42,10 +42,6 @@ pub struct BenchArgs {
 
 const NS_TX: &str = "pdbench-tx";
 const NS_RX: &str = "pdbench-rx";
-/// Namespace of today's program (layout v2, main at 5e68fb7), on `v2rx0`.
-const NS_V2: &str = "pdbench-v2";
-/// The commit of today's program, built by the bench into `target/bench/`.
-const V2_COMMIT: &str = "5e68fb7";
 const BOUND_UDP: u16 = 7777;
 const BOUND_TCP: u16 = 80;
 
@@ -200,14 +196,9 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Runs `port-demux --netns NS_RX ARGS`, returning stdout and the wall time.
 fn pd(bin: &Path, args: &[&str]) -> Result<(String, Duration)> {
-    pd_in(bin, NS_RX, args)
-}
-
-/// Runs `port-demux --netns NS ARGS`, returning stdout and the wall time.
-fn pd_in(bin: &Path, ns: &str, args: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = Command::new(bin)
-        .args(["--netns", ns])
+        .args(["--netns", NS_RX])
         .args(args)
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -259,49 +250,17 @@ fn xdp_prog_id(ns: &str, dev: &str) -> Result<u32> {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let bin = workspace().join("target/release/port-demux");
     ensure_bpffs()?;
-    let v2 = v2_binary();
-    let _ns = Namespaces::create(&[NS_TX, NS_RX, NS_V2])?;
+    let _ns = Namespaces::create(&[NS_TX, NS_RX])?;
     Namespaces::veth(NS_TX, "tx0", "10.98.0.2/24", NS_RX, "rx0", "10.98.0.1/24")?;
     Namespaces::veth(NS_TX, "ftx0", "", NS_RX, "frx0", "")?;
-    Namespaces::veth(NS_TX, "v2tx0", "", NS_V2, "v2rx0", "")?;
-    let result = run(args, &bin, v2.as_deref());
+    Namespaces::veth(NS_TX, "ptx0", "", NS_RX, "prx0", "")?;
+    let result = run(args, &bin);
     let _ = pd(&bin, &["unload", "rx0"]);
-    if let Ok(v2) = &v2 {
-        let _ = pd_in(v2, NS_V2, &["unload", "v2rx0"]);
-    }
     let _ = nsenter(NS_RX, &["xdp-filter", "unload", "frx0"]);
     result
 }
 
-/// Today's program: `port-demux` built from main at [`V2_COMMIT`] (layout v2) in
-/// `target/bench/`, from a git worktree, once.
-fn v2_binary() -> Result<PathBuf> {
-    let base = workspace().join("target/bench");
-    let bin = base.join("v2-target/release/port-demux");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    let src = base.join("v2-src");
-    if !src.exists() {
-        let status = Command::new("git")
-            .current_dir(workspace())
-            .args(["worktree", "add", "--detach"])
-            .arg(&src)
-            .arg(V2_COMMIT)
-            .status()?;
-        ensure!(status.success(), "git worktree add {V2_COMMIT} failed");
-    }
-    eprintln!("xtask: building today's program ({V2_COMMIT}) for the bench");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", base.join("v2-target"))
-        .args(["build", "--release", "-p", "port-demux"])
-        .status()?;
-    ensure!(status.success(), "building {V2_COMMIT} failed");
-    Ok(bin)
-}
-
-fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Result<()> {
+fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     let mut report = json!({
         "machine": machine(),
         "repeat": args.repeat,
@@ -365,15 +324,11 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
     let floor = bpf::load_pass_program().context("loading the XDP_PASS floor program")?;
     attach_floor(&floor)?;
     let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
+    // Kept alive until the end: dropping it detaches and unloads the previous program.
+    let previous = previous_program().context("loading the v2 program (tests/fixtures)")?;
     let filter = xdp_filter();
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
-    }
-    let today = v2
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(today_program);
-    if let Err(e) = &today {
-        writeln!(text, "today's program ({V2_COMMIT}) unavailable: {e:#}")?;
     }
     let frames = frames();
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
@@ -385,7 +340,7 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
                 Some(&floor),
                 Some(&demux),
                 filter.as_ref().ok(),
-                today.as_ref().ok(),
+                Some(&previous.1),
             ];
             for (j, prog) in progs.into_iter().enumerate() {
                 let Some(prog) = prog else { continue };
@@ -406,7 +361,7 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
     )?;
     writeln!(
         text,
-        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>8} {:>12} {:>8}",
+        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12} {:>10} {:>8}",
         "frame",
         "floor ns",
         "port-demux",
@@ -414,13 +369,13 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
         "xdp-filter",
         "ratio",
         "xf/pd",
-        "v2 (today)",
+        "v2 ns",
         "pd-v2"
     )?;
     let kernel_ns = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let mut per_packet = Vec::new();
     for (i, (name, frame)) in frames.iter().enumerate() {
-        let [f, d, x, t] = &mut samples[i];
+        let [f, d, x, p] = &mut samples[i];
         // Ratios of the figures measured next to each other in one round, then their median:
         // the VM's speed drifts over seconds, and a pair within a round sees the same drift.
         let paired = |a: &[f64], b: &[f64]| {
@@ -428,25 +383,22 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
             (!ratios.is_empty()).then(|| median(&mut ratios))
         };
         let demux_ratio = paired(d, f).unwrap_or(f64::NAN);
+        // The change against the previous program, in nanoseconds: the median of the
+        // differences within a round.
+        let mut diffs: Vec<f64> = d.iter().zip(p.iter()).map(|(d, p)| d - p).collect();
+        let over_previous = median(&mut diffs);
+        let previous_ns = median(p);
         let (filter_ratio, filter_over_demux) = (paired(x, f), paired(x, d));
         let (floor_ns, demux_ns) = (median(f), median(d));
         let filter_ns = (!x.is_empty()).then(|| median(x));
-        // port-demux minus today's program, paired within each round.
-        let over_today = {
-            let mut d: Vec<f64> = d.iter().zip(t.iter()).map(|(a, b)| a - b).collect();
-            (!d.is_empty()).then(|| median(&mut d))
-        };
-        let today_ns = (!t.is_empty()).then(|| median(t));
-        let [kf, kd, kx, kt] = &mut kernel[i];
+        let [kf, kd, kx, kp] = &mut kernel[i];
 
         writeln!(
             text,
-            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>13} {:>8} {:>8} {:>12} {:>8}",
+            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12} {previous_ns:>7.1} ns {over_previous:>+7.2}",
             filter_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
             filter_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             filter_over_demux.map_or("-".into(), |r| format!("{r:.2}x")),
-            today_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
-            over_today.map_or("-".into(), |x| format!("{x:+.2}")),
         )?;
         per_packet.push(json!({
             "frame": name,
@@ -459,14 +411,14 @@ fn run(args: &BenchArgs, bin: &Path, v2: Result<&Path, &anyhow::Error>) -> Resul
             "xdp_filter_ratio_to_floor": filter_ratio,
             "xdp_filter_over_port_demux": filter_over_demux,
             "xdp_filter_action": filter_ns.map(|_| actions[i][2]),
-            "today_ns": today_ns,
-            "today_action": today_ns.map(|_| actions[i][3]),
-            "port_demux_minus_today_ns": over_today,
+            "previous_ns": previous_ns,
+            "previous_action": actions[i][3],
+            "port_demux_minus_previous_ns": over_previous,
             "kernel_duration_ns": {
                 "floor": kernel_ns(kf),
                 "port_demux": kernel_ns(kd),
                 "xdp_filter": kernel_ns(kx),
-                "today": kernel_ns(kt),
+                "previous": kernel_ns(kp),
             },
         }));
     }
@@ -517,7 +469,7 @@ type Verdict = fn(f64) -> bool;
 fn targets(report: &Value) -> (Value, String) {
     const RATIO: &str = "port_demux_ratio_to_floor";
     const FILTER: &str = "xdp_filter_over_port_demux";
-    const TODAY: &str = "port_demux_minus_today_ns";
+    const TODAY: &str = "port_demux_minus_previous_ns";
     let rows = report["per_packet"].as_array().cloned().unwrap_or_default();
     // The highest (or lowest) figure under `key` among `frames`.
     let worst = |frames: &[&str], key: &str, highest: bool| {
@@ -624,20 +576,6 @@ fn targets(report: &Value) -> (Value, String) {
     (json!(list), text)
 }
 
-/// Today's program (layout v2) loaded in native mode on `v2rx0` with the same bindings as
-/// port-demux's; its pinned program.
-fn today_program(v2: &Path) -> Result<std::os::fd::OwnedFd> {
-    pd_in(v2, NS_V2, &["load", "v2rx0", "--mode", "native"])?;
-    pd_in(v2, NS_V2, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
-    pd_in(v2, NS_V2, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
-    let (out, _) = pd_in(v2, NS_V2, &["status", "--json"])?;
-    let status: Value = serde_json::from_str(&out)?;
-    let dir = status["interfaces"][0]["pins"]
-        .as_str()
-        .context("status printed no pin folder")?;
-    Ok(bpf::obj_get(&format!("{dir}/prog"))?)
-}
-
 fn machine() -> Value {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -678,6 +616,54 @@ fn memlock(dir: &Path) -> Result<u64> {
         total += v["bytes_memlock"].as_u64().unwrap_or(0);
     }
     Ok(total)
+}
+
+/// The previous program: main's layout-v2 object (commit 5e68fb7, before the verifier fix,
+/// `tests/fixtures/port-demux-v2.o`), loaded with aya, bound like port-demux (udp/7777 drop,
+/// tcp/80 pass) and attached in skb mode to `prx0`, otherwise unused, so that the dispatcher
+/// calls it directly too. Returns the loaded object (dropping it unloads the program) and a
+/// descriptor of its program for test runs.
+fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd as _;
+
+    use aya::{
+        maps::Array,
+        programs::{Xdp, XdpMode},
+    };
+    const PASS: u32 = 1;
+    const DROP: u32 = 2;
+    let object = std::fs::read(workspace().join("tests/fixtures/port-demux-v2.o"))?;
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("DEFAULT_ACTION", &PASS, true)
+        .override_global("AYA_LOG_LEVEL", &0u8, false)
+        .load(&object)?;
+    // `struct Binding { action: u32, slot: u32, owner: [u8; 16] }`, indexed by
+    // `proto << 16 | port` (tcp 0, udp 1).
+    let mut bindings: Array<_, [u32; 6]> =
+        Array::try_from(ebpf.map_mut("BINDINGS").context("no BINDINGS map")?)?;
+    bindings.set((1 << 16) | u32::from(BOUND_UDP), [DROP, 0, 0, 0, 0, 0], 0)?;
+    bindings.set(u32::from(BOUND_TCP), [PASS, 0, 0, 0, 0, 0], 0)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("port_demux")
+        .context("no port_demux program")?
+        .try_into()?;
+    prog.load()?;
+    let ns = std::fs::File::open(format!("/run/netns/{NS_RX}"))?;
+    let attached = std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // SAFETY: setns on this scoped thread only, with a namespace fd we hold.
+            let ret =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            ensure!(ret == 0, "setns: {}", std::io::Error::last_os_error());
+            prog.attach("prx0", XdpMode::Skb)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
+    });
+    attached?;
+    let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+    Ok((ebpf, fd))
 }
 
 /// Attaches the floor program (generic XDP on `ftx0`, otherwise unused) so that, like

@@ -13,6 +13,7 @@ mod bpf;
 mod demo;
 mod net;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install what is missing: nightly rust-src, llvm-22-dev, bpf-linker, iproute2, ethtool,
-    /// bpftool, xdp-tools, netsniff-ng.
+    /// bpftool, xdp-tools, netsniff-ng, and for `vm-test` qemu, busybox-static, xz-utils, zstd.
     Setup,
     /// Set up, then build the XDP program and the CLI.
     Build {
@@ -39,7 +40,8 @@ enum Cmd {
     },
     /// Set up, build, then run port-demux on a private namespace pair with real traffic.
     Demo,
-    /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests.
+    /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests,
+    /// then `vm-test` on Linux 6.1 and 6.12.
     Test,
     /// The differential fuzz test against the reference model, with many frames.
     Fuzz {
@@ -50,6 +52,9 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Boots Debian's newest 6.1 and 6.12 kernels under qemu and runs the integration tests
+    /// there; one result line per kernel.
+    VmTest(vm::VmTestArgs),
     /// Benchmarks: per-packet cost against an empty XDP program and xdp-filter, control plane,
     /// live traffic. Writes target/bench/latest.json.
     Bench(bench::BenchArgs),
@@ -70,7 +75,12 @@ fn main() -> Result<()> {
         }
         Cmd::Test => {
             setup::setup()?;
-            test()
+            test()?;
+            vm::vm_test(vm::Series::ALL)
+        }
+        Cmd::VmTest(args) => {
+            setup::setup()?;
+            vm::vm_test(&args.series())
         }
         Cmd::Fuzz { frames, seed } => {
             setup::setup()?;
@@ -177,16 +187,17 @@ fn test() -> Result<()> {
     build(false)?;
     let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "port-demux-ebpf",
-        "--no-fail-fast",
-    ])
-    .env("PORT_DEMUX_BIN", &bin);
+    let mut cmd = cargo_test();
+    cmd.arg("--no-fail-fast").env("PORT_DEMUX_BIN", &bin);
     run_counting(&mut cmd)
+}
+
+/// `cargo test` on the workspace but the eBPF crate: the one set of flags under which the
+/// tests are built, so that `vm-test` takes the executables the host tests ran.
+fn cargo_test() -> Command {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "port-demux-ebpf"]);
+    cmd
 }
 
 /// Runs `cargo test`, echoing its output, and closes with one line summing every test binary's

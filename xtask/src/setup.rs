@@ -6,8 +6,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::run;
 
-/// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), and the tools the demo,
-/// tests and benchmarks drive.
+/// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), the tools the demo,
+/// tests and benchmarks drive, and for `vm-test` qemu, a static busybox for the VM's userspace
+/// and the decompressors of kernel modules (`.ko.xz`, `.ko.zst`).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,6 +19,10 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "xdp-tools",
     "netsniff-ng",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 
