@@ -11,6 +11,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod ebpf;
 mod net;
 mod setup;
 
@@ -37,6 +38,13 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Rebuild the XDP program and refresh the committed object port-demux/ebpf/port-demux.bpf.o
+    /// (what builds on stable Rust use); `--check` only says whether it is current.
+    Ebpf {
+        /// Fail when the committed object differs from a fresh build, instead of refreshing it.
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, build, then run port-demux on a private namespace pair with real traffic.
     Demo,
     /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests.
@@ -62,6 +70,10 @@ fn main() -> Result<()> {
         Cmd::Build { release } => {
             setup::setup()?;
             build(release)
+        }
+        Cmd::Ebpf { check } => {
+            setup::setup()?;
+            ebpf::ebpf(check)
         }
         Cmd::Demo => {
             setup::setup()?;
@@ -174,6 +186,7 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+    ebpf::ebpf(true)?;
     build(false)?;
     let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
