@@ -10,7 +10,10 @@
 //! `PORT_DEMUX_EBPF=prebuilt` forces the committed object, `PORT_DEMUX_EBPF=build` the build
 //! (failing when the toolchain is missing).
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 #[path = "ebpf/build_ebpf.rs"]
 mod build_ebpf;
@@ -51,7 +54,15 @@ fn main() {
             println!("cargo:rerun-if-changed={}", linker.display());
         }
         let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("set by cargo");
-        match build_ebpf::build(&ebpf_root, &arch, &out_dir.join(build_ebpf::PACKAGE)) {
+        // One eBPF target folder for every build of this crate in a profile (clippy, tests,
+        // each feature set has its own OUT_DIR): target/<profile>/port-demux-ebpf. Builds that
+        // run at once take turns on its lock; all but the first find it done.
+        let target_dir = out_dir
+            .ancestors()
+            .nth(3)
+            .map_or_else(|| out_dir.clone(), Path::to_path_buf)
+            .join(build_ebpf::PACKAGE);
+        match build_ebpf::build(&ebpf_root, &arch, &target_dir) {
             Ok(object) => copy(&object, &dst),
             Err(output) => {
                 for line in output.lines() {
@@ -65,7 +76,7 @@ fn main() {
     }
 }
 
-fn copy(from: &std::path::Path, to: &std::path::Path) {
+fn copy(from: &Path, to: &Path) {
     if let Err(e) = fs::copy(from, to) {
         panic!("cannot copy {} to {}: {e}", from.display(), to.display());
     }
