@@ -2,8 +2,9 @@
 //! [`pd`] and its variants that must succeed ([`pd_ok`], [`pd_json`]) or must be refused
 //! ([`pd_refused`], [`assert_refused`]).
 //!
-//! The binary is `PORT_DEMUX_BIN`, or `target/debug/port-demux` (build it with
-//! `cargo build -p port-demux`).
+//! The binary is `PORT_DEMUX_BIN` when set, else `port-demux-under-test` beside the running
+//! test's directory: the CLI built from the same sources by cargo before it runs this
+//! package's tests, so never stale.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,12 +22,20 @@ use crate::netns::Netns;
 #[must_use]
 pub fn bin() -> PathBuf {
     let path = std::env::var_os("PORT_DEMUX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/port-demux"),
+        || {
+            // target/<profile>/deps/<test>-<hash> -> target/<profile>/port-demux-under-test
+            let exe = std::env::current_exe().expect("the test's own path");
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|dir| dir.join("port-demux-under-test"))
+                .expect("a test binary in target/<profile>/deps")
+        },
         PathBuf::from,
     );
     assert!(
         path.is_file(),
-        "no port-demux binary at {}: run `cargo build -p port-demux` or set PORT_DEMUX_BIN",
+        "no port-demux binary at {}: run the tests with `cargo test -p port-demux-testkit` or \
+         set PORT_DEMUX_BIN",
         path.display()
     );
     path

@@ -2,8 +2,8 @@
 //! bpffs pins and outlives every process; refusals are one line on stderr, a non-zero exit code,
 //! and no change.
 //!
-//! Needs root, and the binary: `PORT_DEMUX_BIN`, or `target/debug/port-demux` (build it with
-//! `cargo build -p port-demux`).
+//! Needs root. The binary is the kit's `port-demux-under-test`, which cargo builds with these
+//! tests (or `PORT_DEMUX_BIN`).
 
 use std::{fs, path::PathBuf, process::Command, time::Duration};
 
@@ -12,7 +12,7 @@ use aya::{
     programs::{Xdp, XdpMode, loaded_programs},
 };
 use port_demux::{EBPF_OBJECT, PROGRAM};
-use port_demux_tests::{
+use port_demux_testkit::{
     cli::{command, json_port, pd_json, pd_ok, pd_refused, program_id},
     netns::{
         Lab, Netns, SERVER_IF, SILENCE, UDP_OVERHEAD, count_datagrams, poll, recv_datagrams, run,

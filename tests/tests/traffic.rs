@@ -9,7 +9,7 @@ use port_demux::{
     Action, BindOptions, BindingRange, Error, LoadOptions, PortDemux, PortSpec, Proto, Stats,
     common::outcome,
 };
-use port_demux_tests::netns::{
+use port_demux_testkit::netns::{
     Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD, count_datagrams, poll,
     recv_datagrams, tcp_to, udp_to,
 };

@@ -14,6 +14,7 @@ mod demo;
 mod ebpf;
 mod net;
 mod setup;
+mod user_test;
 
 use std::{path::PathBuf, process::Command};
 
@@ -45,9 +46,14 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// The example user crate (examples/user-test): its test, then a copy outside the repository
+    /// built from clean and tested with bpf-linker and nightly hidden (stable Rust alone).
+    UserTest,
     /// Set up, build, then run port-demux on a private namespace pair with real traffic.
     Demo,
-    /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests.
+    /// Set up, then everything: fmt, clippy (workspace and eBPF), the committed eBPF object
+    /// current, unit and integration tests, the example user crate (also with the eBPF
+    /// toolchain hidden).
     Test,
     /// The differential fuzz test against the reference model, with many frames.
     Fuzz {
@@ -75,6 +81,11 @@ fn main() -> Result<()> {
             setup::setup()?;
             ebpf::ebpf(check)
         }
+        Cmd::UserTest => {
+            net::ensure_bpffs()?;
+            user_test::in_place()?;
+            user_test::hidden_toolchain()
+        }
         Cmd::Demo => {
             setup::setup()?;
             build(false)?;
@@ -90,7 +101,7 @@ fn main() -> Result<()> {
             cmd.args([
                 "test",
                 "-p",
-                "port-demux-tests",
+                "port-demux-testkit",
                 "--test",
                 "differential",
                 "--",
@@ -188,7 +199,6 @@ fn test() -> Result<()> {
         ]))?;
     ebpf::ebpf(true)?;
     build(false)?;
-    let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
     let mut cmd = cargo();
     cmd.args([
@@ -197,9 +207,10 @@ fn test() -> Result<()> {
         "--exclude",
         "port-demux-ebpf",
         "--no-fail-fast",
-    ])
-    .env("PORT_DEMUX_BIN", &bin);
-    run_counting(&mut cmd)
+    ]);
+    run_counting(&mut cmd)?;
+    user_test::in_place()?;
+    user_test::hidden_toolchain()
 }
 
 /// Runs `cargo test`, echoing its output, and closes with one line summing every test binary's
