@@ -77,9 +77,10 @@ const PROG_PIN: &str = "prog";
 const LINK_PIN: &str = "link";
 
 /// How to attach.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Mode {
     /// Native if the driver supports it, else generic (skb).
     #[default]
@@ -116,7 +117,8 @@ pub struct LoadOptions {
 }
 
 /// What [`PortDemux::load`] did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LoadReport {
     /// The mode the program runs in: native or skb.
     pub mode: Mode,
@@ -131,7 +133,8 @@ pub struct LoadReport {
 }
 
 /// What [`PortDemux::upgrade`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct UpgradeReport {
     /// The program that ran before.
     pub old_prog_id: u32,
@@ -149,7 +152,8 @@ pub struct BindOptions {
 }
 
 /// A run of consecutive ports with the same binding.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BindingRange {
     /// Ports.
     pub ports: PortSpec,
@@ -160,7 +164,8 @@ pub struct BindingRange {
 }
 
 /// Counters of one (protocol, port); as JSON `{"proto", "port", "packets", "bytes", "action"}`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PortStat {
     /// Protocol.
     pub proto: Proto,
@@ -231,6 +236,7 @@ impl Totals {
     }
 }
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for Totals {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
@@ -259,7 +265,8 @@ impl serde::Serialize for Totals {
 }
 
 /// All counters of an instance; as JSON `{"ports": [...], "totals": {...}}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// Every port with a non-zero counter or a binding, busiest first.
     pub ports: Vec<PortStat>,
@@ -288,29 +295,30 @@ impl Stats {
 
 /// What `status` reports of an instance; as JSON `{"interface", "ifindex", "mode",
 /// "program_id", "attached", "bound_ports", "default", "debug", "pins"}`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Status {
     /// Interface.
-    #[serde(rename = "interface")]
+    #[cfg_attr(feature = "serde", serde(rename = "interface"))]
     pub iface: String,
     /// Interface index recorded at load.
     pub ifindex: u32,
     /// Native or skb.
     pub mode: Mode,
     /// Program id, from the pinned program.
-    #[serde(rename = "program_id")]
+    #[cfg_attr(feature = "serde", serde(rename = "program_id"))]
     pub prog_id: u32,
     /// Whether the interface runs that program now.
     pub attached: bool,
     /// Number of bound ports.
     pub bound_ports: u32,
     /// Default action.
-    #[serde(rename = "default")]
+    #[cfg_attr(feature = "serde", serde(rename = "default"))]
     pub default_action: DefaultAction,
     /// Debug logging compiled in.
     pub debug: bool,
     /// Pin folder.
-    #[serde(rename = "pins")]
+    #[cfg_attr(feature = "serde", serde(rename = "pins"))]
     pub pin_dir: PathBuf,
 }
 
