@@ -89,7 +89,10 @@ const PROG_PIN: &str = "prog";
 const LINK_PIN: &str = "link";
 
 /// How to attach.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Mode {
     /// Native if the driver supports it, else generic (skb).
     #[default]
@@ -130,7 +133,8 @@ pub struct LoadOptions {
 }
 
 /// What [`PortDemux::load`] did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LoadReport {
     /// The mode the program runs in: native or skb.
     pub mode: Mode,
@@ -145,7 +149,8 @@ pub struct LoadReport {
 }
 
 /// What [`PortDemux::upgrade`] did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct UpgradeReport {
     /// The program that ran before.
     pub old_prog_id: u32,
@@ -164,6 +169,7 @@ pub struct BindOptions {
 
 /// A run of consecutive ports with the same binding.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BindingRange {
     /// Ports.
     pub ports: PortSpec,
@@ -173,8 +179,9 @@ pub struct BindingRange {
     pub owner: String,
 }
 
-/// Counters of one (protocol, port).
+/// Counters of one (protocol, port); as JSON `{"proto", "port", "packets", "bytes", "action"}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PortStat {
     /// Protocol.
     pub proto: Proto,
@@ -188,16 +195,19 @@ pub struct PortStat {
     pub action: Option<Action>,
 }
 
-/// Totals over all ports and CPUs.
+/// Totals over all ports and CPUs; as JSON `{"packets", "demuxed_bytes", "outcomes": {NAME:
+/// frames, ..., "not_ipv4" (deprecated: the value of "not_ip", kept one release)}, "families":
+/// {"ipv4", "ipv6"}, "redirects": {"redirected", "fallback"}}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Every frame the program saw: the demultiplexed ones and the others.
     pub packets: u64,
-    /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`]. Demultiplexed
-    /// frames are the sum of the per-port counters; the others are counted by outcome.
+    /// Frames per outcome, indexed like [`port_demux_common::outcome::NAMES`]; the accessors
+    /// ([`Totals::demuxed`], [`Totals::not_ip`], ...) name the cells. Demultiplexed frames
+    /// are the sum of the per-port counters; the others are counted by outcome.
     pub outcomes: [u64; outcome::COUNT],
     /// Demultiplexed IPv6 frames (counted in `GLOBALS`); the IPv4 ones are the rest of
-    /// `outcomes[DEMUXED]`.
+    /// `outcomes[DEMUXED]` ([`Totals::demuxed_ipv4`]).
     pub demuxed_ipv6: u64,
     /// Bytes of the demultiplexed frames (sum of the per-port counters).
     pub demuxed_bytes: u64,
@@ -207,8 +217,110 @@ pub struct Totals {
     pub redirect_fallback: u64,
 }
 
-/// All counters of an instance.
-#[derive(Clone, Debug, Default)]
+impl Totals {
+    /// IPv4 or IPv6 TCP or UDP frames whose destination port was read: the sum of the
+    /// per-port packet counters.
+    #[must_use]
+    pub const fn demuxed(&self) -> u64 {
+        self.outcomes[outcome::DEMUXED]
+    }
+
+    /// Demultiplexed IPv4 frames: the demultiplexed ones that were not IPv6.
+    #[must_use]
+    pub const fn demuxed_ipv4(&self) -> u64 {
+        self.demuxed().saturating_sub(self.demuxed_ipv6)
+    }
+
+    /// Frames neither IPv4 nor IPv6 after up to two VLAN tags (passed).
+    #[must_use]
+    pub const fn not_ip(&self) -> u64 {
+        self.outcomes[outcome::NOT_IP]
+    }
+
+    /// IPv4 or IPv6 frames of another protocol than TCP and UDP (passed).
+    #[must_use]
+    pub const fn not_tcp_udp(&self) -> u64 {
+        self.outcomes[outcome::NOT_TCP_UDP]
+    }
+
+    /// Non-first fragments (passed).
+    #[must_use]
+    pub const fn fragment(&self) -> u64 {
+        self.outcomes[outcome::FRAGMENT]
+    }
+
+    /// Malformed frames (passed).
+    #[must_use]
+    pub const fn malformed(&self) -> u64 {
+        self.outcomes[outcome::MALFORMED]
+    }
+
+    /// Frames with more than two VLAN tags (passed).
+    #[must_use]
+    pub const fn vlan_too_deep(&self) -> u64 {
+        self.outcomes[outcome::VLAN_TOO_DEEP]
+    }
+
+    /// IPv6 frames with more extension headers than the data path walks (passed).
+    #[must_use]
+    pub const fn ext_headers_too_long(&self) -> u64 {
+        self.outcomes[outcome::EXT_HEADERS_TOO_LONG]
+    }
+
+    /// Multi-buffer frames whose headers do not fit in the first buffer (passed).
+    #[must_use]
+    pub const fn headers_past_first_buffer(&self) -> u64 {
+        self.outcomes[outcome::HEADERS_PAST_FIRST_BUFFER]
+    }
+
+    /// Frames that were not demultiplexed, whatever the outcome.
+    #[must_use]
+    pub const fn not_demuxed(&self) -> u64 {
+        self.packets - self.demuxed()
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Totals {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+
+        /// `{NAME: value, ...}`.
+        struct Named<'a>(&'a [&'a str], &'a [u64]);
+        impl serde::Serialize for Named<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().zip(self.1))
+            }
+        }
+
+        // The outcomes, then the layout-v2 key of `not_ip` for the consumers written
+        // against it (one release).
+        let mut names = outcome::NAMES.to_vec();
+        names.push(outcome::DEPRECATED_NOT_IPV4);
+        let mut values = self.outcomes.to_vec();
+        values.push(self.not_ip());
+        let mut map = s.serialize_map(Some(5))?;
+        map.serialize_entry("packets", &self.packets)?;
+        map.serialize_entry("demuxed_bytes", &self.demuxed_bytes)?;
+        map.serialize_entry("outcomes", &Named(&names, &values))?;
+        map.serialize_entry(
+            "families",
+            &Named(&["ipv4", "ipv6"], &[self.demuxed_ipv4(), self.demuxed_ipv6]),
+        )?;
+        map.serialize_entry(
+            "redirects",
+            &Named(
+                &["redirected", "fallback"],
+                &[self.redirected, self.redirect_fallback],
+            ),
+        )?;
+        map.end()
+    }
+}
+
+/// All counters of an instance; as JSON `{"ports": [...], "totals": {...}}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// Every port with a non-zero counter or a binding, busiest first.
     pub ports: Vec<PortStat>,
@@ -216,22 +328,46 @@ pub struct Stats {
     pub totals: Totals,
 }
 
-/// What `status` reports of an instance.
-#[derive(Clone, Debug)]
+impl Stats {
+    /// The counters and binding of (`proto`, `port`): zero counters and no binding when the
+    /// port had neither traffic nor a binding (such ports are not in [`Stats::ports`]).
+    #[must_use]
+    pub fn port(&self, proto: Proto, port: u16) -> PortStat {
+        self.ports
+            .iter()
+            .find(|p| p.proto == proto && p.port == port)
+            .cloned()
+            .unwrap_or(PortStat {
+                proto,
+                port,
+                packets: 0,
+                bytes: 0,
+                action: None,
+            })
+    }
+}
+
+/// What `status` reports of an instance; as JSON `{"interface", "ifindex", "mode",
+/// "program_id", "attached", "bound_ports", "default", "debug", "pins"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Status {
     /// Interface.
+    #[cfg_attr(feature = "serde", serde(rename = "interface"))]
     pub iface: String,
     /// Interface index recorded at load.
     pub ifindex: u32,
     /// Native or skb.
     pub mode: Mode,
     /// Program id, from the pinned program.
+    #[cfg_attr(feature = "serde", serde(rename = "program_id"))]
     pub prog_id: u32,
     /// Whether the interface runs that program now.
     pub attached: bool,
     /// Number of bound ports.
     pub bound_ports: u32,
     /// Default action.
+    #[cfg_attr(feature = "serde", serde(rename = "default"))]
     pub default_action: DefaultAction,
     /// Debug logging compiled in.
     pub debug: bool,
@@ -239,6 +375,7 @@ pub struct Status {
     /// 1,000,000 limit and to older verifiers), when the kernel reports it (5.16 and later).
     pub verified_insns: Option<u32>,
     /// Pin folder.
+    #[cfg_attr(feature = "serde", serde(rename = "pins"))]
     pub pin_dir: PathBuf,
 }
 
@@ -565,19 +702,7 @@ impl PortDemux {
     pub fn bindings(&self) -> Result<Vec<BindingRange>> {
         let all = self.read_bindings()?;
         let slot_names = self.slot_names()?;
-        let mut ranges: Vec<(u32, u32, Binding)> = Vec::new();
-        for (index, b) in (0u32..).zip(&all) {
-            if b.action == action::UNBOUND {
-                continue;
-            }
-            match ranges.last_mut() {
-                Some((_, last, prev)) if *last + 1 == index && prev == b && index & 0xffff != 0 => {
-                    *last = index;
-                }
-                _ => ranges.push((index, index, *b)),
-            }
-        }
-        Ok(ranges
+        Ok(coalesce(&all)
             .into_iter()
             .map(|(first, last, b)| BindingRange {
                 ports: PortSpec {
@@ -1324,4 +1449,88 @@ fn remove_pins(dir: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("cannot read", dir, e)),
     }
     fs::remove_dir(dir).map_err(|e| Error::io("cannot remove", dir, e))
+}
+
+/// Runs of consecutive bound ports with equal bindings, as (first index, last index, binding):
+/// a run never crosses from one protocol's half of the array into the other's.
+fn coalesce(all: &[Binding]) -> Vec<(u32, u32, Binding)> {
+    let mut ranges: Vec<(u32, u32, Binding)> = Vec::new();
+    for (index, b) in (0u32..).zip(all) {
+        if b.action == action::UNBOUND {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some((_, last, prev)) if *last + 1 == index && prev == b && index & 0xffff != 0 => {
+                *last = index;
+            }
+            _ => ranges.push((index, index, *b)),
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(act: u32, owner: u8) -> Binding {
+        let mut b = Binding::zeroed();
+        b.action = act;
+        b.owner[0] = owner;
+        b
+    }
+
+    #[test]
+    fn ranges_coalesce_runs_of_equal_bindings() {
+        let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+        all[7000..=7099].fill(bound(action::PASS, 0));
+        all[7100] = bound(action::PASS, b'x'); // another owner: a run of its own
+        all[7101] = bound(action::DROP, 0);
+        all[7103] = bound(action::DROP, 0); // a gap: a run of its own
+        // tcp/65535 and udp/0 are neighbours in the array, never in a range.
+        all[0xffff] = bound(action::DROP, 0);
+        all[0x1_0000] = bound(action::DROP, 0);
+        let pass = bound(action::PASS, 0);
+        let drop = bound(action::DROP, 0);
+        assert_eq!(
+            coalesce(&all),
+            [
+                (7000, 7099, pass),
+                (7100, 7100, bound(action::PASS, b'x')),
+                (7101, 7101, drop),
+                (7103, 7103, drop),
+                (0xffff, 0xffff, drop),
+                (0x1_0000, 0x1_0000, drop),
+            ]
+        );
+        assert!(coalesce(&[]).is_empty());
+    }
+
+    #[test]
+    fn stats_port_and_totals_accessors() {
+        let udp = PortStat {
+            proto: Proto::Udp,
+            port: 7777,
+            packets: 3,
+            bytes: 300,
+            action: Some(Action::Drop),
+        };
+        let mut totals = Totals {
+            packets: 10,
+            ..Totals::default()
+        };
+        totals.outcomes[outcome::DEMUXED] = 3;
+        totals.outcomes[outcome::NOT_IP] = 7;
+        let stats = Stats {
+            ports: vec![udp.clone()],
+            totals,
+        };
+        assert_eq!(stats.port(Proto::Udp, 7777), udp);
+        let tcp = stats.port(Proto::Tcp, 7777);
+        assert_eq!((tcp.packets, tcp.bytes, tcp.action), (0, 0, None));
+        assert_eq!(
+            (totals.demuxed(), totals.not_ip(), totals.not_demuxed()),
+            (3, 7, 7)
+        );
+    }
 }

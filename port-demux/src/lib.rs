@@ -5,7 +5,9 @@
 //! frame, counting packets and bytes per port and every frame under a global outcome.
 //!
 //! This library loads it, finds running instances through their bpffs pins, manages bindings
-//! and reads counters. The `port-demux` CLI is a thin layer over it.
+//! and reads counters. The `port-demux` CLI is a thin layer over it, behind the default `cli`
+//! feature: a library user who sets `default-features = false` builds neither it nor clap,
+//! tokio, `env_logger` or `serde_json`.
 //!
 //! ```no_run
 //! use port_demux::{Action, BindOptions, LoadOptions, PortDemux, Scope};
@@ -21,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 mod demux;
 mod error;

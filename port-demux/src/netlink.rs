@@ -138,7 +138,12 @@ pub fn xdp_query(ifindex: u32) -> io::Result<Option<XdpAttachment>> {
         &[],
     ))?;
     check_error(&reply)?;
-    let len = u32_at(&reply, 0).unwrap_or(0) as usize;
+    Ok(parse_link_reply(&reply))
+}
+
+/// The XDP attachment in an `RTM_NEWLINK` reply (`nlmsghdr`, `ifinfomsg`, attributes).
+fn parse_link_reply(reply: &[u8]) -> Option<XdpAttachment> {
+    let len = u32_at(reply, 0).unwrap_or(0) as usize;
     let body = reply.get(32..len.min(reply.len())).unwrap_or(&[]);
     for (kind, payload) in attrs(body) {
         if kind != IFLA_XDP {
@@ -157,14 +162,14 @@ pub fn xdp_query(ifindex: u32) -> io::Result<Option<XdpAttachment>> {
             XDP_ATTACHED_DRV => XDP_FLAGS_DRV_MODE,
             XDP_ATTACHED_SKB => XDP_FLAGS_SKB_MODE,
             XDP_ATTACHED_HW | XDP_ATTACHED_MULTI => 0,
-            _ => return Ok(None),
+            _ => return None,
         };
-        return Ok(Some(XdpAttachment {
+        return Some(XdpAttachment {
             prog_id,
             mode_flags,
-        }));
+        });
     }
-    Ok(None)
+    None
 }
 
 /// Detaches a program attached through netlink (not through a `bpf_link`) from `ifindex`.
@@ -182,4 +187,55 @@ pub fn xdp_detach(ifindex: u32, mode_flags: u32) -> io::Result<()> {
         &attr,
     ))?;
     check_error(&reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IFLA_IFNAME: u16 = 3;
+
+    /// A reply as the kernel sends it: the interface name, then `IFLA_XDP` with `attached`
+    /// and the program id.
+    fn reply(attached: u8, prog_id: u32) -> Vec<u8> {
+        let mut xdp = Vec::new();
+        push_attr(&mut xdp, IFLA_XDP_ATTACHED, &[attached]);
+        push_attr(&mut xdp, IFLA_XDP_PROG_ID, &prog_id.to_ne_bytes());
+        let mut attrs = Vec::new();
+        push_attr(&mut attrs, IFLA_IFNAME, b"veth0\0");
+        push_attr(&mut attrs, IFLA_XDP | NLA_F_NESTED, &xdp);
+        message(libc::RTM_NEWLINK, 0, 7, &attrs)
+    }
+
+    #[test]
+    fn xdp_attachment_of_a_link_reply() {
+        assert_eq!(
+            parse_link_reply(&reply(XDP_ATTACHED_DRV, 42)),
+            Some(XdpAttachment {
+                prog_id: 42,
+                mode_flags: XDP_FLAGS_DRV_MODE
+            })
+        );
+        assert_eq!(
+            parse_link_reply(&reply(XDP_ATTACHED_SKB, 9)).map(|a| a.mode_flags),
+            Some(XDP_FLAGS_SKB_MODE)
+        );
+        assert_eq!(parse_link_reply(&reply(0, 0)), None, "nothing attached");
+        let full = reply(XDP_ATTACHED_DRV, 42);
+        for cut in 0..full.len() {
+            // A reply cut anywhere is read as far as it goes, never past its end.
+            let _ = parse_link_reply(&full[..cut]);
+        }
+    }
+
+    #[test]
+    fn error_replies() {
+        let mut ack = message(libc::NLMSG_ERROR as u16, 0, 0, &[]);
+        assert!(check_error(&ack).is_ok());
+        ack[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        assert_eq!(
+            check_error(&ack).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
 }

@@ -118,13 +118,16 @@ impl Scope {
             .unwrap_or_default()
     }
 
-    /// Runs `f` on this thread inside the namespace, then returns to the thread's own.
+    /// Runs `f` on this thread inside the namespace, then returns to the thread's own, also
+    /// when `f` panics (a guard restores it while the panic unwinds). Sockets `f` creates stay
+    /// in the namespace wherever they are used later.
     ///
     /// # Errors
     /// [`Error::Privileges`] or [`Error::NetNs`] when the namespace cannot be entered.
     ///
     /// # Panics
-    /// When the thread cannot return to its own namespace (it would run on in the wrong one).
+    /// When `f` panics (after the thread is back in its own namespace), or when the thread
+    /// cannot return to its own namespace (it would run on in the wrong one).
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let Some(ns) = &self.netns else {
             return Ok(f());
@@ -140,9 +143,8 @@ impl Scope {
                 source,
             },
         })?;
-        let result = f();
-        setns(&own).expect("returning to the thread's own network namespace");
-        Ok(result)
+        let _back = Restore(own);
+        Ok(f())
     }
 
     /// Index of `iface` in the namespace, or `None` when there is none.
@@ -265,6 +267,23 @@ pub fn is_bpffs(path: &Path) -> bool {
     )]
     let magic = i64::from(buf.f_type);
     ret == 0 && magic == BPF_FS_MAGIC
+}
+
+/// Returns the thread to the network namespace it holds when dropped: after [`Scope::run`]'s
+/// closure, returned or unwinding.
+struct Restore(File);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.0) {
+            // The thread would go on in the wrong namespace: never let it.
+            if std::thread::panicking() {
+                eprintln!("cannot return to the thread's own network namespace: {e}");
+                std::process::abort();
+            }
+            panic!("cannot return to the thread's own network namespace: {e}");
+        }
+    }
 }
 
 fn setns(file: &File) -> io::Result<()> {

@@ -259,8 +259,24 @@ impl FromStr for Action {
     }
 }
 
+/// Serializes each type as its `Display` text (`"udp"`, `"tcp/8000-8099"`, `"redirect:eth2"`).
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_text!(Proto, PortSpec, Action);
+
 /// The default action for unbound ports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum DefaultAction {
     /// Pass unbound ports to the stack.
     #[default]

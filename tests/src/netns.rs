@@ -156,6 +156,7 @@ impl Netns {
     /// When it cannot be created.
     #[must_use]
     pub fn with_name(name: String) -> Self {
+        crate::reap::reap_once();
         run("ip", &["netns", "add", &name]);
         // The guard exists from here on: a failure below still deletes the namespace.
         let mut ns = Self {
@@ -259,7 +260,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Never panic here: this runs while a failed test unwinds too.
+        // Never panic here: this runs while a failed test unwinds too. Instances are unloaded
+        // the way users unload them; the pins of whatever that left are removed after.
+        if let Ok(scope) = Scope::netns(&self.name) {
+            crate::reap::unload_all(&scope);
+        }
         if let Err(e) = remove_pin_tree(&self.pins) {
             eprintln!("cannot remove pins {}: {e}", self.pins.display());
         }
@@ -286,7 +291,7 @@ fn ip_delete(args: &[&str], what: &str) {
 /// Removes a namespace's pin folder: every interface folder (its link first, which detaches the
 /// program), then the folder itself. bpffs answers EPERM, not ENOENT, under a missing folder,
 /// so existence is checked first.
-fn remove_pin_tree(dir: &Path) -> io::Result<()> {
+pub(crate) fn remove_pin_tree(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
@@ -314,13 +319,14 @@ pub struct HostVeth {
 }
 
 impl HostVeth {
-    /// Creates the pair `pdr<pid><n>a` <-> `pdr<pid><n>b`, both up.
+    /// Creates the pair `pdr<pid>x<n>a` <-> `pdr<pid>x<n>b` (pid in hexadecimal), both up.
     ///
     /// # Panics
     /// When the set-up fails.
     #[must_use]
     pub fn new() -> Self {
-        let base = format!("pdr{:x}{}", std::process::id(), unique());
+        crate::reap::reap_once();
+        let base = format!("pdr{:x}x{}", std::process::id(), unique());
         let veth = Self {
             name: format!("{base}a"),
             peer: format!("{base}b"),
@@ -385,13 +391,18 @@ impl Default for HostVeth {
 impl Drop for HostVeth {
     fn drop(&mut self) {
         // Never panic here: this runs while a failed test unwinds too.
+        if let Ok(scope) = Scope::current() {
+            for iface in [&self.name, &self.peer] {
+                let _ = port_demux::PortDemux::unload(&scope, iface);
+            }
+        }
         self.remove_pins();
         ip_delete(&["link", "del", &self.name], &self.name);
     }
 }
 
 /// Removes one interface's pin folder, its link first.
-fn remove_iface_pins(dir: &Path) -> io::Result<()> {
+pub(crate) fn remove_iface_pins(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }

@@ -2,8 +2,8 @@
 //! bpffs pins and outlives every process; refusals are one line on stderr, a non-zero exit code,
 //! and no change.
 //!
-//! Needs root, and the binary: `PORT_DEMUX_BIN`, or `target/debug/port-demux` (build it with
-//! `cargo build -p port-demux`).
+//! Needs root. The binary is the kit's `port-demux-under-test`, which cargo builds with these
+//! tests (or `PORT_DEMUX_BIN`).
 
 use std::{fs, path::PathBuf, process::Command, time::Duration};
 
@@ -12,8 +12,8 @@ use aya::{
     programs::{Xdp, XdpMode, loaded_programs},
 };
 use port_demux::{EBPF_OBJECT, PROGRAM};
-use port_demux_tests::{
-    cli::{command, json_port, pd_json, pd_ok, pd_refused, program_id},
+use port_demux_testkit::{
+    cli::{Cli, command, json_port, pd_json, pd_ok, pd_refused, program_id},
     netns::{
         Lab, Netns, SERVER_IF, SILENCE, UDP_OVERHEAD, count_datagrams, poll, recv_datagrams, run,
         unique,
@@ -128,12 +128,13 @@ fn state_outlives_every_cli_process() {
 #[test]
 fn cli_refusals_change_nothing() {
     let lab = Lab::new();
-    let ns = &lab.server;
-    pd_ok(ns, &["load", SERVER_IF]);
-    pd_ok(ns, &["bind", "udp/7401", "pass", "--owner", "alpha"]);
-    pd_ok(ns, &["bind", "tcp/9000-9099", "drop"]);
-    let bindings = || pd_json(ns, &["bindings", "--json"]);
-    let status = || pd_json(ns, &["status", "--json"]);
+    // In process: parsing, refusals and output do not depend on the process boundary.
+    let pd = Cli::in_process(&lab.server);
+    pd.ok(&["load", SERVER_IF]);
+    pd.ok(&["bind", "udp/7401", "pass", "--owner", "alpha"]);
+    pd.ok(&["bind", "tcp/9000-9099", "drop"]);
+    let bindings = || pd.json(&["bindings", "--json"]);
+    let status = || pd.json(&["status", "--json"]);
     let (bindings_before, status_before) = (bindings(), status());
     assert_eq!(
         bindings_before["bindings"].as_array().map(Vec::len),
@@ -176,19 +177,19 @@ fn cli_refusals_change_nothing() {
         ),
     ];
     for (args, wanted) in cases {
-        let line = pd_refused(ns, args, wanted);
+        let line = pd.refused(args, wanted);
         assert_eq!(bindings(), bindings_before, "after {args:?}: {line}");
         assert_eq!(status(), status_before, "after {args:?}: {line}");
     }
 
     // What the conflict message suggests works: --replace changes the action.
-    pd_ok(ns, &["bind", "udp/7401", "drop", "--replace"]);
+    pd.ok(&["bind", "udp/7401", "drop", "--replace"]);
     let mut expected = bindings_before;
     expected["bindings"][1] = serde_json::json!(
         {"proto": "udp", "first": 7401, "last": 7401, "action": "drop", "owner": ""}
     );
     assert_eq!(bindings(), expected);
-    pd_ok(ns, &["unload", SERVER_IF]);
+    pd.ok(&["unload", SERVER_IF]);
 }
 
 /// Loads port-demux's own object as a program port-demux does not manage (no pins of its
@@ -268,10 +269,12 @@ fn cli_refuses_a_foreign_xdp_program() {
     );
     unchanged("load --force over a bpf_link", prog_id);
     drop(ebpf);
-    assert_eq!(
-        ns.xdp_prog(OTHER_IF),
-        None,
-        "the link's program outlived the link"
+    // Polled: a child another test of this process is spawning holds a copy of the link's
+    // descriptor from its fork until its exec.
+    poll(
+        "the link's program to go with the link",
+        || ns.xdp_prog(OTHER_IF),
+        Option::is_none,
     );
 
     // The same program attached over netlink (by `ip`): --force replaces it.
@@ -327,16 +330,16 @@ fn cli_refuses_a_foreign_xdp_program() {
 #[test]
 fn cli_asks_which_interface_when_several_are_loaded() {
     let lab = Lab::new();
-    let ns = &lab.server;
-    add_other_if(ns);
-    pd_refused(ns, &["bindings"], &["not loaded on any interface", "load"]);
-    pd_ok(ns, &["load", SERVER_IF]);
-    pd_ok(ns, &["bind", "udp/7601", "drop"]);
-    pd_ok(ns, &["load", OTHER_IF, "--mode", "skb"]);
+    add_other_if(&lab.server);
+    let pd = Cli::in_process(&lab.server);
+    pd.refused(&["bindings"], &["not loaded on any interface", "load"]);
+    pd.ok(&["load", SERVER_IF]);
+    pd.ok(&["bind", "udp/7601", "drop"]);
+    pd.ok(&["load", OTHER_IF, "--mode", "skb"]);
     let state = || {
         (
-            pd_json(ns, &["bindings", "--json", "-i", SERVER_IF]),
-            pd_json(ns, &["bindings", "--json", "-i", OTHER_IF]),
+            pd.json(&["bindings", "--json", "-i", SERVER_IF]),
+            pd.json(&["bindings", "--json", "-i", OTHER_IF]),
         )
     };
     let before = state();
@@ -346,11 +349,11 @@ fn cli_asks_which_interface_when_several_are_loaded() {
         &["bind", "udp/7602", "drop"],
         &["unbind", "udp/7601"],
     ] {
-        let line = pd_refused(ns, args, &["b0, x0", "-i"]);
+        let line = pd.refused(args, &["b0, x0", "-i"]);
         assert_eq!(state(), before, "after {args:?}: {line}");
     }
-    pd_ok(ns, &["unload", OTHER_IF]);
-    pd_ok(ns, &["unload", SERVER_IF]);
+    pd.ok(&["unload", OTHER_IF]);
+    pd.ok(&["unload", SERVER_IF]);
 }
 
 /// `load --debug` compiles the log in and `log` follows it, one record per demultiplexed frame;

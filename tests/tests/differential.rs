@@ -34,7 +34,7 @@ use port_demux_common::{
     BINDINGS_LEN, Globals, PROTO_TCP, PROTO_UDP, PortCounters, REDIRECT_SLOTS, action, outcome,
     port_index, taken,
 };
-use port_demux_tests::{
+use port_demux_testkit::{
     frames::{Generator, KINDS, Rng, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, fnv1a, from_hex, to_hex},
     test_run::{
         Harness, LO_IFINDEX, REPLAY_BINDINGS, XDP_ABORTED, binding, describe_globals,

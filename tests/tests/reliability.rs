@@ -3,8 +3,8 @@
 //! the pins. Every command is the real `port-demux` binary in its own process; every count is
 //! exact.
 //!
-//! Needs root, `setpriv`, `unshare`, `groupadd`/`useradd`, and the binary: `PORT_DEMUX_BIN`, or
-//! `target/debug/port-demux` (build it with `cargo build -p port-demux`).
+//! Needs root, `setpriv`, `unshare`, `groupadd`/`useradd`. The binary is the kit's
+//! `port-demux-under-test`, which cargo builds with these tests (or `PORT_DEMUX_BIN`).
 
 use std::{
     fmt,
@@ -35,7 +35,7 @@ use port_demux::{
     },
     is_bpffs, sys,
 };
-use port_demux_tests::{
+use port_demux_testkit::{
     cli::{
         Run, assert_refused, bin, command, execute, json, json_port, pd, pd_json, pd_ok, program_id,
     },

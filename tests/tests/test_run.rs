@@ -34,7 +34,7 @@ use port_demux_common::{
     port_index,
     taken::{self, REDIRECT_FALLBACK},
 };
-use port_demux_tests::{
+use port_demux_testkit::{
     frames::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, ExtHeader, FrameBuilder, IP_DF, IP_MF,
         IP_RESERVED, IPPROTO_ICMP, Ipv6Builder, TEST_RUN_MAX_LINEAR, TEST_RUN_MIN, nop_options,

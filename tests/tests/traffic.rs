@@ -22,7 +22,7 @@ use port_demux::{
     Action, BindOptions, BindingRange, Error, LoadOptions, Mode, PortDemux, PortSpec, Proto, Stats,
     common::outcome,
 };
-use port_demux_tests::{
+use port_demux_testkit::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, FrameBuilder, Ipv6Builder, ip_checksum, tagged},
     netns::{
         CLIENT_IF, Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, TIMEOUT, UDP_OVERHEAD,

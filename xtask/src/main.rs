@@ -11,8 +11,10 @@
 mod bench;
 mod bpf;
 mod demo;
+mod ebpf;
 mod net;
 mod setup;
+mod user_test;
 mod vm;
 
 use std::{path::PathBuf, process::Command};
@@ -38,10 +40,21 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Rebuild the XDP program and refresh the committed object port-demux/ebpf/port-demux.bpf.o
+    /// (what builds on stable Rust use); `--check` only says whether it is current.
+    Ebpf {
+        /// Fail when the committed object differs from a fresh build, instead of refreshing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The example user crate (examples/user-test): its test, then a copy outside the repository
+    /// built from clean and tested with bpf-linker and nightly hidden (stable Rust alone).
+    UserTest,
     /// Set up, build, then run port-demux on a private namespace pair with real traffic.
     Demo,
-    /// Set up, then everything: fmt, clippy (workspace and eBPF), unit and integration tests,
-    /// then `vm-test` on Linux 6.1 and 6.12.
+    /// Set up, then everything: fmt, clippy (workspace and eBPF), the committed eBPF object
+    /// current, unit and integration tests, the example user crate (also with the eBPF
+    /// toolchain hidden), then `vm-test` on Linux 6.1 and 6.12.
     Test,
     /// The differential fuzz test against the reference model, with many frames.
     Fuzz {
@@ -68,6 +81,15 @@ fn main() -> Result<()> {
             setup::setup()?;
             build(release)
         }
+        Cmd::Ebpf { check } => {
+            setup::setup()?;
+            ebpf::ebpf(check)
+        }
+        Cmd::UserTest => {
+            net::ensure_bpffs()?;
+            user_test::in_place()?;
+            user_test::hidden_toolchain()
+        }
         Cmd::Demo => {
             setup::setup()?;
             build(false)?;
@@ -88,7 +110,7 @@ fn main() -> Result<()> {
             cmd.args([
                 "test",
                 "-p",
-                "port-demux-tests",
+                "port-demux-testkit",
                 "--test",
                 "differential",
                 "--",
@@ -184,12 +206,14 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+    ebpf::ebpf(true)?;
     build(false)?;
-    let bin = workspace().join("target/debug/port-demux");
     net::ensure_bpffs()?;
     let mut cmd = cargo_test();
-    cmd.arg("--no-fail-fast").env("PORT_DEMUX_BIN", &bin);
-    run_counting(&mut cmd)
+    cmd.arg("--no-fail-fast");
+    run_counting(&mut cmd)?;
+    user_test::in_place()?;
+    user_test::hidden_toolchain()
 }
 
 /// `cargo test` on the workspace but the eBPF crate: the one set of flags under which the

@@ -80,6 +80,34 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// The `port-demux` process: logging to stderr, the verb from the command line, its failure
+/// printed as one line with the exit code.
+#[must_use]
+pub fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("port-demux: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(run(std::env::args_os(), &mut stdout)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(Failure { message, code }) => {
+            drop(stdout);
+            eprintln!("port-demux: {message}");
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
 /// Parses `args` (program name first) and runs the verb, writing to `out`.
 ///
 /// # Errors

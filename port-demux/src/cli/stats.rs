@@ -4,10 +4,10 @@ use std::io::Write;
 
 use clap::Args;
 use port_demux_common::outcome;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::{Failure, open};
-use crate::{Scope, Totals};
+use crate::{PortStat, Scope};
 
 /// Unbound ports shown besides the bound ones without `--all`.
 const BUSIEST_UNBOUND: usize = 10;
@@ -32,46 +32,12 @@ pub struct StatsArgs {
 pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let demux = open(scope, args.iface.as_deref())?;
     let stats = demux.stats()?;
-    let mut unbound_shown = 0;
-    let mut hidden = 0;
-    let bound = stats.ports.iter().filter(|p| p.action.is_some()).count();
-    let ports: Vec<_> = stats
-        .ports
-        .iter()
-        .filter(|p| {
-            if args.all && p.packets > 0
-                || p.action.is_some() && (p.packets > 0 || bound <= BOUND_LISTED)
-            {
-                return true;
-            }
-            if p.action.is_some() {
-                return false;
-            }
-            if p.packets > 0 && unbound_shown < BUSIEST_UNBOUND {
-                unbound_shown += 1;
-                return true;
-            }
-            hidden += usize::from(p.packets > 0);
-            false
-        })
-        .collect();
+    let (ports, hidden) = select(&stats.ports, args.all);
     if args.json {
-        let list: Vec<_> = ports
-            .iter()
-            .map(|p| {
-                json!({
-                    "proto": p.proto.name(),
-                    "port": p.port,
-                    "packets": p.packets,
-                    "bytes": p.bytes,
-                    "action": p.action.as_ref().map(ToString::to_string),
-                })
-            })
-            .collect();
         let doc = json!({
             "interface": demux.iface(),
-            "ports": list,
-            "totals": totals_json(&stats.totals),
+            "ports": ports,
+            "totals": stats.totals,
         });
         writeln!(out, "{doc}")?;
         return Ok(());
@@ -118,7 +84,7 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     writeln!(
         out,
         "demuxed by family: ipv4 {}, ipv6 {}",
-        t.outcomes[outcome::DEMUXED].saturating_sub(t.demuxed_ipv6),
+        t.demuxed_ipv4(),
         t.demuxed_ipv6
     )?;
     writeln!(
@@ -129,34 +95,76 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     Ok(())
 }
 
-/// `{"packets", "demuxed_bytes", "outcomes": {...}, "families": {...}, "redirects": {...}}`.
-/// `outcomes` also carries the v2 key `not_ipv4` (deprecated, the value of `not_ip`) for one
-/// release.
-#[must_use]
-pub fn totals_json(t: &Totals) -> Value {
-    let named = |names: &[&str], values: &[u64]| -> Map<String, Value> {
-        names
-            .iter()
-            .zip(values)
-            .map(|(n, v)| ((*n).to_owned(), json!(v)))
-            .collect()
-    };
-    let mut outcomes = named(&outcome::NAMES, &t.outcomes);
-    outcomes.insert(
-        outcome::DEPRECATED_NOT_IPV4.to_owned(),
-        json!(t.outcomes[outcome::NOT_IP]),
-    );
-    json!({
-        "packets": t.packets,
-        "demuxed_bytes": t.demuxed_bytes,
-        "outcomes": outcomes,
-        "families": {
-            "ipv4": t.outcomes[outcome::DEMUXED].saturating_sub(t.demuxed_ipv6),
-            "ipv6": t.demuxed_ipv6,
-        },
-        "redirects": {
-            "redirected": t.redirected,
-            "fallback": t.redirect_fallback,
-        },
-    })
+/// The ports `stats` lists, and how many ports with traffic it leaves out: every port with
+/// traffic with `all`; else the bound ports (all of them up to [`BOUND_LISTED`], past it those
+/// with traffic) and the [`BUSIEST_UNBOUND`] busiest unbound ones. `ports` is busiest first.
+fn select(ports: &[PortStat], all: bool) -> (Vec<&PortStat>, usize) {
+    let mut unbound_shown = 0;
+    let mut hidden = 0;
+    let bound = ports.iter().filter(|p| p.action.is_some()).count();
+    let listed = ports
+        .iter()
+        .filter(|p| {
+            if all && p.packets > 0
+                || p.action.is_some() && (p.packets > 0 || bound <= BOUND_LISTED)
+            {
+                return true;
+            }
+            if p.action.is_some() {
+                return false;
+            }
+            if p.packets > 0 && unbound_shown < BUSIEST_UNBOUND {
+                unbound_shown += 1;
+                return true;
+            }
+            hidden += usize::from(p.packets > 0);
+            false
+        })
+        .collect();
+    (listed, hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, Proto};
+
+    fn port(port: u16, packets: u64, action: Option<Action>) -> PortStat {
+        PortStat {
+            proto: Proto::Udp,
+            port,
+            packets,
+            bytes: packets * 100,
+            action,
+        }
+    }
+
+    fn ports(listed: &[&PortStat]) -> Vec<u16> {
+        listed.iter().map(|p| p.port).collect()
+    }
+
+    #[test]
+    fn bound_ports_and_the_busiest_unbound() {
+        // Busiest first: 12 unbound ports with traffic, one bound with traffic, one without.
+        let mut all: Vec<_> = (0..12)
+            .map(|i| port(5000 + i, 100 - u64::from(i), None))
+            .collect();
+        all.push(port(7777, 1, Some(Action::Drop)));
+        all.push(port(7000, 0, Some(Action::Pass)));
+        let (listed, hidden) = select(&all, false);
+        let mut want: Vec<u16> = (5000..5010).collect();
+        want.extend([7777, 7000]);
+        assert_eq!((ports(&listed), hidden), (want, 2));
+        let (listed, hidden) = select(&all, true);
+        // --all: every port with traffic, and the bound ones as without it.
+        assert_eq!((listed.len(), hidden), (14, 0));
+    }
+
+    #[test]
+    fn a_large_bound_range_lists_only_ports_with_traffic() {
+        let mut all = vec![port(8000, 5, Some(Action::Pass))];
+        all.extend((8001..8100).map(|p| port(p, 0, Some(Action::Pass))));
+        let (listed, hidden) = select(&all, false);
+        assert_eq!((ports(&listed), hidden), (vec![8000], 0));
+    }
 }

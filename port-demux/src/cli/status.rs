@@ -22,24 +22,7 @@ pub fn status(scope: &Scope, args: &StatusArgs, out: &mut dyn Write) -> Result<(
         all.push(PortDemux::open(scope, &iface)?.status()?);
     }
     if args.json {
-        let list: Vec<_> = all
-            .iter()
-            .map(|s| {
-                json!({
-                    "interface": s.iface,
-                    "ifindex": s.ifindex,
-                    "mode": s.mode.name(),
-                    "program_id": s.prog_id,
-                    "attached": s.attached,
-                    "bound_ports": s.bound_ports,
-                    "default": default_name(s.default_action),
-                    "debug": s.debug,
-                    "verified_insns": s.verified_insns,
-                    "pins": s.pin_dir,
-                })
-            })
-            .collect();
-        writeln!(out, "{}", json!({ "interfaces": list }))?;
+        writeln!(out, "{}", json!({ "interfaces": all }))?;
         return Ok(());
     }
     if all.is_empty() {
