@@ -31,7 +31,7 @@ use port_demux::{
         Meta, PROTO_UDP, PortCounters, action, port_index,
     },
 };
-use port_demux_tests::{
+use port_demux_testkit::{
     cli::{assert_refused, json_port, pd, pd_json, pd_ok},
     netns::{
         Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, poll, recv_datagrams,

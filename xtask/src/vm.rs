@@ -5,7 +5,7 @@
 //! `apt-get download` into `target/vm/` and unpacked with `dpkg -x` (never installed); an
 //! initramfs ([`cpio`]) holding a static busybox, `ip` and `ethtool` with their shared
 //! libraries, the modules the tests need, the freshly built `port-demux` and the
-//! `port-demux-tests` executables, and an `/init` that runs them; qemu with software emulation
+//! `port-demux-testkit` executables, and an `/init` that runs them; qemu with software emulation
 //! (nested KVM cannot boot a stock kernel on these machines), its console written to
 //! `target/vm/<release>.log`. `/init` marks what it does with console lines starting with
 //! `@@ `; [`Console`] reads them back, with the tests' own output, into one result line per
@@ -124,7 +124,7 @@ const FRAMES: u64 = 10_000;
 /// 2 cores shared with three builds (load average 7).
 const TIMEOUT: Duration = Duration::from_mins(15);
 
-/// A `port-demux-tests` test executable run in the VM, the environment it gets, and which of
+/// A `port-demux-testkit` test executable run in the VM, the environment it gets, and which of
 /// its tests run there: those of `only` (all when empty) but those of `skip`.
 struct Suite {
     name: &'static str,
@@ -661,8 +661,8 @@ impl Payload {
     }
 }
 
-/// The `port-demux-tests` integration test executables by target name, built the way
-/// `cargo xtask test` builds the workspace's tests (`-p port-demux-tests` alone would unify
+/// The `port-demux-testkit` integration test executables by target name, built the way
+/// `cargo xtask test` builds the workspace's tests (`-p port-demux-testkit` alone would unify
 /// features differently and build them a second time).
 fn test_executables() -> Result<HashMap<String, PathBuf>> {
     let manifest = workspace().join("tests/Cargo.toml");
