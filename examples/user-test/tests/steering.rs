@@ -1,5 +1,5 @@
-//! A user's integration test: port-demux in front of a server namespace, real UDP and TCP from
-//! a client namespace, exact per-port counts. Needs root.
+//! A user's integration test: port-demux in front of a server namespace, real UDP (IPv4 and
+//! IPv6) and TCP from a client namespace, exact per-port counts. Needs root.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -13,6 +13,7 @@ fn drop_pass_and_a_range_counted_exactly() -> Result<(), Error> {
     // Client a0 <-> server b0, each in a namespace of its own with a unique name; all removed
     // when `lab` drops, also if the test panics.
     let lab = Lab::new();
+    lab.enable_ipv6();
     let scope = lab.server.scope();
     let (demux, _) = PortDemux::load(&scope, SERVER_IF, &LoadOptions::default())?;
     let bind = |spec: &str, action: Action, owner: &str| {
@@ -31,11 +32,18 @@ fn drop_pass_and_a_range_counted_exactly() -> Result<(), Error> {
     assert!(matches!(&taken, Err(Error::Conflict { port, .. }) if port == "udp/7050"));
 
     let server = |port: u16| SocketAddr::from((lab.server_addr(), port));
+    let server6 = |port: u16| SocketAddr::from((lab.server_addr6(), port));
     let dropped = lab.server.udp_socket(server(7777));
     let passed = lab.server.udp_socket(server(7042));
+    let passed6 = lab.server.udp_socket(server6(7042));
     let client = lab.udp_client();
-    let to_drop = send_udp(&client, server(7777), 10, 100);
-    let to_pass = send_udp(&client, server(7042), 5, 200);
+    let client6 = lab
+        .client
+        .udp_socket(SocketAddr::from((lab.client_addr6(), 0)));
+    let to_drop =
+        send_udp(&client, server(7777), 10, 100) + send_udp(&client6, server6(7777), 4, 100);
+    let to_pass =
+        send_udp(&client, server(7042), 5, 200) + send_udp(&client6, server6(7042), 3, 200);
     let (reply, to_tcp) = lab.tcp_exchange_counted(8080, b"GET /", b"200 OK");
     assert_eq!(reply, b"200 OK");
 
@@ -46,13 +54,14 @@ fn drop_pass_and_a_range_counted_exactly() -> Result<(), Error> {
     ];
     let stats = wait_counted(&demux, &expected);
     assert_eq!(recv_datagrams(&passed, 5), [200; 5]);
+    assert_eq!(recv_datagrams(&passed6, 3), [200; 3]);
     assert_eq!(count_datagrams(&dropped, SILENCE), 0);
     assert_eq!(stats.port(Proto::Udp, 7050).action, Some(Action::Pass));
-    // The client's frames are the only ones b0 received.
+    // The client's are the only TCP/UDP frames b0 received (IPv6 adds MLD reports).
     let demuxed = to_drop.packets + to_pass.packets + to_tcp.packets;
     assert_eq!(
-        (stats.totals.demuxed(), stats.totals.packets),
-        (demuxed, demuxed)
+        (stats.totals.demuxed(), stats.totals.demuxed_ipv6),
+        (demuxed, 7)
     );
 
     PortDemux::unload(&scope, SERVER_IF)?;
