@@ -334,7 +334,15 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
-    for _ in 0..args.rounds {
+    for round in 0..args.rounds {
+        // port-demux and the v2 program back to back, in turns first (ABBA over the rounds):
+        // their difference is the figure of interest, and a fixed order would add whatever
+        // the position in the round costs to one of them.
+        let order = if round % 2 == 0 {
+            [0, 1, 3, 2]
+        } else {
+            [0, 3, 1, 2]
+        };
         for (i, (_, frame)) in frames.iter().enumerate() {
             let progs: [Option<&std::os::fd::OwnedFd>; 4] = [
                 Some(&floor),
@@ -342,8 +350,8 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
                 filter.as_ref().ok(),
                 Some(&previous.1),
             ];
-            for (j, prog) in progs.into_iter().enumerate() {
-                let Some(prog) = prog else { continue };
+            for j in order {
+                let Some(prog) = progs[j] else { continue };
                 let start = Instant::now();
                 let (action, ns) = bpf::test_run(prog, frame, args.repeat)?;
                 let wall = start.elapsed().as_secs_f64() * 1e9 / f64::from(args.repeat);
