@@ -322,7 +322,7 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     pd(bin, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
     pd(bin, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
     let floor = bpf::load_pass_program().context("loading the XDP_PASS floor program")?;
-    attach_floor(&floor)?;
+    attach_generic(&floor, NS_TX, "ftx0")?;
     let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
     // Kept alive until the end: dropping it detaches and unloads the previous program.
     let previous = previous_program().context("loading the v2 program (tests/fixtures)")?;
@@ -628,16 +628,13 @@ fn memlock(dir: &Path) -> Result<u64> {
 
 /// The previous program: main's layout-v2 object (commit 5e68fb7, before the verifier fix,
 /// `tests/fixtures/port-demux-v2.o`), loaded with aya, bound like port-demux (udp/7777 drop,
-/// tcp/80 pass) and attached in skb mode to `prx0`, otherwise unused, so that the dispatcher
-/// calls it directly too. Returns the loaded object (dropping it unloads the program) and a
-/// descriptor of its program for test runs.
+/// tcp/80 pass) and attached like the floor ([`attach_generic`], `prx0`), until the bench's
+/// namespaces go. Returns the loaded object (its maps) and a descriptor of its program for
+/// test runs.
 fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     use std::os::fd::AsFd as _;
 
-    use aya::{
-        maps::Array,
-        programs::{Xdp, XdpMode},
-    };
+    use aya::{maps::Array, programs::Xdp};
     const PASS: u32 = 1;
     const DROP: u32 = 2;
     let object = std::fs::read(workspace().join("tests/fixtures/port-demux-v2.o"))?;
@@ -656,38 +653,25 @@ fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
         .context("no port_demux program")?
         .try_into()?;
     prog.load()?;
-    let ns = std::fs::File::open(format!("/run/netns/{NS_RX}"))?;
-    let attached = std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            // SAFETY: setns on this scoped thread only, with a namespace fd we hold.
-            let ret =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-            ensure!(ret == 0, "setns: {}", std::io::Error::last_os_error());
-            prog.attach("prx0", XdpMode::Skb)?;
-            Ok(())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
-    });
-    attached?;
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+    attach_generic(&fd, NS_RX, "prx0")?;
     Ok((ebpf, fd))
 }
 
-/// Attaches the floor program (generic XDP on `ftx0`, otherwise unused) so that, like
+/// Attaches `prog` as generic XDP to `dev` of `ns` (an otherwise unused veth) so that, like
 /// port-demux and xdp-filter, the kernel's XDP dispatcher calls it directly: programs that are
 /// not attached anywhere are called indirectly, which costs more and would flatter the ratios.
-fn attach_floor(floor: &std::os::fd::OwnedFd) -> Result<()> {
-    let pin = format!("/sys/fs/bpf/port-demux-bench-floor-{}", std::process::id());
-    bpf::obj_pin(floor, &pin).context("pinning the floor program")?;
+fn attach_generic(prog: &std::os::fd::OwnedFd, ns: &str, dev: &str) -> Result<()> {
+    let pin = format!("/sys/fs/bpf/port-demux-bench-{dev}-{}", std::process::id());
+    bpf::obj_pin(prog, &pin).with_context(|| format!("pinning the program for {dev}"))?;
     let result = nsenter(
-        NS_TX,
+        ns,
         &[
             "ip",
             "link",
             "set",
             "dev",
-            "ftx0",
+            dev,
             "xdpgeneric",
             "pinned",
             &pin,
