@@ -405,7 +405,7 @@ impl PortDemux {
     /// Never: the embedded object always has the XDP program.
     pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         check_ifname(iface)?;
-        check_kernel()?;
+        kernel::check()?;
         let ifindex = scope
             .ifindex(iface)?
             .ok_or_else(|| Error::UnknownInterface {
@@ -1258,22 +1258,6 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
             }
         })?;
     Ok(Some(attached.prog_id))
-}
-
-/// Refuses, in one line, a kernel that lacks a feature `load` needs.
-fn check_kernel() -> Result<()> {
-    let Some(running) = kernel::running() else {
-        return Ok(());
-    };
-    match kernel::missing(running) {
-        None => Ok(()),
-        Some(f) => Err(Error::KernelTooOld {
-            kernel: kernel::Release(Some(running)).to_string(),
-            feature: f.name,
-            used_for: f.used_for,
-            since: format!("{}.{}", f.since.0, f.since.1),
-        }),
-    }
 }
 
 /// Loads the object with its maps pinned in (or reused from) `dir` and the program verified,

@@ -101,6 +101,22 @@ pub fn missing(kernel: KernelVersion) -> Option<&'static Feature> {
         .find(|f| f.need == Need::Required && kernel < KernelVersion::new(f.since.0, f.since.1, 0))
 }
 
+/// Refuses, in one line, a kernel that lacks a feature `load` needs.
+pub(crate) fn check() -> Result<()> {
+    let Some(running) = running() else {
+        return Ok(());
+    };
+    match missing(running) {
+        None => Ok(()),
+        Some(f) => Err(Error::KernelTooOld {
+            kernel: Release(Some(running)).to_string(),
+            feature: f.name,
+            used_for: f.used_for,
+            since: format!("{}.{}", f.since.0, f.since.1),
+        }),
+    }
+}
+
 /// Why the verifier rejected a program: its last meaningful line (the error itself; the lines
 /// before it are the path it followed).
 #[must_use]
