@@ -114,6 +114,9 @@ const MODULES: &[&str] = &["veth"];
 /// sink). Everything else they run (`kill`, `chmod`, ...) is a busybox applet.
 const TOOLS: &[&str] = &["ip", "ethtool"];
 
+/// Where /init mounts a file system of its own, hiding what the initramfs holds there.
+const MOUNTED_OVER: &[&str] = &["/proc", "/sys", "/dev", "/run"];
+
 /// busybox-static's binary.
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -557,10 +560,19 @@ impl Payload {
             libs.into_iter()
                 .map(|l| (l.clone(), PathBuf::from(l), 0o755)),
         );
-        // The regression frames `regressions_replay` reads, where the tests were built to look
-        // (CARGO_MANIFEST_DIR is compiled in).
+        // The fixtures the tests read (the v2 object, the regression frames), where the tests
+        // were built to look (CARGO_MANIFEST_DIR is compiled in). /init mounts over the paths
+        // below; /tmp is the initramfs's own (writable) folder, so a checkout there is seen.
+        let root = workspace();
+        if let Some(hidden) = MOUNTED_OVER.iter().find(|m| root.starts_with(m)) {
+            bail!(
+                "the checkout {} is under {hidden}, which the VM mounts over, hiding the test \
+                 fixtures: run vm-test from a checkout elsewhere",
+                root.display()
+            );
+        }
         let mut fixtures = Vec::new();
-        walk(&workspace().join("tests/fixtures"), &mut fixtures)?;
+        walk(&root.join("tests/fixtures"), &mut fixtures)?;
         for path in fixtures {
             files.push((utf8(&path)?.to_owned(), path, 0o644));
         }
@@ -626,7 +638,6 @@ impl Payload {
              mount -t devtmpfs devtmpfs /dev\n\
              mount -t bpf bpf /sys/fs/bpf\n\
              mount -t tmpfs tmpfs /run\n\
-             mount -t tmpfs tmpfs /tmp\n\
              ip link set lo up\n\
              echo \"@@ kernel $(uname -r)\"\n",
             lib_path.join(":")
