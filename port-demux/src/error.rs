@@ -78,13 +78,32 @@ pub enum Error {
     },
     /// The pins exist but the interface runs another program or none.
     #[error(
-        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` and load again"
+        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` (or `port-demux prune`) and load again"
     )]
     Detached {
         /// Interface.
         iface: String,
         /// What was found instead.
         detail: String,
+    },
+    /// A library handle on an instance that was unloaded since it was opened.
+    #[error(
+        "the port-demux instance opened on {iface} was unloaded since: open it again (after `port-demux load {iface}`)"
+    )]
+    Unloaded {
+        /// The interface it was opened on.
+        iface: String,
+    },
+    /// A pin folder that a new instance needs holds one whose program runs on an interface
+    /// of a namespace no process or `/run/netns` name holds open.
+    #[error(
+        "{path} holds an instance still attached to interface index {ifindex} of a namespace port-demux cannot enter: unload it from that namespace first", path = .path.display()
+    )]
+    Busy {
+        /// The folder.
+        path: PathBuf,
+        /// The interface index it runs on.
+        ifindex: u32,
     },
     /// `unload` removed the pins, but another process keeps the link, and the program, alive.
     #[error(

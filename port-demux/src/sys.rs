@@ -311,3 +311,41 @@ pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[2])
 }
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` tells of an XDP `bpf_link`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Link id (never reused while the kernel runs, like program ids).
+    pub id: u32,
+    /// Id of the program the link runs now.
+    pub prog_id: u32,
+    /// Index of the interface the link is attached to; 0 once the interface is gone (the
+    /// kernel detaches the link then).
+    pub ifindex: u32,
+}
+
+/// The id, program and interface of the XDP `bpf_link` pinned at `path`.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
+pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
+    let fd = obj_get_readable(path)?;
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) { ...;
+    // struct { u32 ifindex; } xdp; ... } }: the union starts at byte 16.
+    let mut info = [0u64; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: raw(fd.as_fd()),
+        info_len: u32::try_from(size_of_val(&info)).expect("small struct"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let words: [u32; 8] = bytemuck::cast(info);
+    Ok(LinkInfo {
+        id: words[1],
+        prog_id: words[2],
+        ifindex: words[4],
+    })
+}

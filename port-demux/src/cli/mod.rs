@@ -47,8 +47,12 @@ pub enum Command {
     Bindings(bindings::BindingsArgs),
     /// Per-port packets and bytes, busiest first, and the global counters.
     Stats(stats::StatsArgs),
-    /// Interfaces with port-demux, attach mode, program id, bindings.
+    /// Interfaces with port-demux, attach mode, program id, bindings; `--all`: every instance
+    /// in the bpffs, whatever its state.
     Status(status::StatusArgs),
+    /// Remove every instance that does not run (its namespace or interface gone, or half
+    /// written), detaching any program it still holds.
+    Prune(status::PruneArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
 }
@@ -144,6 +148,13 @@ pub async fn run(
         None => Scope::current()?,
     }
     .with_bpffs(&cli.bpffs);
+    if matches!(
+        cli.command,
+        Command::Bindings(_) | Command::Stats(_) | Command::Status(_) | Command::Log(_)
+    ) {
+        // Readers clean up after killed writers too, when no writer is at work.
+        crate::instance::try_sweep(scope.bpffs());
+    }
     match cli.command {
         Command::Load(args) => load::load(&scope, &args, out),
         Command::Unload(args) => load::unload(&scope, &args, out),
@@ -152,6 +163,7 @@ pub async fn run(
         Command::Bindings(args) => bindings::bindings(&scope, &args, out),
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
+        Command::Prune(args) => status::prune_stale(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
     }
 }
