@@ -506,11 +506,3 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
     layout::remove_empty_namespace_dirs(bpffs);
     Ok(())
 }
-
-/// [`sweep`] when no writer holds the lock, for commands that only read: cleaning is best
-/// effort there.
-pub(crate) fn try_sweep(bpffs: &Path) {
-    if let Some(lock) = DirLock::try_writers(bpffs) {
-        let _ = sweep(bpffs, &lock);
-    }
-}

@@ -448,13 +448,4 @@ impl DirLock {
         create_dirs(&root)?;
         Self::exclusive(&root)
     }
-
-    /// The writers' lock if no other process holds it now.
-    pub(crate) fn try_writers(bpffs: &Path) -> Option<Self> {
-        let root = root(bpffs);
-        let file = File::open(&root).ok()?;
-        // SAFETY: flock on a descriptor we hold.
-        (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
-            .then_some(Self(file))
-    }
 }

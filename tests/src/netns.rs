@@ -163,12 +163,8 @@ impl Netns {
             name,
             pins: PathBuf::new(),
         };
+        // Keyed by the namespace's cookie, which the kernel never reuses: nothing is there yet.
         ns.pins = ns.scope().dir();
-        // Pins are keyed by the namespace's inode, which the kernel reuses once a namespace is
-        // gone: whatever is there belongs to a dead namespace whose pins nobody removed.
-        if let Err(e) = remove_pin_tree(&ns.pins) {
-            panic!("cannot remove stale pins {}: {e}", ns.pins.display());
-        }
         // Before any interface exists: no IPv6 link-local, DAD, router solicitation or MLD.
         ns.run(|| {
             for conf in ["all", "default"] {
@@ -265,14 +261,43 @@ impl Drop for Netns {
         if let Ok(scope) = Scope::netns(&self.name) {
             crate::reap::unload_all(&scope);
         }
-        if let Err(e) = remove_pin_tree(&self.pins) {
+        // What is left in the namespace's folder and runs nowhere. An instance whose interface
+        // moved to another namespace is that namespace's to unload.
+        if let Err(e) = remove_stale_pins(&self.pins) {
             eprintln!("cannot remove pins {}: {e}", self.pins.display());
         }
-        ip_delete(
-            &["netns", "del", &self.name],
-            &format!("network namespace {}", self.name),
-        );
+        if Path::new("/run/netns").join(&self.name).exists() {
+            ip_delete(
+                &["netns", "del", &self.name],
+                &format!("network namespace {}", self.name),
+            );
+        }
     }
+}
+
+impl Netns {
+    /// Deletes the namespace as `ip netns del` does, without unloading port-demux first (what
+    /// a careless user does): its instances' interfaces go with it, their pins stay. The guard
+    /// removes those pins when it drops.
+    pub fn delete(&self) {
+        run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Removes the instance folders under `dir` that run nowhere, then `dir` if it is empty.
+fn remove_stale_pins(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let all = port_demux::instances(Path::new(port_demux::BPFFS)).map_err(io::Error::other)?;
+    for instance in all {
+        if instance.dir.starts_with(dir) && instance.state != port_demux::State::Running {
+            remove_iface_pins(&instance.dir)?;
+        }
+    }
+    // Fails, harmlessly, while an instance that moved away is still in it.
+    let _ = fs::remove_dir(dir);
+    Ok(())
 }
 
 /// Runs `ip ARGS...`, which deletes `what`, from a destructor: never panics, says on stderr

@@ -148,13 +148,6 @@ pub async fn run(
         None => Scope::current()?,
     }
     .with_bpffs(&cli.bpffs);
-    if matches!(
-        cli.command,
-        Command::Bindings(_) | Command::Stats(_) | Command::Status(_) | Command::Log(_)
-    ) {
-        // Readers clean up after killed writers too, when no writer is at work.
-        crate::instance::try_sweep(scope.bpffs());
-    }
     match cli.command {
         Command::Load(args) => load::load(&scope, &args, out),
         Command::Unload(args) => load::unload(&scope, &args, out),
