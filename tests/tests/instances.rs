@@ -18,7 +18,7 @@ use std::{
 
 use port_demux::{Action, BindOptions, Error, LoadOptions, PortDemux, State, instances, prune};
 use port_demux_testkit::{
-    cli::{bin, execute, json, pd, pd_json, pd_ok, pd_refused},
+    cli::{bin, execute, json, pd_json, pd_ok, pd_refused},
     netns::Netns,
 };
 use serde_json::Value;
@@ -105,8 +105,7 @@ fn pins(ns: &Netns, iface: &str) -> PathBuf {
         .iter()
         .find(|i| i["interface"] == iface)
         .and_then(|i| i["pins"].as_str())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{iface} in {status}"))
+        .map_or_else(|| panic!("{iface} in {status}"), PathBuf::from)
 }
 
 /// Removes the pin folders it holds on drop (the link first, which detaches a program still
@@ -308,6 +307,10 @@ fn dead_pid() -> u32 {
 /// `status --all` names every state, `prune` removes every stale instance (detaching a program
 /// a killed load left attached) and nothing running; a second `prune` finds nothing of ours.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: five states made, listed, pruned"
+)]
 fn status_all_and_prune_report_every_state() {
     let _serial = serial();
     let ns = Netns::new("st");
@@ -445,7 +448,7 @@ fn a_handle_on_an_unloaded_instance_says_so() {
 }
 
 /// The folders main's builds made (`netns-<inode>/<iface>`, layout 3; layout 2 is
-/// upgrade_v2.rs's) are found as running instances, upgraded into this build's folders with
+/// `upgrade_v2.rs`'s) are found as running instances, upgraded into this build's folders with
 /// their bindings, and unloaded; the library lists them with `instances`.
 #[test]
 fn main_folders_are_found_upgraded_and_unloaded() {
