@@ -160,8 +160,8 @@ pub enum Error {
         "all {0} redirect targets are in use: unbind ports redirected elsewhere before adding another target"
     )]
     NoRedirectSlot(u32),
-    /// Attaching failed.
-    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    /// Attaching failed; the message carries the kernel's reason (the errno of the failed call).
+    #[error("cannot attach to {iface} in {mode} mode: {}", chain(source.as_ref()))]
     Attach {
         /// Interface.
         iface: String,
@@ -239,6 +239,22 @@ impl Error {
         }
         Self::Io { what, path, source }
     }
+}
+
+/// An error and its sources on one line, `a: b: c`: aya's call errors say which call failed,
+/// their source what the kernel answered.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = source.source();
+    }
+    line
 }
 
 /// `Result` with this crate's [`Error`].
