@@ -318,10 +318,6 @@ fn dead_pid() -> u32 {
 /// `status --all` names every state, `prune` removes every stale instance (detaching a program
 /// a killed load left attached) and nothing running; a second `prune` finds nothing of ours.
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: five states made, listed, pruned"
-)]
 fn status_all_and_prune_report_every_state() {
     let _serial = serial();
     let ns = Netns::new("st");
