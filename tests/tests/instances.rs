@@ -290,12 +290,7 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
         PortDemux::load(&heir.scope(), "d0", &LoadOptions::default()).expect("load in the heir");
     assert!(own.bindings().expect("bindings").is_empty());
     assert_ne!(own.pin_dir(), dead_pins);
-    let removed: Vec<PathBuf> = prune(Path::new(BPFFS))
-        .expect("prune")
-        .into_iter()
-        .map(|i| i.dir)
-        .collect();
-    drop(lock);
+    let removed = prune_releasing(lock);
     assert!(removed.contains(&dead_pins), "{removed:?}");
     assert!(!dead_pins.exists());
     assert!(!removed.contains(&own.pin_dir().to_owned()), "{removed:?}");
@@ -305,6 +300,18 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
     assert_eq!(bindings(&heir, "d0"), [binding(5001, "drop", "")]);
     assert_eq!(interfaces(&heir).len(), 1);
     pd_ok(&heir, &["unload", "d0"]);
+}
+
+/// The library's `prune` under `lock` (the writers' lock this thread holds, in which it nests),
+/// then the lock released: the folders removed.
+fn prune_releasing(lock: DirLock) -> Vec<PathBuf> {
+    let removed = prune(Path::new(BPFFS))
+        .expect("prune")
+        .into_iter()
+        .map(|i| i.dir)
+        .collect();
+    drop(lock);
+    removed
 }
 
 /// A pid that no process has: one that ran and exited.
@@ -395,12 +402,7 @@ fn status_all_and_prune_report_every_state() {
 
     // The library's prune, under the lock this thread holds (it nests): what it removed is
     // exactly what was made stale here, whatever other processes do meanwhile.
-    let removed: Vec<PathBuf> = prune(Path::new(BPFFS))
-        .expect("prune")
-        .into_iter()
-        .map(|i| i.dir)
-        .collect();
-    drop(lock);
+    let removed = prune_releasing(lock);
     for d in [&iface_gone, &half, &staging, &ns_gone] {
         assert!(removed.contains(d), "{d:?} in {removed:?}");
         assert!(!d.exists(), "{} left", d.display());
