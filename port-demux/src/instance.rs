@@ -418,22 +418,35 @@ pub(crate) fn commit(
     old: Option<&Path>,
     target: &Path,
 ) -> Result<bool> {
-    let mut retired = Vec::new();
+    let mut retired = None;
     if let Some(old) = old.filter(|old| old.exists()) {
         let to = staging_dir(bpffs, Stage::Retired, None);
         fs::rename(old, &to).map_err(|e| Error::io("cannot move", old, e))?;
-        retired.push(to);
+        retired = Some((old, to));
     }
-    let stale_removed = make_room(bpffs, target)?;
-    if let Some(parent) = target.parent() {
-        layout::create_dirs(parent)?;
+    let placed = make_room(bpffs, target).and_then(|stale_removed| {
+        if let Some(parent) = target.parent() {
+            layout::create_dirs(parent)?;
+        }
+        fs::rename(staging, target).map_err(|e| Error::io("cannot rename pins to", target, e))?;
+        Ok(stale_removed)
+    });
+    match placed {
+        Ok(stale_removed) => {
+            if let Some((_, to)) = retired {
+                remove_pins(&to)?;
+            }
+            layout::remove_empty_namespace_dirs(bpffs);
+            Ok(stale_removed)
+        }
+        Err(e) => {
+            // The predecessor back in place: nothing changed but the staging folder.
+            if let Some((old, to)) = retired {
+                let _ = fs::rename(to, old);
+            }
+            Err(e)
+        }
     }
-    fs::rename(staging, target).map_err(|e| Error::io("cannot rename pins to", target, e))?;
-    for dir in retired {
-        remove_pins(&dir)?;
-    }
-    layout::remove_empty_namespace_dirs(bpffs);
-    Ok(stale_removed)
 }
 
 /// Frees the folder name `target` (never the folder of a running instance, which is moved to
@@ -470,6 +483,25 @@ pub(crate) fn make_room(bpffs: &Path, target: &Path) -> Result<bool> {
     })
 }
 
+/// The staging folder `dir` of a dead upgrade: put in place at `target` if its link already
+/// runs its program (the upgrade passed its commit point), else removed (its link is pinned by
+/// the instance it was to replace, which stays as it was).
+fn finish_upgrade(bpffs: &Path, dir: &Path, target: &Path) -> Result<()> {
+    let link = link_of(dir);
+    let prog = ProgramInfo::from_pin(dir.join(PROG_PIN))
+        .ok()
+        .map(|p| p.id());
+    match link {
+        Some(link) if link.ifindex != 0 && Some(link.prog_id) == prog => {
+            // The predecessor pins the same link; it may sit at the target's name itself (an
+            // upgrade in place), which `commit` retires first.
+            let old = by_link_id(bpffs, link.id, dir)?.map(|f| f.dir().to_owned());
+            commit(bpffs, dir, old.as_deref(), target).map(|_| ())
+        }
+        _ => remove_pins(dir),
+    }
+}
+
 /// Under the writers' lock: finishes or removes what writers that died left. An upgrade whose
 /// link already runs its program is completed (its folder put in place); any other staging
 /// folder of a dead process is removed (a load's link with it, which detaches its program);
@@ -486,7 +518,10 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
     .into_iter()
     .filter(|f| matches!(f, Folder::Staging { owner, .. } if !owner.alive()))
     .collect();
-    // Upgrades first: their predecessor may be a retired folder below, which then goes.
+    // Upgrades first: their predecessor may be a retired folder below, which then goes. A
+    // folder that cannot be finished or removed is left for `status --all` to show and `prune`
+    // to remove: it must not stop every writer.
+    let mut stuck = Vec::new();
     for folder in &dead {
         if let Folder::Staging {
             dir,
@@ -494,25 +529,14 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
             target: Some((cookie, ifindex)),
             ..
         } = folder
+            && finish_upgrade(bpffs, dir, &instance_dir(bpffs, *cookie, *ifindex)).is_err()
         {
-            let link = link_of(dir);
-            let prog = ProgramInfo::from_pin(dir.join(PROG_PIN))
-                .ok()
-                .map(|p| p.id());
-            match link {
-                Some(link) if link.ifindex != 0 && Some(link.prog_id) == prog => {
-                    let old = by_link_id(bpffs, link.id, dir)?.map(|f| f.dir().to_owned());
-                    let target = instance_dir(bpffs, *cookie, *ifindex);
-                    let old = old.filter(|o| *o != target);
-                    commit(bpffs, dir, old.as_deref(), &target)?;
-                }
-                _ => remove_pins(dir)?,
-            }
+            stuck.push(dir.as_path());
         }
     }
     for folder in &dead {
-        if folder.dir().exists() {
-            remove_pins(folder.dir())?;
+        if folder.dir().exists() && !stuck.contains(&folder.dir()) {
+            let _ = remove_pins(folder.dir());
         }
     }
     layout::remove_empty_namespace_dirs(bpffs);
