@@ -21,11 +21,9 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::{
-    bpf,
-    net::{Namespaces, ensure_bpffs},
-    workspace,
-};
+use port_demux_testkit::Netns;
+
+use crate::{bpf, ensure_bpffs, workspace};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -250,10 +248,15 @@ fn xdp_prog_id(ns: &str, dev: &str) -> Result<u32> {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let bin = workspace().join("target/release/port-demux");
     ensure_bpffs()?;
-    let _ns = Namespaces::create(&[NS_TX, NS_RX])?;
-    Namespaces::veth(NS_TX, "tx0", "10.98.0.2/24", NS_RX, "rx0", "10.98.0.1/24")?;
-    Namespaces::veth(NS_TX, "ftx0", "", NS_RX, "frx0", "")?;
-    Namespaces::veth(NS_TX, "ptx0", "", NS_RX, "prx0", "")?;
+    // The test kit's namespaces: removed on drop (port-demux unloaded first), and reaped by
+    // the kit's next run if the bench is killed.
+    let tx = Netns::with_name(NS_TX.to_owned());
+    let rx = Netns::with_name(NS_RX.to_owned());
+    tx.veth("tx0", &rx, "rx0");
+    tx.add_addr("tx0", "10.98.0.2/24");
+    rx.add_addr("rx0", "10.98.0.1/24");
+    tx.veth("ftx0", &rx, "frx0");
+    tx.veth("ptx0", &rx, "prx0");
     let result = run(args, &bin);
     let _ = pd(&bin, &["unload", "rx0"]);
     let _ = nsenter(NS_RX, &["xdp-filter", "unload", "frx0"]);

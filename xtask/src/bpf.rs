@@ -1,4 +1,5 @@
-//! The raw `bpf(2)` calls the benchmarks need, so that xtask does not depend on port-demux.
+//! The raw `bpf(2)` calls the benchmarks need beyond the library: the floor program, pins,
+//! `BPF_PROG_TEST_RUN` with the repeat count and flags the bench sets.
 
 use std::{
     ffi::CString,
