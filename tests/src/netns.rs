@@ -724,8 +724,12 @@ impl Lab {
     }
 
     fn mac(&self, host: u8) -> String {
-        let [a, b, c, d, e, f] = self.mac_bytes(host);
-        format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+        let bytes: Vec<String> = self
+            .mac_bytes(host)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        bytes.join(":")
     }
 
     /// The MAC address of the client end (`host` 2), the server end (1), the redirect target

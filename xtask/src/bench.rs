@@ -19,9 +19,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::{Value, json};
-
 use port_demux_testkit::Netns;
+use serde_json::{Value, json};
 
 use crate::{bpf, ensure_bpffs, workspace};
 
