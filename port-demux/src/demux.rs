@@ -348,7 +348,8 @@ impl Stats {
 }
 
 /// What `status` reports of an instance; as JSON `{"interface", "ifindex", "mode",
-/// "program_id", "attached", "bound_ports", "default", "debug", "pins"}`.
+/// "program_id", "attached", "bound_ports", "default", "debug", "verified_insns",
+/// "memlock_bytes", "pins"}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Status {
@@ -374,6 +375,11 @@ pub struct Status {
     /// Instructions the kernel's verifier processed to accept the program (its margin to the
     /// 1,000,000 limit and to older verifiers), when the kernel reports it (5.16 and later).
     pub verified_insns: Option<u32>,
+    /// Kernel memory the instance holds, in bytes: the sum of what the kernel charges to each
+    /// pinned map and to the program (`memlock` in `/proc/self/fdinfo`). Per-CPU maps grow
+    /// with the number of possible CPUs. `None` when a pin cannot be opened (a reader without
+    /// access to the program pin).
+    pub memlock_bytes: Option<u64>,
     /// Pin folder.
     #[cfg_attr(feature = "serde", serde(rename = "pins"))]
     pub pin_dir: PathBuf,
@@ -842,8 +848,23 @@ impl PortDemux {
             verified_insns: ProgramInfo::from_pin(self.dir.join(PROG_PIN))
                 .ok()
                 .and_then(|info| info.verified_instruction_count()),
+            memlock_bytes: self.memlock().ok(),
             pin_dir: self.dir.clone(),
         })
+    }
+
+    /// The kernel memory of every pinned map and of the program (the link holds none of its
+    /// own): each pin opened, its `memlock` read from fdinfo.
+    fn memlock(&self) -> io::Result<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|name| name == LINK_PIN) {
+                continue;
+            }
+            total += sys::memlock(sys::obj_get_readable(&path)?.as_fd())?;
+        }
+        Ok(total)
     }
 
     /// Refuses to change an instance whose program no longer runs on its interface (the
