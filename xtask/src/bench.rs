@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Frames sent per live-traffic run (one run per receiver, frame and round).
     #[arg(long, default_value_t = 3_000_000)]
     live_frames: u32,
+    /// The object port-demux is compared with, back to back (ABBA) in each round: main's v2
+    /// program by default; any build of port-demux-ebpf (a variant under study) also loads.
+    #[arg(long, default_value = "tests/fixtures/port-demux-v2.o")]
+    previous: PathBuf,
 }
 
 const NS_TX: &str = "pdbench-tx";
@@ -274,6 +278,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         "machine": machine(),
         "repeat": args.repeat,
         "rounds": args.rounds,
+        "previous": args.previous.display().to_string(),
     });
     let mut text = String::new();
 
@@ -335,7 +340,8 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     attach_generic(&floor, NS_TX, "ftx0")?;
     let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
     // Kept alive until the end: dropping it detaches and unloads the previous program.
-    let previous = previous_program().context("loading the v2 program (tests/fixtures)")?;
+    let previous = previous_program(&args.previous)
+        .with_context(|| format!("loading {}", args.previous.display()))?;
     let filter = xdp_filter();
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
@@ -642,17 +648,17 @@ fn memlock(bin: &Path) -> Result<u64> {
 }
 
 /// The previous program: main's layout-v2 object (commit 5e68fb7, before the verifier fix,
-/// `tests/fixtures/port-demux-v2.o`), loaded with aya, bound like port-demux (udp/7777 drop,
+/// `tests/fixtures/port-demux-v2.o`) unless `--previous` names another, loaded with aya, bound like port-demux (udp/7777 drop,
 /// tcp/80 pass) and attached like the floor ([`attach_generic`], `prx0`), until the bench's
 /// namespaces go. Returns the loaded object (its maps) and a descriptor of its program for
 /// test runs.
-fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
+fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     use std::os::fd::AsFd as _;
 
     use aya::{maps::Array, programs::Xdp};
     const PASS: u32 = 1;
     const DROP: u32 = 2;
-    let object = std::fs::read(workspace().join("tests/fixtures/port-demux-v2.o"))?;
+    let object = std::fs::read(workspace().join(path))?;
     let mut ebpf = aya::EbpfLoader::new()
         .override_global("DEFAULT_ACTION", &PASS, true)
         .override_global("AYA_LOG_LEVEL", &0u8, false)
