@@ -455,30 +455,32 @@ fn bindings_and_default_actions() {
         (v.xdp_action, v.taken)
     };
     let unbound = bound(action::UNBOUND, 0);
-    assert_eq!(
-        verdict(unbound, action::PASS, false),
-        (XDP_PASS, taken::PASS)
+    let (drop, pass, redirect) = (
+        bound(action::DROP, 0),
+        bound(action::PASS, 0),
+        bound(action::REDIRECT, 3),
     );
-    assert_eq!(
-        verdict(unbound, action::DROP, false),
-        (XDP_DROP, taken::DROP)
-    );
-    assert_eq!(
-        verdict(bound(action::DROP, 0), action::PASS, false),
-        (XDP_DROP, taken::DROP)
-    );
-    assert_eq!(
-        verdict(bound(action::PASS, 0), action::DROP, false),
-        (XDP_PASS, taken::PASS)
-    );
-    assert_eq!(
-        verdict(bound(action::REDIRECT, 3), action::PASS, true),
-        (XDP_REDIRECT, taken::REDIRECT)
-    );
-    assert_eq!(
-        verdict(bound(action::REDIRECT, 3), action::PASS, false),
-        (XDP_PASS, taken::REDIRECT_FALLBACK)
-    );
+    let fallback = (XDP_PASS, taken::REDIRECT_FALLBACK);
+    // (binding, default action, devmap slot filled) -> (XDP action, taken)
+    for (b, default, filled, want) in [
+        (unbound, action::PASS, false, (XDP_PASS, taken::PASS)),
+        (unbound, action::DROP, false, (XDP_DROP, taken::DROP)),
+        (drop, action::PASS, false, (XDP_DROP, taken::DROP)),
+        (pass, action::DROP, false, (XDP_PASS, taken::PASS)),
+        (
+            redirect,
+            action::PASS,
+            true,
+            (XDP_REDIRECT, taken::REDIRECT),
+        ),
+        (redirect, action::PASS, false, fallback),
+    ] {
+        assert_eq!(
+            verdict(b, default, filled),
+            want,
+            "{b:?}, default {default}"
+        );
+    }
     // A binding applies to the port in both IP versions; a frame not demultiplexed is passed
     // whatever the default.
     let v6 = ipv6(&[], IPPROTO_UDP, UDP_PORT);
