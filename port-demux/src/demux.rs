@@ -2,7 +2,10 @@
 //! its pins. The pin layout is [`crate::layout`], map access [`crate::maps`], loading and
 //! unloading [`crate::lifecycle`].
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
@@ -15,9 +18,10 @@ use crate::{
     Action, BindOptions, BindingRange, DefaultAction, Error, LoadOptions, LoadReport, Mode,
     PortSpec, PortStat, Proto, Result, Scope, Stats, Status, Totals, UpgradeReport,
     instance::{self, Found},
-    layout::{self, DirLock, PROG_PIN},
+    layout::{self, DirLock, LINK_PIN, PROG_PIN},
     lifecycle,
     maps::{self, Maps},
+    sys,
 };
 
 /// One instance of port-demux on one interface, opened through its pins.
@@ -338,6 +342,7 @@ impl PortDemux {
             verified_insns: ProgramInfo::from_pin(found.dir().join(PROG_PIN))
                 .ok()
                 .and_then(|info| info.verified_instruction_count()),
+            memlock_bytes: memlock(found.dir()).ok(),
             pin_dir: found.dir().to_owned(),
         })
     }
@@ -408,4 +413,18 @@ impl PortDemux {
             })
             .collect()
     }
+}
+
+/// The kernel memory of every pinned map and of the program in `dir` (the link holds none of
+/// its own): each pin opened, its `memlock` read from fdinfo.
+fn memlock(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|name| name == LINK_PIN) {
+            continue;
+        }
+        total += sys::memlock(std::os::fd::AsFd::as_fd(&sys::obj_get_readable(&path)?))?;
+    }
+    Ok(total)
 }
