@@ -363,7 +363,14 @@ impl PortDemux {
     /// no longer serve.
     fn lock_writers(&self) -> Result<DirLock> {
         let lock = DirLock::writers(self.scope.bpffs())?;
+        instance::sweep(self.scope.bpffs(), &lock)?;
         let found = self.current()?;
+        if found.link.id == 0 {
+            // Recognised by its folder only: a writer must open the link (it cannot on a
+            // bpffs mounted read-only, or without the rights), and says why.
+            let path = found.dir().join(layout::LINK_PIN);
+            sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+        }
         lifecycle::check_attached(&self.scope, &self.iface, found.link)?;
         Ok(lock)
     }

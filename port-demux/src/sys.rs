@@ -96,13 +96,13 @@ pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
 
 /// Opens a pinned object read-write, or read-only when read-write is not permitted: root
 /// writes, a group granted read access to the pins (see the README) reads, and its writes then
-/// fail with `EPERM`.
+/// fail with `EPERM`; on a bpffs mounted read-only, everyone reads.
 ///
 /// # Errors
 /// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
     obj_get(path, false).or_else(|e| match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => obj_get(path, true),
         _ => Err(e),
     })
 }
