@@ -4,6 +4,7 @@
 
 mod bind;
 mod bindings;
+mod generate;
 mod load;
 mod log;
 mod stats;
@@ -51,6 +52,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
+    /// Write shell completions and man pages generated from these definitions.
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// A failed command: the one-line message and the exit code.
@@ -153,6 +157,7 @@ pub async fn run(
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
+        Command::Generate(args) => generate::generate(&args, out),
     }
 }
 
