@@ -4,6 +4,7 @@
 
 mod bind;
 mod bindings;
+mod exporter;
 mod generate;
 mod load;
 mod log;
@@ -52,6 +53,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
+    /// Serve every instance's counters as Prometheus metrics on http://ADDR:PORT/metrics.
+    Exporter(exporter::ExporterArgs),
     /// Write shell completions and man pages generated from these definitions.
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -157,6 +160,9 @@ pub async fn run(
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
+        Command::Exporter(args) => {
+            exporter::exporter(&scope, cli.netns.as_deref(), &args, out).await
+        }
         Command::Generate(args) => generate::generate(&args, out),
     }
 }
