@@ -29,6 +29,7 @@ mod demux;
 mod error;
 pub mod kernel;
 mod netlink;
+mod rates;
 mod scope;
 mod spec;
 pub mod sys;
@@ -39,5 +40,6 @@ pub use demux::{
 };
 pub use error::{Error, Result};
 pub use port_demux_common as common;
+pub use rates::{PortRate, Rates, TotalRates, delta};
 pub use scope::{BPFFS, DirLock, Scope, is_bpffs};
 pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};

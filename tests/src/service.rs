@@ -8,6 +8,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -39,22 +40,36 @@ impl Service {
         }
     }
 
-    /// The first line the process printed on stdout; the rest of its stdout is drained by a
-    /// thread, so that it never blocks on a full pipe.
+    /// The lines of the process's stdout as they come, read by a thread (so that it never
+    /// blocks on a full pipe); the channel closes when stdout does.
     ///
     /// # Panics
-    /// When stdout was taken already or it exits without a line.
+    /// When stdout was taken already.
+    #[must_use]
+    pub fn lines(&mut self) -> Lines {
+        let stdout: ChildStdout = self.child.stdout.take().expect("stdout not taken yet");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Read to the end even when nobody listens any more: the process must not get
+            // EPIPE for output nobody asked for.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            name: self.name.clone(),
+            rx,
+        }
+    }
+
+    /// The first line the process printed on stdout (the rest is read and dropped).
+    ///
+    /// # Panics
+    /// When stdout was taken already or it printed no line within [`crate::TIMEOUT`].
     #[must_use]
     pub fn first_line(&mut self) -> String {
-        let stdout: ChildStdout = self.child.stdout.take().expect("stdout not taken yet");
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("reading {}'s stdout: {e}", self.name));
-        assert!(!line.is_empty(), "{} exited without a line", self.name);
-        thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        line.trim_end().to_owned()
+        self.lines().next(crate::TIMEOUT)
     }
 
     /// Asserts that the process is still running (it did not crash).
@@ -70,6 +85,26 @@ impl Service {
     #[must_use]
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// Lines of a [`Service`]'s stdout.
+#[derive(Debug)]
+pub struct Lines {
+    name: String,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// The next line, waiting at most `wait`.
+    ///
+    /// # Panics
+    /// When none came in time or stdout closed.
+    #[must_use]
+    pub fn next(&self, wait: Duration) -> String {
+        self.rx
+            .recv_timeout(wait)
+            .unwrap_or_else(|e| panic!("no line from {} within {wait:?}: {e}", self.name))
     }
 }
 
@@ -274,5 +309,124 @@ impl Drop for Prometheus {
         let _ = self.service.child.kill();
         let _ = self.service.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tmux server of its own (private socket) running one command in a detached session of a
+/// given size, the pane kept after the command exits so that its exit status can be read;
+/// the server is killed on drop.
+#[derive(Debug)]
+pub struct Tmux {
+    socket: String,
+    config: PathBuf,
+}
+
+impl Tmux {
+    /// Starts `command` (one shell word list, run by tmux's shell) in a `width` x `height`
+    /// session.
+    ///
+    /// # Panics
+    /// When tmux is not installed or the session cannot be created.
+    #[must_use]
+    pub fn start(command: &str, width: u16, height: u16) -> Self {
+        let socket = format!("pdt-{}-{}", std::process::id(), crate::netns::unique());
+        let config = std::env::temp_dir().join(format!("{socket}.tmux.conf"));
+        fs::write(&config, "set -g remain-on-exit on\nset -g status off\n")
+            .expect("writing tmux.conf");
+        let tmux = Self { socket, config };
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            command,
+        ]);
+        tmux
+    }
+
+    /// Runs `tmux ARGS` on this server; its stdout.
+    ///
+    /// # Panics
+    /// When it fails.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most commands are run for their effect"
+    )]
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "-f"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run tmux: {e}"));
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pane's visible lines.
+    #[must_use]
+    pub fn screen(&self) -> Vec<String> {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Polls the screen until `done` holds (within `wait`); returns it.
+    ///
+    /// # Panics
+    /// On timeout, showing the last screen.
+    pub fn wait_screen(
+        &self,
+        wait: Duration,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{}\npane: {}",
+                screen.join("\n"),
+                self.pane()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `"<dead> <exit status>"` of the pane: `"0"` while the command runs, `"1 0"` after a
+    /// clean exit.
+    #[must_use]
+    pub fn pane(&self) -> String {
+        self.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            "t",
+            "#{pane_dead} #{pane_dead_status}",
+        ])
+        .trim_end()
+        .to_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+        let _ = fs::remove_file(&self.config);
     }
 }

@@ -10,6 +10,7 @@ mod load;
 mod log;
 mod stats;
 mod status;
+mod watch;
 
 use std::{ffi::OsString, io::Write};
 
