@@ -12,8 +12,8 @@ use super::{Cli, Failure};
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Folder to write into (created when missing): `completions/port-demux.bash`,
-    /// `completions/_port-demux` (zsh), `completions/port-demux.fish`, `man/port-demux.1` and
-    /// one `man/port-demux-VERB.1` per verb.
+    /// `completions/_port-demux` (zsh), `completions/port-demux.fish`, `man/man1/port-demux.1`
+    /// and one `man/man1/port-demux-VERB.1` per verb (`MANPATH=DIR/man` finds them).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -70,8 +70,8 @@ fn write_all(dir: &std::path::Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::E
         let mut buf = Vec::new();
         clap_mangen::Man::new(page)
             .render(&mut buf)
-            .map_err(|e| (dir.join("man").join(format!("{file}.1")), e))?;
-        put(dir.join("man").join(format!("{file}.1")), &buf)?;
+            .map_err(|e| (dir.join("man/man1").join(format!("{file}.1")), e))?;
+        put(dir.join("man/man1").join(format!("{file}.1")), &buf)?;
     }
     Ok(written)
 }
@@ -126,14 +126,15 @@ mod tests {
             assert!(bash_text.contains(&verb), "bash completion lacks {verb}");
         }
         // `man -l` renders each page; the main page names every verb, each verb's page its flags.
-        let main = check("man", &["-l"], &dir.join("man/port-demux.1")).expect("man is needed");
+        let main =
+            check("man", &["-l"], &dir.join("man/man1/port-demux.1")).expect("man is needed");
         for verb in verbs() {
             assert!(main.contains(&verb), "port-demux(1) lacks {verb}:\n{main}");
-            let page = dir.join(format!("man/port-demux-{verb}.1"));
+            let page = dir.join(format!("man/man1/port-demux-{verb}.1"));
             let text = check("man", &["-l"], &page).expect("man is needed");
             assert!(text.contains(&format!("port-demux-{verb}")), "{text}");
         }
-        let stats = check("man", &["-l"], &dir.join("man/port-demux-stats.1")).unwrap();
+        let stats = check("man", &["-l"], &dir.join("man/man1/port-demux-stats.1")).unwrap();
         assert!(stats.contains("--json"), "{stats}");
         assert_eq!(
             String::from_utf8(listing).unwrap().lines().count(),

@@ -198,25 +198,60 @@ fn open(scope: &Scope, iface: Option<&str>) -> Result<PortDemux, Error> {
     }
 }
 
-/// Whether the process has the capabilities that changing XDP state needs.
-fn check_privileges(what: &str) -> Result<(), Error> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
-    let effective = std::fs::read_to_string("/proc/self/status")
+/// Capabilities, by number (`linux/capability.h`) and name.
+const CAP_NET_ADMIN: (u32, &str) = (12, "CAP_NET_ADMIN");
+const CAP_SYS_ADMIN: (u32, &str) = (21, "CAP_SYS_ADMIN");
+const CAP_PERFMON: (u32, &str) = (38, "CAP_PERFMON");
+const CAP_BPF: (u32, &str) = (39, "CAP_BPF");
+
+/// The process's effective capabilities.
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
+        .unwrap_or(0)
+}
+
+/// Whether the process has the capabilities that changing XDP state needs.
+fn check_privileges(what: &str) -> Result<(), Error> {
+    let effective = effective_capabilities();
+    let has = |(cap, _): (u32, &str)| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
         Ok(())
     } else {
         Err(Error::Privileges {
             what: what.to_owned(),
+        })
+    }
+}
+
+/// Whether the process has what loading the program needs, each capability proven needed by
+/// the kernel (`tests/tests/nonroot.rs`): `CAP_BPF` to create maps and load (or `CAP_SYS_ADMIN`),
+/// `CAP_NET_ADMIN` to create the redirect devmap and attach to an interface, `CAP_PERFMON` (or
+/// `CAP_SYS_ADMIN`) for the verifier to accept the program's pointer arithmetic; the refusal
+/// names those missing, where the kernel's own errors would not.
+fn check_load_privileges(what: &str) -> Result<(), Error> {
+    let effective = effective_capabilities();
+    let has = |(cap, _): (u32, &str)| effective & (1 << cap) != 0;
+    let missing: Vec<&'static str> = [
+        (CAP_BPF, has(CAP_BPF) || has(CAP_SYS_ADMIN)),
+        (CAP_NET_ADMIN, has(CAP_NET_ADMIN)),
+        (CAP_PERFMON, has(CAP_PERFMON) || has(CAP_SYS_ADMIN)),
+    ]
+    .into_iter()
+    .filter(|&(_, held)| !held)
+    .map(|((_, name), _)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Capabilities {
+            what: what.to_owned(),
+            missing,
         })
     }
 }
