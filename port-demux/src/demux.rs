@@ -140,6 +140,7 @@ impl PortDemux {
             other => other?,
         };
         let _lock = DirLock::exclusive(&this.dir)?;
+        crate::staged::finish(&this.dir)?;
         this.check_attached()?;
         lifecycle::replace_program(&this.dir, iface, this.meta, opts, None)
     }
@@ -176,7 +177,7 @@ impl PortDemux {
             )));
         }
         let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        self.check_current()?;
         let current = self.maps.read_bindings()?;
         if !opts.replace
             && let Some(port) = ports.ports().find(|&p| {
@@ -219,7 +220,7 @@ impl PortDemux {
     /// [`Error::NotBound`], [`Error::Detached`].
     pub fn unbind(&self, ports: PortSpec) -> Result<()> {
         let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        self.check_current()?;
         let current = self.maps.read_bindings()?;
         if let Some(port) = ports.ports().find(|&p| {
             current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
@@ -340,14 +341,32 @@ impl PortDemux {
         })
     }
 
+    /// The `META` record it was opened with.
+    pub(crate) const fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// Refuses to write through a bindings map that `apply` replaced while this command waited
+    /// for the lock (its writes would go to a map nothing reads), then as
+    /// [`PortDemux::check_attached`].
+    fn check_current(&self) -> Result<()> {
+        crate::staged::finish(&self.dir)?;
+        if self.maps.bindings_id()? != Maps::open(&self.dir)?.bindings_id()? {
+            return Err(Error::Replaced {
+                iface: self.iface.clone(),
+            });
+        }
+        self.check_attached()
+    }
+
     /// Refuses to change an instance whose program no longer runs on its interface: see
     /// [`lifecycle::check_attached`].
-    fn check_attached(&self) -> Result<()> {
+    pub(crate) fn check_attached(&self) -> Result<()> {
         lifecycle::check_attached(&self.scope, &self.iface, &self.dir, self.meta.ifindex)
     }
 
     /// The devmap slot that redirects to `target`, filling a free one if needed.
-    fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
+    pub(crate) fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
         let ifindex = self
             .scope
             .ifindex(target)?

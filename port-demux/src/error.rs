@@ -41,6 +41,14 @@ pub enum Error {
         /// What was attempted.
         what: String,
     },
+    /// `apply` replaced the bindings map while a command waited to change it.
+    #[error(
+        "the bindings of {iface} were replaced (port-demux apply) while this command waited: run it again"
+    )]
+    Replaced {
+        /// Interface.
+        iface: String,
+    },
     /// Capabilities that loading needs are missing (root has them all).
     #[error(
         "{what}: needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; missing {}: run it with sudo, or grant them (deploy/port-demux.service does)",

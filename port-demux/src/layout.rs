@@ -113,7 +113,7 @@ pub(crate) fn open_maps<const N: usize>(
     maps: &[(&str, u32, u32, u32); N],
 ) -> Result<[OwnedFd; N]> {
     let open = |&(name, map_type, value_size, max_entries): &(&str, u32, u32, u32)| {
-        let path = dir.join(name);
+        let path = crate::staged::map_path(dir, name);
         let fd = sys::obj_get_readable(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::Layout {

@@ -35,6 +35,7 @@ mod netlink;
 mod rates;
 mod scope;
 mod spec;
+mod staged;
 pub mod sys;
 mod types;
 
@@ -46,6 +47,7 @@ pub use port_demux_common as common;
 pub use rates::{PortRate, Rates, TotalRates, delta};
 pub use scope::{BPFFS, Scope, is_bpffs};
 pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};
+pub use staged::Settings;
 pub use types::{
     BindOptions, BindingRange, LoadOptions, LoadReport, Mode, PortStat, Stats, Status, Totals,
     UpgradeReport,

@@ -182,12 +182,17 @@ pub(crate) fn replace_program(
 ) -> Result<UpgradeReport> {
     let debug = opts.debug;
     let staged = dir.join(REDIRECT_V3);
+    let substitutes: &[(&str, &Path)] = if v2_redirect.is_some() {
+        &[(REDIRECT, staged.as_path())]
+    } else {
+        &[]
+    };
     let mut ebpf = load_object_with(
         dir,
         meta.default_action,
         debug,
         opts.verifier_log.as_deref(),
-        v2_redirect.map(|_| staged.as_path()),
+        substitutes,
     )?;
     if let Some(scope) = v2_redirect {
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staged)?;
@@ -339,17 +344,17 @@ fn load_object(
     debug: bool,
     verifier_log: Option<&Path>,
 ) -> Result<Ebpf> {
-    load_object_with(dir, default_action, debug, verifier_log, None)
+    load_object_with(dir, default_action, debug, verifier_log, &[])
 }
 
-/// As [`load_object`], with `REDIRECT` pinned at `redirect` instead of in `dir` (created there
-/// when missing).
-fn load_object_with(
+/// As [`load_object`], with each map of `substitutes` (name, path) pinned at its path instead of
+/// in `dir` (created there when missing).
+pub(crate) fn load_object_with(
     dir: &Path,
     default_action: u32,
     debug: bool,
     verifier_log: Option<&Path>,
-    redirect: Option<&Path>,
+    substitutes: &[(&str, &Path)],
 ) -> Result<Ebpf> {
     let log_level: u8 = if debug {
         aya_log::Level::Debug as u8
@@ -358,10 +363,12 @@ fn load_object_with(
     };
     let paths: Vec<(&str, PathBuf)> = MAPS
         .iter()
-        .map(|m| match redirect {
-            Some(path) if m.0 == REDIRECT => (m.0, path.to_owned()),
-            _ => (m.0, dir.join(m.0)),
-        })
+        .map(
+            |m| match substitutes.iter().find(|(name, _)| *name == m.0) {
+                Some((_, path)) => (m.0, path.to_path_buf()),
+                None => (m.0, dir.join(m.0)),
+            },
+        )
         .collect();
     let mut loader = EbpfLoader::new();
     loader
@@ -387,7 +394,7 @@ fn load_object_with(
     Ok(ebpf)
 }
 /// The XDP program of the embedded object: the plain one, or the one that logs.
-fn xdp_program(ebpf: &mut Ebpf, debug: bool) -> &mut Xdp {
+pub(crate) fn xdp_program(ebpf: &mut Ebpf, debug: bool) -> &mut Xdp {
     ebpf.program_mut(if debug { PROGRAM_DEBUG } else { PROGRAM })
         .expect("the object has both programs")
         .try_into()
@@ -454,6 +461,7 @@ fn load_into(
     };
     meta.netns_ino = scope.netns_ino();
     meta.debug = u32::from(opts.debug);
+    crate::staged::record_requested_mode(&mut meta, opts.mode);
     meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
     write_meta(tmp, &meta)?;
     prog.pin(tmp.join(PROG_PIN))

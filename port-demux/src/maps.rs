@@ -43,6 +43,13 @@ impl Maps {
         })
     }
 
+    /// The id of the `BINDINGS` map opened.
+    pub(crate) fn bindings_id(&self) -> Result<u32> {
+        sys::map_info(self.bindings.as_fd())
+            .map(|info| info.id)
+            .map_err(|e| Error::io("cannot inspect", self.dir.join("BINDINGS"), e))
+    }
+
     /// `PORT_STATS`, summed over CPUs.
     pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;

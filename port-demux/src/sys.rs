@@ -311,3 +311,22 @@ pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[2])
 }
+
+/// The id of the program behind a program descriptor.
+///
+/// # Errors
+/// The kernel's error as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
+pub fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_prog_info { u32 type; u32 id; ... }
+    let mut info = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: raw(fd),
+        info_len: u32::try_from(size_of_val(&info)).expect("small struct"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
+}

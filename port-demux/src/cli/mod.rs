@@ -2,6 +2,7 @@
 //!
 //! Each verb writes its output to the writer it is given, so tests can run it in-process.
 
+mod apply;
 mod bind;
 mod bindings;
 mod exporter;
@@ -54,6 +55,11 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
+    /// Make the interfaces named in a TOML file as it says: load options and every binding,
+    /// each interface's bindings switching as one change.
+    Apply(apply::ApplyArgs),
+    /// Print the running state of every interface as a TOML file that apply takes back.
+    Export(apply::ExportArgs),
     /// Serve every instance's counters as Prometheus metrics on http://ADDR:PORT/metrics.
     Exporter(exporter::ExporterArgs),
     /// Write shell completions and man pages generated from these definitions.
@@ -161,6 +167,8 @@ pub async fn run(
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
+        Command::Apply(args) => apply::apply(&scope, &args, out),
+        Command::Export(args) => apply::export(&scope, &args, out),
         Command::Exporter(args) => {
             exporter::exporter(&scope, cli.netns.as_deref(), &args, out).await
         }
