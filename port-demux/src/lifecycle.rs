@@ -198,25 +198,7 @@ pub(crate) fn replace_program(
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staged)?;
     }
     let prog = xdp_program(&mut ebpf, debug);
-    let link_path = dir.join(LINK_PIN);
-    let link: FdLink = PinnedLink::from_pin(&link_path)
-        .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
-        .into();
-    let old_prog_id = link
-        .info()
-        .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-        .program_id();
-    let link = XdpLink::try_from(link)
-        .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
-    prog.attach_to_link(link).map_err(|source| Error::Attach {
-        iface: iface.to_owned(),
-        mode: "upgrade".to_owned(),
-        source: Box::new(source),
-    })?;
-    let new_prog_id = prog
-        .info()
-        .map_err(|e| Error::Ebpf(Box::new(e.into())))?
-        .id();
+    let report = switch_link(prog, dir, iface, "upgrade")?;
     if v2_redirect.is_some() {
         // The new program runs with the new devmap: its pin takes the usual name.
         fs::rename(&staged, dir.join(REDIRECT))
@@ -231,6 +213,36 @@ pub(crate) fn replace_program(
     meta.debug = u32::from(debug);
     meta.layout_version = LAYOUT_VERSION;
     write_meta(dir, &meta)?;
+    Ok(report)
+}
+
+/// Replaces the program behind the link pinned in `dir` with `prog` (`BPF_LINK_UPDATE`: the
+/// interface runs one or the other, never none); `what` names the operation in errors.
+pub(crate) fn switch_link(
+    prog: &mut Xdp,
+    dir: &Path,
+    iface: &str,
+    what: &str,
+) -> Result<UpgradeReport> {
+    let link_path = dir.join(LINK_PIN);
+    let link: FdLink = PinnedLink::from_pin(&link_path)
+        .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
+        .into();
+    let old_prog_id = link
+        .info()
+        .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
+        .program_id();
+    let link = XdpLink::try_from(link)
+        .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
+    prog.attach_to_link(link).map_err(|source| Error::Attach {
+        iface: iface.to_owned(),
+        mode: what.to_owned(),
+        source: Box::new(source),
+    })?;
+    let new_prog_id = prog
+        .info()
+        .map_err(|e| Error::Ebpf(Box::new(e.into())))?
+        .id();
     Ok(UpgradeReport {
         old_prog_id,
         new_prog_id,

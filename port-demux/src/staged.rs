@@ -26,10 +26,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    xdp::XdpLink,
-};
 use bytemuck::Zeroable as _;
 use port_demux_common::{BINDINGS_LEN, Binding, Meta, OWNER_LEN, action, port_index};
 
@@ -229,7 +225,6 @@ fn swap(dir: &Path, iface: &str, meta: Meta, bindings: &[Binding]) -> Result<Upg
     let next: Vec<(&str, PathBuf)> = SWAPPED.iter().map(|n| (*n, staged(dir, n))).collect();
     let substitutes: Vec<(&str, &Path)> = next.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let prog_pin = dir.join(PROG_STAGED);
-    let link_path = dir.join(LINK_PIN);
     let staging = || -> Result<UpgradeReport> {
         let debug = meta.debug != 0;
         let mut ebpf =
@@ -248,29 +243,8 @@ fn swap(dir: &Path, iface: &str, meta: Meta, bindings: &[Binding]) -> Result<Upg
         let prog = lifecycle::xdp_program(&mut ebpf, debug);
         prog.pin(&prog_pin)
             .map_err(|e| Error::io("cannot pin", &prog_pin, io::Error::other(e)))?;
-        let link: FdLink = PinnedLink::from_pin(&link_path)
-            .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
-            .into();
-        let old_prog_id = link
-            .info()
-            .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-            .program_id();
-        let link = XdpLink::try_from(link)
-            .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
         // The commit point.
-        prog.attach_to_link(link).map_err(|source| Error::Attach {
-            iface: iface.to_owned(),
-            mode: "apply".to_owned(),
-            source: Box::new(source),
-        })?;
-        let new_prog_id = prog
-            .info()
-            .map_err(|e| Error::Ebpf(Box::new(e.into())))?
-            .id();
-        Ok(UpgradeReport {
-            old_prog_id,
-            new_prog_id,
-        })
+        lifecycle::switch_link(prog, dir, iface, "apply")
     };
     match staging() {
         Ok(report) => {
