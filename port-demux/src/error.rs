@@ -97,13 +97,32 @@ pub enum Error {
     },
     /// The pins exist but the interface runs another program or none.
     #[error(
-        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` and load again"
+        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` (or `port-demux prune`) and load again"
     )]
     Detached {
         /// Interface.
         iface: String,
         /// What was found instead.
         detail: String,
+    },
+    /// A library handle on an instance that was unloaded since it was opened.
+    #[error(
+        "the port-demux instance opened on {iface} was unloaded since: open it again (after `port-demux load {iface}`)"
+    )]
+    Unloaded {
+        /// The interface it was opened on.
+        iface: String,
+    },
+    /// A pin folder that a new instance needs holds one whose program runs on an interface
+    /// of a namespace no process or `/run/netns` name holds open.
+    #[error(
+        "{path} holds an instance still attached to interface index {ifindex} of a namespace port-demux cannot enter: unload it from that namespace first", path = .path.display()
+    )]
+    Busy {
+        /// The folder.
+        path: PathBuf,
+        /// The interface index it runs on.
+        ifindex: u32,
     },
     /// `unload` removed the pins, but another process keeps the link, and the program, alive.
     #[error(
@@ -160,8 +179,8 @@ pub enum Error {
         "all {0} redirect targets are in use: unbind ports redirected elsewhere before adding another target"
     )]
     NoRedirectSlot(u32),
-    /// Attaching failed.
-    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    /// Attaching failed; the message carries the kernel's reason (the errno of the failed call).
+    #[error("cannot attach to {iface} in {mode} mode: {}", chain(source.as_ref()))]
     Attach {
         /// Interface.
         iface: String,
@@ -239,6 +258,22 @@ impl Error {
         }
         Self::Io { what, path, source }
     }
+}
+
+/// An error and its sources on one line, `a: b: c`: aya's call errors say which call failed,
+/// their source what the kernel answered.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = source.source();
+    }
+    line
 }
 
 /// `Result` with this crate's [`Error`].

@@ -27,6 +27,7 @@
 pub mod cli;
 mod demux;
 mod error;
+mod instance;
 pub mod kernel;
 mod layout;
 mod lifecycle;
@@ -41,6 +42,7 @@ mod types;
 
 pub use demux::PortDemux;
 pub use error::{Error, Result};
+pub use instance::{Instance, State, instances, prune};
 pub use layout::DirLock;
 pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};
 pub use port_demux_common as common;

@@ -119,6 +119,13 @@ impl Maps {
             .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
     }
 
+    /// Writes every port's binding (`all`, indexed like the map), one batch.
+    pub(crate) fn write_all_bindings(&self, all: &[Binding]) -> Result<()> {
+        let keys: Vec<u32> = (0..BINDINGS_LEN).collect();
+        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(all))
+            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
     /// The ifindex in each devmap slot.
     pub(crate) fn read_slots(&self) -> Result<Vec<Option<u32>>> {
         (0..REDIRECT_SLOTS)

@@ -1,8 +1,8 @@
 //! port-demux-testkit: real kernel fixtures for integration tests of services behind
 //! port-demux, and port-demux's own test suite.
 //!
-//! - [`netns`]: network namespaces and veth pairs with unique names (safe for parallel tests),
-//!   removed on drop even when the test panics (port-demux unloaded from them first), a
+//! - [`netns`]: network namespaces and veth pairs with unique names (safe for parallel tests)
+//!   or names and IPv4/IPv6 addresses of the caller's choosing ([`Lab::builder`]), removed on drop even when the test panics (port-demux unloaded from them first), a
 //!   ready-made two- or three-namespace [`Lab`], code run inside a namespace, `AF_PACKET`
 //!   [`Capture`]s, polling with a timeout.
 //! - [`counted`]: senders that return what port-demux must count ([`Sent`]), [`wait_counted`],
@@ -27,4 +27,6 @@ pub mod service;
 pub mod test_run;
 
 pub use counted::{Sent, send_udp, wait_counted};
-pub use netns::{Capture, HostVeth, Lab, Netns, SILENCE, TIMEOUT, count_datagrams, recv_datagrams};
+pub use netns::{
+    Capture, HostVeth, Lab, LabBuilder, Netns, SILENCE, TIMEOUT, count_datagrams, recv_datagrams,
+};

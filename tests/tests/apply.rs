@@ -237,7 +237,7 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
     let (old, new) = (File::new(OLD), File::new(NEW));
     ok(&lab, &["apply", old.path()]);
     // How long one apply that swaps takes here (process start, the program's verification):
-    // the kills land from its start to twice its length (a loaded machine varies).
+    // the kills land from its start to one and a half times its length.
     let started = std::time::Instant::now();
     ok(&lab, &["apply", new.path()]);
     let full = started.elapsed();
@@ -245,7 +245,7 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
     let mut sent = 0;
     let mut outcomes = Vec::new();
     let mut is_new = false;
-    for step in 0..=20u32 {
+    for step in 0..=15u32 {
         let delay = full * step / 10;
         // Always towards the other set, so that every apply swaps.
         let file = if is_new { &old } else { &new };
@@ -253,6 +253,7 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("starting apply");
+        let pid = child.id();
         thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().expect("waiting for apply");
@@ -274,15 +275,19 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
         // The next command completes or removes what the kill left.
         let fix = if is_new { &new } else { &old };
         ok(&lab, &["apply", fix.path()]);
-        let leftovers: Vec<_> = fs::read_dir(
-            PortDemux::open(&lab.server.scope(), SERVER_IF)
-                .expect("open")
-                .pin_dir(),
-        )
-        .expect("pins")
-        .map(|e| e.expect("pin").file_name().into_string().expect("UTF-8"))
-        .filter(|n| n.ends_with("-next") || n == "prog-apply")
-        .collect();
+        // Nothing of the killed process is left: its staging folder, if any, was completed or
+        // removed by the apply above.
+        let root = lab.server.scope().bpffs().join("port-demux");
+        let leftovers: Vec<String> = fs::read_dir(&root)
+            .expect("the pins' folder")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .into_string()
+                    .expect("UTF-8")
+            })
+            .filter(|n| n.contains(&format!("pid{pid}-")))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
     eprintln!("one apply {full:?}; (kill after ms, exit code, new set): {outcomes:?}");

@@ -19,7 +19,6 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "xdp-tools",
-    "netsniff-ng",
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",

@@ -343,7 +343,7 @@ pub fn apply(scope: &Scope, args: &ApplyArgs, out: &mut dyn Write) -> Result<(),
     let mut plan: Vec<(String, Vec<Step>, Vec<String>)> = Vec::new();
     for (iface, want) in &wanted {
         let (steps, lines) = if loaded.contains(iface) {
-            plan_loaded(scope, iface, want, args.dry_run)?
+            plan_loaded(scope, iface, want)?
         } else {
             if scope.ifindex(iface)?.is_none() {
                 return Err(source.error(
@@ -423,12 +423,8 @@ fn plan_loaded(
     scope: &Scope,
     iface: &str,
     want: &Wanted,
-    dry_run: bool,
 ) -> Result<(Vec<Step>, Vec<String>), Failure> {
     let demux = PortDemux::open(scope, iface)?;
-    if !dry_run {
-        demux.finish_pending()?;
-    }
     let have = demux.settings()?;
     let bindings = demux.bindings()?;
     let mut steps = Vec::new();

@@ -51,8 +51,12 @@ pub enum Command {
     Bindings(bindings::BindingsArgs),
     /// Per-port packets and bytes, busiest first, and the global counters.
     Stats(stats::StatsArgs),
-    /// Interfaces with port-demux, attach mode, program id, bindings.
+    /// Interfaces with port-demux, attach mode, program id, bindings; `--all`: every instance
+    /// in the bpffs, whatever its state.
     Status(status::StatusArgs),
+    /// Remove every instance that does not run (its namespace or interface gone, or half
+    /// written), detaching any program it still holds.
+    Prune(status::PruneArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
     /// Make the interfaces named in a TOML file as it says: load options and every binding,
@@ -166,6 +170,7 @@ pub async fn run(
         Command::Bindings(args) => bindings::bindings(&scope, &args, out),
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
+        Command::Prune(args) => status::prune_stale(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
         Command::Apply(args) => apply::apply(&scope, &args, out),
         Command::Export(args) => apply::export(&scope, &args, out),
