@@ -372,11 +372,22 @@ impl PortDemux {
             sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
         }
         lifecycle::check_attached(&self.scope, &self.iface, found.link)?;
+        // `apply` swaps in a new bindings map: one opened before would be written in vain.
+        if Maps::open(found.dir())?.bindings_id()? != self.maps.bindings_id()? {
+            return Err(Error::Replaced {
+                iface: self.iface.clone(),
+            });
+        }
         Ok(lock)
     }
 
+    /// The `META` record it was opened with.
+    pub(crate) const fn meta(&self) -> Meta {
+        self.meta
+    }
+
     /// The devmap slot that redirects to `target`, filling a free one if needed.
-    fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
+    pub(crate) fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
         let ifindex = self
             .scope
             .ifindex(target)?

@@ -8,6 +8,8 @@
 //! - [`counted`]: senders that return what port-demux must count ([`Sent`]), [`wait_counted`],
 //!   sockets and listeners inside a namespace, veths and addresses (IPv4, IPv6) of the
 //!   caller's choosing.
+//! - [`service`] (feature `cli`): long-running processes stopped on drop: the exporter, a
+//!   real Prometheus scraping it, HTTP GET.
 //! - [`reap`]: leftovers of killed test processes, removed at the next start.
 //! - [`frames`], [`test_run`]: crafted frames and the program under `BPF_PROG_TEST_RUN`;
 //!   [`cli`] (feature `cli`): the `port-demux` binary run one command at a time.
@@ -20,6 +22,8 @@ pub mod counted;
 pub mod frames;
 pub mod netns;
 pub mod reap;
+#[cfg(feature = "cli")]
+pub mod service;
 pub mod test_run;
 
 pub use counted::{Sent, send_udp, wait_counted};
