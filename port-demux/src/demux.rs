@@ -2,7 +2,10 @@
 //! its pins. The pin layout is [`crate::layout`], map access [`crate::maps`], loading and
 //! unloading [`crate::lifecycle`].
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
@@ -15,7 +18,7 @@ use crate::{
     Action, BindOptions, BindingRange, DefaultAction, Error, LoadOptions, LoadReport, Mode,
     PortSpec, PortStat, Proto, Result, Scope, Stats, Status, Totals, UpgradeReport,
     instance::{self, Found},
-    layout::{self, DirLock, PROG_PIN},
+    layout::{self, DirLock, LINK_PIN, PROG_PIN},
     lifecycle,
     maps::{self, Maps},
     sys,
@@ -339,6 +342,7 @@ impl PortDemux {
             verified_insns: ProgramInfo::from_pin(found.dir().join(PROG_PIN))
                 .ok()
                 .and_then(|info| info.verified_instruction_count()),
+            memlock_bytes: memlock(found.dir()).ok(),
             pin_dir: found.dir().to_owned(),
         })
     }
@@ -368,11 +372,22 @@ impl PortDemux {
             sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
         }
         lifecycle::check_attached(&self.scope, &self.iface, found.link)?;
+        // `apply` swaps in a new bindings map: one opened before would be written in vain.
+        if Maps::open(found.dir())?.bindings_id()? != self.maps.bindings_id()? {
+            return Err(Error::Replaced {
+                iface: self.iface.clone(),
+            });
+        }
         Ok(lock)
     }
 
+    /// The `META` record it was opened with.
+    pub(crate) const fn meta(&self) -> Meta {
+        self.meta
+    }
+
     /// The devmap slot that redirects to `target`, filling a free one if needed.
-    fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
+    pub(crate) fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
         let ifindex = self
             .scope
             .ifindex(target)?
@@ -416,4 +431,18 @@ impl PortDemux {
             })
             .collect()
     }
+}
+
+/// The kernel memory of every pinned map and of the program in `dir` (the link holds none of
+/// its own): each pin opened, its `memlock` read from fdinfo.
+fn memlock(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|name| name == LINK_PIN) {
+            continue;
+        }
+        total += sys::memlock(std::os::fd::AsFd::as_fd(&sys::obj_get_readable(&path)?))?;
+    }
+    Ok(total)
 }

@@ -41,6 +41,25 @@ pub enum Error {
         /// What was attempted.
         what: String,
     },
+    /// `apply` replaced the bindings map while a command waited to change it.
+    #[error(
+        "the bindings of {iface} were replaced (port-demux apply) while this command waited: run it again"
+    )]
+    Replaced {
+        /// Interface.
+        iface: String,
+    },
+    /// Capabilities that loading needs are missing (root has them all).
+    #[error(
+        "{what}: needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; missing {}: run it with sudo, or grant them (deploy/port-demux.service does)",
+        .missing.join(", ")
+    )]
+    Capabilities {
+        /// What was attempted.
+        what: String,
+        /// The capabilities the process lacks.
+        missing: Vec<&'static str>,
+    },
     /// No instance on this interface.
     #[error("port-demux is not loaded on {iface}{where_}: run `port-demux load {iface}` first")]
     NotLoaded {

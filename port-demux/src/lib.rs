@@ -33,8 +33,10 @@ mod layout;
 mod lifecycle;
 mod maps;
 mod netlink;
+mod rates;
 mod scope;
 mod spec;
+mod staged;
 pub mod sys;
 mod types;
 
@@ -44,8 +46,10 @@ pub use instance::{Instance, State, instances, prune};
 pub use layout::DirLock;
 pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};
 pub use port_demux_common as common;
+pub use rates::{PortRate, Rates, TotalRates, delta};
 pub use scope::{BPFFS, Scope, is_bpffs};
 pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};
+pub use staged::Settings;
 pub use types::{
     BindOptions, BindingRange, LoadOptions, LoadReport, Mode, PortStat, Stats, Status, Totals,
     UpgradeReport,

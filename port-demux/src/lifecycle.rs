@@ -20,7 +20,9 @@ use aya::{
     },
 };
 use bytemuck::Zeroable as _;
-use port_demux_common::{LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE, MODE_SKB, Meta, action};
+use port_demux_common::{
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE, MODE_SKB, Meta, action,
+};
 
 use crate::{
     DefaultAction, Error, LoadOptions, LoadReport, Mode, Result, Scope, UpgradeReport,
@@ -30,7 +32,8 @@ use crate::{
         DirLock, GLOBALS2, LINK_PIN, MAPS, PROG_PIN, REDIRECT, Stage, check_ifname, instance_dir,
         open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
-    maps, netlink,
+    maps::{self, Maps},
+    netlink,
     sys::LinkInfo,
 };
 
@@ -230,12 +233,14 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     let cookie = scope.netns_cookie();
     let ifindex = found.link.ifindex;
     let staging = create_staging(scope, Stage::Upgrade, (cookie, ifindex))?;
-    let report = swap_program(scope, iface, &dir, &staging, meta, found.link, v2, opts)
-        .inspect_err(|_| {
-            // Before the commit point: the staging folder pins nothing the old one does not
-            // (or new maps nothing uses), so removing it changes nothing.
-            let _ = remove_pins(&staging);
-        })?;
+    let report = swap_program(
+        scope, iface, &dir, &staging, meta, found.link, v2, opts, None,
+    )
+    .inspect_err(|_| {
+        // Before the commit point: the staging folder pins nothing the old one does not
+        // (or new maps nothing uses), so removing it changes nothing.
+        let _ = remove_pins(&staging);
+    })?;
     instance::commit(
         scope.bpffs(),
         &staging,
@@ -243,6 +248,62 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
         &instance_dir(scope.bpffs(), cookie, ifindex),
     )?;
     Ok(report)
+}
+
+/// Replaces the bindings of the instance on `iface` with those `build` returns (every port's,
+/// built under the lock from the instance's folder, where it may fill redirect slots) and its
+/// default action with `default_action`, as one change: the successor is built in a staging
+/// folder like an upgrade's, with a new `BINDINGS` map, and swapped in through the link (the
+/// commit point), so the data path and readers see the old set or the new one. Returns the
+/// report and the folder now in place.
+pub(crate) fn replace_bindings(
+    scope: &Scope,
+    iface: &str,
+    default_action: u32,
+    build: impl FnOnce(&Path) -> Result<Vec<Binding>>,
+) -> Result<(UpgradeReport, PathBuf)> {
+    check_ifname(iface)?;
+    let _lock = lock(scope)?;
+    let found = find(scope, iface)?;
+    let dir = found.dir().to_owned();
+    let mut meta = read_meta(&dir)?;
+    if meta.layout_version != LAYOUT_VERSION {
+        return Err(Error::Layout {
+            path: dir,
+            found: meta.layout_version,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    open_maps(&dir, &MAPS)?;
+    let bindings = build(&dir)?;
+    meta.default_action = default_action;
+    let opts = LoadOptions {
+        debug: meta.debug != 0,
+        ..LoadOptions::default()
+    };
+    let cookie = scope.netns_cookie();
+    let ifindex = found.link.ifindex;
+    let staging = create_staging(scope, Stage::Upgrade, (cookie, ifindex))?;
+    let report = swap_program(
+        scope,
+        iface,
+        &dir,
+        &staging,
+        meta,
+        found.link,
+        false,
+        &opts,
+        Some(&bindings),
+    )
+    .inspect_err(|_| {
+        // Before the commit point: nothing runs what the staging folder pins.
+        let _ = remove_pins(&staging);
+    })?;
+    let target = instance_dir(scope.bpffs(), cookie, ifindex);
+    instance::commit(scope.bpffs(), &staging, Some(&dir), &target)?;
+    // Slots only the old bindings named.
+    Maps::open(&target)?.collect_slots(&bindings)?;
+    Ok((report, target))
 }
 
 /// Builds the successor of the instance pinned in `dir` in `staging` and swaps its program in
@@ -260,17 +321,22 @@ fn swap_program(
     link_info: LinkInfo,
     v2: bool,
     opts: &LoadOptions,
+    bindings: Option<&[Binding]>,
 ) -> Result<UpgradeReport> {
     // The maps that carry over, pinned a second time: bindings, counters, and (v3) the redirect
     // devmap and `GLOBALS2`. v2's devmap cannot serve this build's frags-aware program (the
     // kernel lets a devmap serve only programs that agree on multi-buffer support): the
     // successor gets a new one with the same slots; bindings name slots, so they stay valid.
+    // With `bindings` (apply), a new `BINDINGS` holding them replaces the old one.
     let kept: &[&str] = if v2 {
         &["BINDINGS", "PORT_STATS", "GLOBALS"]
     } else {
         &["BINDINGS", "PORT_STATS", "GLOBALS", REDIRECT, GLOBALS2]
     };
-    for name in kept {
+    for name in kept
+        .iter()
+        .filter(|name| bindings.is_none() || **name != "BINDINGS")
+    {
         let (from, to) = (dir.join(name), staging.join(name));
         MapData::from_pin(&from)
             .map_err(|e| Error::io("cannot open", &from, io::Error::other(e)))?
@@ -286,6 +352,9 @@ fn swap_program(
     )?;
     if v2 {
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staging.join(REDIRECT))?;
+    }
+    if let Some(bindings) = bindings {
+        Maps::open(staging)?.write_all_bindings(bindings)?;
     }
     meta.debug = u32::from(debug);
     meta.layout_version = LAYOUT_VERSION;
@@ -499,6 +568,7 @@ fn load_into(
     };
     meta.netns_ino = scope.netns_ino();
     meta.debug = u32::from(opts.debug);
+    crate::staged::record_requested_mode(&mut meta, opts.mode);
     meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
     write_meta(tmp, &meta)?;
     prog.pin(tmp.join(PROG_PIN))

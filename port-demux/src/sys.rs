@@ -291,6 +291,19 @@ pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
     Ok(info)
 }
 
+/// The memory the kernel charges to the BPF map or program behind `fd` (the `memlock:` line of
+/// `/proc/self/fdinfo/FD`, in bytes): for a map its values (per-CPU ones times the number of
+/// possible CPUs), keys and bookkeeping; for a program its instructions and JIT image.
+///
+/// # Errors
+/// When the fdinfo file cannot be read or has no `memlock:` line (`InvalidData`).
+pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("memlock:")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
+}
+
 /// The id of the program behind a pinned `bpf_link`, opening the pin read-only when read-write
 /// is not permitted (readers granted by group).
 ///
