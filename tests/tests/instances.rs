@@ -21,7 +21,7 @@ use port_demux::{
 };
 use port_demux_testkit::{
     cli::{bin, execute, json, pd_json, pd_ok, pd_refused},
-    netns::Netns,
+    netns::{Netns, poll},
 };
 use serde_json::Value;
 
@@ -256,6 +256,19 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
     // the library in this thread, where the lock nests.
     let lock = DirLock::writers(Path::new(BPFFS)).expect("the writers' lock");
     dead.delete();
+    // The kernel frees a namespace (its devices, then its inode number) after `ip netns del`
+    // returns, from a work queue: wait until its instance no longer runs.
+    poll(
+        "the dead namespace's instance to stop running",
+        || {
+            instances(Path::new(BPFFS))
+                .expect("instances")
+                .into_iter()
+                .find(|i| i.dir == dead_pins)
+                .map(|i| i.state)
+        },
+        |state| *state == Some(State::NamespaceGone),
+    );
     // New namespaces until one has the dead one's inode; the others are kept meanwhile, so
     // that each takes another free number.
     let mut tried = Vec::new();
