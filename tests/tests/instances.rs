@@ -483,6 +483,8 @@ fn main_folders_are_found_upgraded_and_unloaded() {
     // Main's layout 3 is this build's maps and META in main's folder: made by moving this
     // build's folder there.
     let legacy = |iface: &str| -> PathBuf {
+        // Under the writers' lock, as every writer of pins (it nests in the library's load).
+        let _lock = DirLock::writers(Path::new(BPFFS)).expect("the writers' lock");
         let (demux, _) = PortDemux::load(&scope, iface, &LoadOptions::default()).expect("load");
         demux
             .bind(

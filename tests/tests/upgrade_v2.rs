@@ -25,7 +25,7 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use port_demux::{
-    Error, PortDemux,
+    DirLock, Error, PortDemux,
     common::{
         BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE,
         Meta, PROTO_UDP, PortCounters, action, port_index,
@@ -63,6 +63,9 @@ fn v2_object() -> Vec<u8> {
 /// (`netns-<inode>/<iface>`); returns the pin folder.
 fn load_v2(lab: &Lab) -> PathBuf {
     let scope = lab.server.scope();
+    // As every writer of pins: under the writers' lock, so that no `prune` meanwhile takes the
+    // folder being built for a half-written one.
+    let _lock = DirLock::writers(scope.bpffs()).expect("the writers' lock");
     let ns_dir = scope.legacy_dir();
     fs::DirBuilder::new()
         .recursive(true)
