@@ -304,27 +304,6 @@ pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
 }
 
-/// The id of the program behind a pinned `bpf_link`, opening the pin read-only when read-write
-/// is not permitted (readers granted by group).
-///
-/// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-///
-/// # Panics
-/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn pinned_link_prog_id(path: &Path) -> io::Result<u32> {
-    let fd = obj_get_readable(path)?;
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; ... }
-    let mut info = [0u32; 3];
-    let mut attr = InfoAttr {
-        bpf_fd: raw(fd.as_fd()),
-        info_len: u32::try_from(size_of_val(&info)).expect("small struct"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2])
-}
-
 /// What `BPF_OBJ_GET_INFO_BY_FD` tells of an XDP `bpf_link`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
