@@ -52,6 +52,11 @@ fn lock(scope: &Scope) -> Result<DirLock> {
     Ok(lock)
 }
 
+/// Takes the writers' lock and lets it go: what killed writers left is completed or removed.
+pub(crate) fn sweep(scope: &Scope) -> Result<()> {
+    lock(scope).map(drop)
+}
+
 /// Creates a staging folder, root's only like the folders above it (a group granted read
 /// access later gets it folder by folder, see the README).
 fn create_staging(scope: &Scope, stage: Stage, target: (u64, u32)) -> Result<PathBuf> {
