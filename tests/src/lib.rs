@@ -15,12 +15,15 @@
 //! Everything needs root (BPF, netns).
 
 #[cfg(feature = "cli")]
+pub mod chaos;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod counted;
 pub mod frames;
 pub mod netns;
 pub mod reap;
 pub mod test_run;
+pub mod v2;
 
 pub use counted::{Sent, send_udp, wait_counted};
 pub use netns::{Capture, HostVeth, Lab, Netns, SILENCE, TIMEOUT, count_datagrams, recv_datagrams};
