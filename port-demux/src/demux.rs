@@ -855,7 +855,7 @@ impl PortDemux {
             .map_err(|e| Error::io("cannot read", &link_path, e))?;
         let ifindex = self.meta.ifindex;
         let detail = match self.scope.run(|| netlink::xdp_query(ifindex))? {
-            Ok(Some(a)) if a.prog_id == prog_id => return Ok(()),
+            Ok(Some(a)) if a.runs(prog_id) => return Ok(()),
             Ok(Some(a)) => format!("{} runs XDP program id {} instead", self.iface, a.prog_id),
             Ok(None) => format!("{} has no XDP program", self.iface),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
@@ -1221,7 +1221,7 @@ fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bo
 /// runs nothing.
 fn runs(scope: &Scope, ifindex: u32, prog_id: u32) -> Result<bool> {
     match scope.run(|| netlink::xdp_query(ifindex))? {
-        Ok(attached) => Ok(attached.is_some_and(|a| a.prog_id == prog_id)),
+        Ok(attached) => Ok(attached.is_some_and(|a| a.runs(prog_id))),
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
         Err(e) => Err(Error::io(
             "cannot query XDP on interface index",
@@ -1245,18 +1245,19 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
             prog_id: attached.prog_id,
         });
     }
-    scope
-        .run(|| netlink::xdp_detach(ifindex, attached.mode_flags))?
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                Error::BadSpec(format!(
-                    "XDP program id {} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)",
-                    attached.prog_id
-                ))
-            } else {
-                Error::io("cannot detach the XDP program on", iface, e)
-            }
-        })?;
+    for (prog_id, mode_flags) in attached.programs() {
+        scope
+            .run(|| netlink::xdp_detach(ifindex, mode_flags))?
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::BadSpec(format!(
+                        "XDP program id {prog_id} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)"
+                    ))
+                } else {
+                    Error::io("cannot detach the XDP program on", iface, e)
+                }
+            })?;
+    }
     Ok(Some(attached.prog_id))
 }
 

@@ -151,11 +151,12 @@ pub fn crash_points(counts: &BTreeMap<String, usize>, cap: usize) -> Vec<(String
 /// # Panics
 /// When it fails, or lists an instance in no known state.
 /// With `PD_WITHOUT_STATUS_ALL=1` (a binary from before `status --all`, run to record how it
-/// fails the rest of a test) it is not run and lists nothing.
+/// fails the rest of a test) the instances are those plain `status --json` lists for `ns`,
+/// running when their program is attached.
 #[must_use]
 pub fn status_all(ns: &Netns, context: &str) -> Vec<Value> {
-    if std::env::var_os("PD_WITHOUT_STATUS_ALL").is_some_and(|v| v == "1") {
-        return Vec::new();
+    if without_status_all() {
+        return legacy_status(ns, context);
     }
     let run = execute(command(ns, &["status", "--all", "--json"]));
     assert_eq!(run.code, Some(0), "{context}: status --all --json: {run:?}");
@@ -171,6 +172,34 @@ pub fn status_all(ns: &Netns, context: &str) -> Vec<Value> {
         assert!(i["dir"].is_string(), "{context}: dir of {i}");
     }
     instances
+}
+
+fn without_status_all() -> bool {
+    std::env::var_os("PD_WITHOUT_STATUS_ALL").is_some_and(|v| v == "1")
+}
+
+fn legacy_status(ns: &Netns, context: &str) -> Vec<Value> {
+    let run = execute(command(ns, &["status", "--json"]));
+    assert_eq!(run.code, Some(0), "{context}: status --json: {run:?}");
+    let doc: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{context}: status --json: {e}: {run:?}"));
+    let cookie = netns_cookie(ns);
+    doc["interfaces"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "dir": i["pins"],
+                        "state": if i["attached"] == true { "running" } else { "interface-gone" },
+                        "iface": i["interface"],
+                        "netns_cookie": cookie,
+                        "prog_id": i["program_id"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The instances of `status --all` whose namespace is `ns` (by cookie).
@@ -283,7 +312,7 @@ pub fn assert_sound(ns: &Netns, ifaces: &[&str], run: Option<&Run>, context: &st
 pub fn assert_removable(ns: &Netns, ifaces: &[&str], context: &str) {
     let cookie = netns_cookie(ns);
     let before = instances_of(&status_all(ns, context), cookie);
-    if std::env::var_os("PD_WITHOUT_STATUS_ALL").is_none_or(|v| v != "1") {
+    if !without_status_all() {
         let prune = execute(command(ns, &["prune", "--json"]));
         assert_eq!(prune.code, Some(0), "{context}: prune: {prune:?}");
     }

@@ -510,3 +510,40 @@ fn lifecycle_with_upgrade_in_native_and_skb_mode() {
         );
     }
 }
+
+/// A native and a generic program cannot be attached to one interface at once (the kernel says
+/// "Native and generic XDP can't be active at the same time"): with port-demux native on x0, a
+/// generic program over netlink is refused by the kernel, and port-demux still reads its own
+/// program as the one attached. (Two programs at once, `XDP_ATTACHED_MULTI`, need an offloaded
+/// one beside; the netlink module's unit tests parse those replies.)
+#[test]
+fn native_and_generic_at_once_is_refused_by_the_kernel_and_ours_stays_read() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    add_other_if(ns);
+    pd_ok(ns, &["load", OTHER_IF, "--mode", "native"]);
+    let ours = ns.xdp_prog(OTHER_IF).expect("attached");
+    let pin = ForeignPin(PathBuf::from(format!(
+        "/sys/fs/bpf/pdt-{}-{}-generic",
+        std::process::id(),
+        unique()
+    )));
+    let (_, foreign) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
+    let pin_path = pin.0.to_str().expect("UTF-8");
+    let refused = ns.run(|| {
+        Command::new("ip")
+            .args(["link", "set", "dev", OTHER_IF, "xdpgeneric", "pinned", pin_path])
+            .output()
+            .expect("ip")
+    });
+    assert!(
+        !refused.status.success(),
+        "the kernel took generic program {foreign} beside native {ours}: {refused:?}"
+    );
+    let doc = pd_json(ns, &["status", "--json"]);
+    assert_eq!(doc["interfaces"][0]["attached"], true, "{doc}");
+    assert_eq!(program_id(&doc["interfaces"][0]), ours, "{doc}");
+    pd_ok(ns, &["bind", "-i", OTHER_IF, "udp/7601", "drop"]);
+    pd_ok(ns, &["unload", OTHER_IF]);
+    assert_eq!(ns.xdp_prog(OTHER_IF), None);
+}

@@ -536,8 +536,12 @@ impl PrivateBpffs {
     }
 
     fn entries(&self) -> Vec<String> {
+        // Less the kernel's own `maps.debug` and `progs.debug` (bpf preload).
         let out = output("find", &[self.path(), "-mindepth", "1"]);
-        out.lines().map(str::to_owned).collect()
+        out.lines()
+            .filter(|l| !l.ends_with(".debug"))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
