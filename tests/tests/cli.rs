@@ -382,6 +382,12 @@ fn log_follows_the_debug_log() {
     });
     let first = lines.next().expect("a line").expect("utf-8");
     assert!(first.starts_with("following the log of b0"), "{first}");
+    // A ring buffer has one reader: a second `log` would get nothing; it is refused instead.
+    pd_refused(
+        ns,
+        &["log"],
+        &["already follows the log of b0", &format!("pid {pid}")],
+    );
     let client = lab.udp_client();
     let bytes = lab.send_udp(&client, 7444, 3, 8);
     for _ in 0..3 {
