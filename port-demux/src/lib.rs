@@ -32,9 +32,10 @@ mod layout;
 mod lifecycle;
 mod maps;
 mod netlink;
+pub mod pinned;
 mod scope;
 mod spec;
-pub mod sys;
+mod sys;
 mod types;
 
 pub use demux::PortDemux;

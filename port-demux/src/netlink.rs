@@ -86,7 +86,10 @@ fn link_message(ifindex: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     link
 }
 
-fn netlink_message(flags: u16, payload: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+fn netlink_message(
+    flags: u16,
+    payload: RouteNetlinkMessage,
+) -> NetlinkMessage<RouteNetlinkMessage> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     header.sequence_number = 1;
@@ -224,10 +227,7 @@ mod tests {
             .map(|a| a.mode_flags),
             Some(XDP_FLAGS_SKB_MODE)
         );
-        assert_eq!(
-            round_trip(vec![LinkXdp::Attached(XdpAttached::None)]),
-            None
-        );
+        assert_eq!(round_trip(vec![LinkXdp::Attached(XdpAttached::None)]), None);
     }
 
     #[test]

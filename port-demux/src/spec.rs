@@ -334,7 +334,10 @@ mod tests {
                 e.contains("\"http\"") && e.contains("no udp entry") && e.contains("tcp/80"),
                 "{e}"
             );
-            assert_eq!(spec("udp/https").unwrap(), PortSpec::single(Proto::Udp, 443));
+            assert_eq!(
+                spec("udp/https").unwrap(),
+                PortSpec::single(Proto::Udp, 443)
+            );
         }
     }
 

@@ -7,11 +7,7 @@
 //! Needs root, `strace` and the binary ([`crate::cli::bin`]).
 
 use std::{
-    collections::BTreeMap,
-    ffi::OsString,
-    fs,
-    net::UdpSocket,
-    os::fd::AsRawFd as _,
+    collections::BTreeMap, ffi::OsString, fs, net::UdpSocket, os::fd::AsRawFd as _,
     process::Command,
 };
 
@@ -25,12 +21,25 @@ use crate::{
 /// The system calls a writer's crash points are chosen among: every BPF command, and every
 /// change to the pin tree or its locks.
 pub const CRASH_SYSCALLS: [&str; 10] = [
-    "bpf", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir",
+    "bpf",
+    "mkdir",
+    "mkdirat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "rmdir",
     "flock",
 ];
 
 /// The states `status --all` may give an instance.
-pub const STATES: [&str; 4] = ["running", "namespace-gone", "interface-gone", "half-written"];
+pub const STATES: [&str; 4] = [
+    "running",
+    "namespace-gone",
+    "interface-gone",
+    "half-written",
+];
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -54,7 +63,12 @@ pub fn netns_cookie(ns: &Netns) -> u64 {
                 &raw mut len,
             )
         };
-        assert_eq!(ret, 0, "SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            ret,
+            0,
+            "SO_NETNS_COOKIE: {}",
+            std::io::Error::last_os_error()
+        );
         cookie
     })
 }
@@ -285,7 +299,12 @@ pub fn assert_sound(ns: &Netns, ifaces: &[&str], run: Option<&Run>, context: &st
                 "{context}: printed {line:?} but bindings fail: {bindings:?}"
             );
             let (proto, ports) = spec.split_once('/').unwrap_or_default();
-            let first: u64 = ports.split('-').next().unwrap_or_default().parse().unwrap_or(0);
+            let first: u64 = ports
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(0);
             let doc: Value = serde_json::from_str(&bindings.stdout).unwrap_or_default();
             let found = doc["bindings"].as_array().is_some_and(|b| {
                 b.iter().any(|b| {

@@ -538,7 +538,15 @@ fn native_and_generic_at_once_is_refused_by_the_kernel_and_ours_stays_read() {
     let pin_path = pin.0.to_str().expect("UTF-8");
     let refused = ns.run(|| {
         Command::new("ip")
-            .args(["link", "set", "dev", OTHER_IF, "xdpgeneric", "pinned", pin_path])
+            .args([
+                "link",
+                "set",
+                "dev",
+                OTHER_IF,
+                "xdpgeneric",
+                "pinned",
+                pin_path,
+            ])
             .output()
             .expect("ip")
     });

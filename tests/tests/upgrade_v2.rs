@@ -12,7 +12,7 @@
 use std::{
     fs,
     net::SocketAddrV4,
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::Duration,
@@ -32,7 +32,7 @@ use port_demux_testkit::{
         Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, poll, recv_datagrams,
         set_rcvbuf, udp_to,
     },
-    v2::{V2_PINS, bind_v2, load_v2},
+    v2::{bind_v2, load_v2},
 };
 
 const PASS_PORT: u16 = 7911;

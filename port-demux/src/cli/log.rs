@@ -80,8 +80,7 @@ impl ReaderLock {
                 "program {prog_id} on {iface} has no log ring buffer: load it again with `port-demux load {iface} --debug`"
             ))
         })?;
-        fs::create_dir_all(LOCK_DIR)
-            .map_err(|e| fail(format!("cannot create {LOCK_DIR}: {e}")))?;
+        fs::create_dir_all(LOCK_DIR).map_err(|e| fail(format!("cannot create {LOCK_DIR}: {e}")))?;
         let path = PathBuf::from(LOCK_DIR).join(format!("log-{ring}"));
         let mut file = File::options()
             .read(true)
@@ -120,13 +119,9 @@ fn log_map_id(prog_id: u32) -> Option<u32> {
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == prog_id)?;
-    info.map_ids()
-        .ok()??
-        .into_iter()
-        .find(|&id| {
-            aya::maps::MapInfo::from_id(id)
-                .is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
-        })
+    info.map_ids().ok()??.into_iter().find(|&id| {
+        aya::maps::MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
+    })
 }
 
 /// Prints every record of the program's log on stdout, whatever the process's log filter.
