@@ -101,14 +101,12 @@ impl PortDemux {
         let loaded = scope.loaded()?;
         match loaded.as_slice() {
             [iface] => Self::open(scope, iface),
-            [] => Err(Error::WhichInterface(format!(
-                "port-demux is not loaded on any interface{}: run `port-demux load IFACE` first",
-                scope.where_()
-            ))),
-            many => Err(Error::WhichInterface(format!(
-                "port-demux is loaded on {}: say which with -i IFACE",
-                many.join(", ")
-            ))),
+            [] => Err(Error::NoneLoaded {
+                where_: scope.where_(),
+            }),
+            many => Err(Error::WhichInterface {
+                loaded: many.to_vec(),
+            }),
         }
     }
 
@@ -169,30 +167,32 @@ impl PortDemux {
     /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`],
     /// [`Error::Detached`].
     pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
-        if opts.owner.len() > OWNER_LEN {
-            return Err(Error::BadSpec(format!(
-                "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
-                opts.owner
-            )));
-        }
+        check_owner(&opts.owner)?;
         let _lock = DirLock::exclusive(&self.dir)?;
         self.check_attached()?;
         let current = self.maps.read_bindings()?;
+        let at = |port: u16| current[port_index(ports.proto.index(), port) as usize];
         if !opts.replace
-            && let Some(port) = ports.ports().find(|&p| {
-                current[port_index(ports.proto.index(), p) as usize].action != action::UNBOUND
-            })
+            && let Some(first) = ports.ports().find(|&p| at(p).action != action::UNBOUND)
         {
-            let b = current[port_index(ports.proto.index(), port) as usize];
+            let b = at(first);
+            let same = |p: u16| {
+                let other = at(p);
+                other.action == b.action && other.slot == b.slot && other.owner == b.owner
+            };
+            let last = (first..=ports.last)
+                .take_while(|&p| same(p))
+                .last()
+                .unwrap_or(first);
             let owner = maps::owner_str(&b);
             return Err(Error::Conflict {
-                port: PortSpec::single(ports.proto, port).to_string(),
-                action: maps::describe(&b, &self.slot_names()?).to_string(),
-                owner: if owner.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (owner {owner})")
+                ports: PortSpec {
+                    proto: ports.proto,
+                    first,
+                    last,
                 },
+                action: maps::describe(&b, &self.slot_names()?),
+                owner: (!owner.is_empty()).then_some(owner),
             });
         }
         let mut value = Binding::zeroed();
@@ -221,11 +221,19 @@ impl PortDemux {
         let _lock = DirLock::exclusive(&self.dir)?;
         self.check_attached()?;
         let current = self.maps.read_bindings()?;
-        if let Some(port) = ports.ports().find(|&p| {
-            current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
-        }) {
+        let unbound =
+            |p: u16| current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND;
+        if let Some(first) = ports.ports().find(|&p| unbound(p)) {
+            let last = (first..=ports.last)
+                .take_while(|&p| unbound(p))
+                .last()
+                .unwrap_or(first);
             return Err(Error::NotBound {
-                port: PortSpec::single(ports.proto, port).to_string(),
+                ports: PortSpec {
+                    proto: ports.proto,
+                    first,
+                    last,
+                },
             });
         }
         self.maps.write_bindings(ports, &Binding::zeroed())?;
@@ -391,4 +399,21 @@ impl PortDemux {
             })
             .collect()
     }
+}
+
+/// Refuses an owner label that does not fit its field or would not print as one line (control
+/// characters: a newline, an escape sequence).
+fn check_owner(owner: &str) -> Result<()> {
+    let problem = if owner.len() > OWNER_LEN {
+        "is longer than the owner field"
+    } else if owner.chars().any(char::is_control) {
+        "has control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadOwner {
+        owner: owner.to_owned(),
+        problem,
+        max: OWNER_LEN,
+    })
 }

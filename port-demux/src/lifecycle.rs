@@ -320,9 +320,10 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
             .run(|| netlink::xdp_detach(ifindex, mode_flags))?
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::EBUSY) {
-                    Error::BadSpec(format!(
-                        "XDP program id {prog_id} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)"
-                    ))
+                    Error::HeldByLink {
+                        iface: iface.to_owned(),
+                        prog_id,
+                    }
                 } else {
                     Error::io("cannot detach the XDP program on", iface, e)
                 }

@@ -160,10 +160,13 @@ fn cli_refusals_change_nothing() {
         ),
         (
             &["bind", "tcp/9050-9150", "pass"],
-            &["tcp/9050", "already bound to drop"],
+            &["tcp/9050-9099 are already bound to drop"],
         ),
         (&["unbind", "udp/7999"], &["udp/7999", "is not bound"]),
-        (&["unbind", "tcp/9090-9110"], &["tcp/9100", "is not bound"]),
+        (
+            &["unbind", "tcp/9090-9110"],
+            &["tcp/9100-9110 are not bound"],
+        ),
         (
             &["bind", "udp/7403", "redirect:nosuchif"],
             &["nosuchif", "no such interface"],
@@ -560,4 +563,95 @@ fn native_and_generic_at_once_is_refused_by_the_kernel_and_ours_stays_read() {
     pd_ok(ns, &["bind", "-i", OTHER_IF, "udp/7601", "drop"]);
     pd_ok(ns, &["unload", OTHER_IF]);
     assert_eq!(ns.xdp_prog(OTHER_IF), None);
+}
+
+/// `--netns` that is no network namespace (a regular file, an empty name, another kind of
+/// namespace, a missing name) is refused with one line by every verb, `status` included.
+#[test]
+fn every_verb_refuses_a_netns_that_is_not_one() {
+    let verbs: [&[&str]; 9] = [
+        &["status"],
+        &["status", "--json"],
+        &["load", "x0"],
+        &["unload", "x0"],
+        &["bind", "udp/7700", "drop"],
+        &["unbind", "udp/7700"],
+        &["bindings"],
+        &["stats"],
+        &["log"],
+    ];
+    for netns in [
+        "/etc/passwd",
+        "",
+        "/proc/self/ns/mnt",
+        "pdt-no-such-namespace",
+    ] {
+        for args in verbs {
+            let mut cmd = Command::new(port_demux_testkit::cli::bin());
+            cmd.arg("--netns").arg(netns).args(args);
+            let what = format!("--netns {netns:?} {}", args.join(" "));
+            port_demux_testkit::cli::assert_refused(
+                &port_demux_testkit::cli::execute(cmd),
+                &what,
+                &["cannot open network namespace", &format!("{netns:?}")],
+            );
+        }
+    }
+}
+
+/// Owner labels that would not print as one line (newline, escape) or do not fit the owner
+/// field are refused at bind, with one line, and nothing is bound.
+#[test]
+fn owners_with_control_characters_or_too_long_are_refused() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let pd = Cli::in_process(ns);
+    pd.ok(&["load", SERVER_IF]);
+    let long = "o".repeat(port_demux::common::OWNER_LEN + 1);
+    for (owner, wanted) in [
+        ("web\nfake: line", "control characters"),
+        ("\u{1b}[31mred", "control characters"),
+        ("tab\there", "control characters"),
+        (long.as_str(), "longer than the owner field"),
+    ] {
+        let line = pd.refused(&["bind", "udp/7701", "drop", "--owner", owner], &[wanted]);
+        assert!(
+            !line.contains('\u{1b}'),
+            "the escape is printed raw: {line:?}"
+        );
+    }
+    let fits = "o".repeat(port_demux::common::OWNER_LEN);
+    pd.ok(&["bind", "udp/7701", "drop", "--owner", &fits]);
+    let doc = pd.json(&["bindings", "--json"]);
+    assert_eq!(doc["bindings"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(doc["bindings"][0]["owner"], fits.as_str());
+    // A conflict names the owner on one line.
+    pd.refused(
+        &["bind", "udp/7701", "pass"],
+        &["udp/7701 is already bound to drop", &fits, "--replace"],
+    );
+    pd.ok(&["unload", SERVER_IF]);
+}
+
+/// Service names resolve per protocol from /etc/services: `http` is tcp only there, so
+/// `udp/http-https` is refused naming it, and binds nothing. (Needs /etc/services, as Debian's
+/// netbase installs it; without it a built-in table applies, see spec.rs.)
+#[test]
+fn service_names_resolve_per_protocol() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let pd = Cli::in_process(ns);
+    pd.ok(&["load", SERVER_IF]);
+    pd.refused(
+        &["bind", "udp/http-https", "drop"],
+        &["\"http\"", "no udp entry", "tcp/80"],
+    );
+    assert_eq!(
+        pd.json(&["bindings", "--json"])["bindings"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    pd.ok(&["bind", "tcp/http-https", "drop"]);
+    pd.ok(&["unload", SERVER_IF]);
 }
