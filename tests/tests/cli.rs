@@ -216,6 +216,24 @@ fn foreign_program(then: impl FnOnce(&mut Xdp)) -> (Ebpf, u32) {
 /// A pin of a program outside port-demux's folder, removed on drop.
 struct ForeignPin(PathBuf);
 
+impl ForeignPin {
+    /// Port-demux's object loaded in `ns` as a foreign program and pinned outside port-demux's
+    /// folder (only the pin holds it once the loader is gone); returns the pin and its id.
+    fn new(ns: &Netns) -> (Self, u32) {
+        let pin = Self(PathBuf::from(format!(
+            "/sys/fs/bpf/pdt-{}-{}-foreign",
+            std::process::id(),
+            unique()
+        )));
+        let (_, prog_id) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
+        (pin, prog_id)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8")
+    }
+}
+
 impl Drop for ForeignPin {
     fn drop(&mut self) {
         if self.0.exists() {
@@ -281,14 +299,8 @@ fn cli_refuses_a_foreign_xdp_program() {
     );
 
     // The same program attached over netlink (by `ip`): --force replaces it.
-    let pin = ForeignPin(PathBuf::from(format!(
-        "/sys/fs/bpf/pdt-{}-{}-foreign",
-        std::process::id(),
-        unique()
-    )));
-    // Only the pin holds it once the loader is gone.
-    let (_, prog_id) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
-    let pin_path = pin.0.to_str().expect("UTF-8");
+    let (pin, prog_id) = ForeignPin::new(ns);
+    let pin_path = pin.path();
     // Not `ip -n`: it remounts /sys in a mount namespace of its own, hiding /sys/fs/bpf. A child
     // spawned from a thread inside B runs in B and sees the host's mounts.
     ns.run(|| {
@@ -532,13 +544,8 @@ fn native_and_generic_at_once_is_refused_by_the_kernel_and_ours_stays_read() {
     add_other_if(ns);
     pd_ok(ns, &["load", OTHER_IF, "--mode", "native"]);
     let ours = ns.xdp_prog(OTHER_IF).expect("attached");
-    let pin = ForeignPin(PathBuf::from(format!(
-        "/sys/fs/bpf/pdt-{}-{}-generic",
-        std::process::id(),
-        unique()
-    )));
-    let (_, foreign) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
-    let pin_path = pin.0.to_str().expect("UTF-8");
+    let (pin, foreign) = ForeignPin::new(ns);
+    let pin_path = pin.path();
     let refused = ns.run(|| {
         Command::new("ip")
             .args([

@@ -59,15 +59,28 @@ fn bindings(ns: &Netns, iface: &str) -> Value {
 }
 
 fn has_binding(ns: &Netns, iface: &str, proto: &str, port: u64) -> bool {
+    count_bound(ns, iface, proto, port..=port) == 1
+}
+
+/// How many of `ports` (`proto`) are bound on `iface`, by one `bindings --json`.
+fn count_bound(
+    ns: &Netns,
+    iface: &str,
+    proto: &str,
+    ports: std::ops::RangeInclusive<u64>,
+) -> usize {
     let run = pd(ns, &["bindings", "-i", iface, "--json"]);
     let doc: Value = serde_json::from_str(&run.stdout).unwrap_or_default();
-    doc["bindings"].as_array().is_some_and(|b| {
-        b.iter().any(|b| {
-            b["proto"] == proto
-                && b["first"].as_u64() <= Some(port)
-                && b["last"].as_u64() >= Some(port)
+    let runs = doc["bindings"].as_array().cloned().unwrap_or_default();
+    ports
+        .filter(|&p| {
+            runs.iter().any(|b| {
+                b["proto"] == proto
+                    && b["first"].as_u64() <= Some(p)
+                    && b["last"].as_u64() >= Some(p)
+            })
         })
-    })
+        .count()
 }
 
 /// A layout v2 instance in a namespace of its own, made at the start of a test: at its end it
@@ -336,6 +349,14 @@ fn crash_sweep(tag: &str, before: Before, args: &[&str]) {
                 "{context}: udp/5000 lost while {IF_B} still runs (was {old_prog:?})"
             );
         }
+        if args[0] == "bind" && ns.xdp_prog(IF_B).is_some() {
+            // A range is all or nothing, also when the bind is killed.
+            let bound = count_bound(&ns, IF_B, "udp", 6000..=6009);
+            assert!(
+                bound == 0 || bound == 10,
+                "{context}: {bound} of udp/6000-6009 bound"
+            );
+        }
         let cookie = netns_cookie(&ns);
         let mine = instances_of(&status_all(&ns, &context), cookie);
         assert!(
@@ -366,7 +387,11 @@ fn row3_unload_killed_at_every_point() {
 
 #[test]
 fn bind_killed_at_every_point() {
-    crash_sweep("kbind", Before::Bound, &["bind", "udp/6000-6009", "pass"]);
+    crash_sweep(
+        "kbind",
+        Before::Bound,
+        &["bind", "-i", IF_B, "udp/6000-6009", "pass"],
+    );
 }
 
 #[test]
