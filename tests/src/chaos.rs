@@ -140,6 +140,11 @@ pub fn count_syscalls(cmd: &Command) -> (Run, BTreeMap<String, usize>) {
         let max: &mut usize = counts.entry(name).or_default();
         *max = (*max).max(n);
     }
+    assert!(
+        !counts.is_empty(),
+        "strace saw none of {CRASH_SYSCALLS:?} in {run:?}; its log began: {:?}",
+        text.lines().take(5).collect::<Vec<_>>()
+    );
     (run, counts)
 }
 
