@@ -335,3 +335,6 @@ pub fn classify_buffers(
         bytes: parsed.bytes,
     }
 }
+
+#[cfg(test)]
+mod tests;

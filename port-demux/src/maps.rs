@@ -43,6 +43,13 @@ impl Maps {
         })
     }
 
+    /// The id of the `BINDINGS` map opened.
+    pub(crate) fn bindings_id(&self) -> Result<u32> {
+        sys::map_info(self.bindings.as_fd())
+            .map(|info| info.id)
+            .map_err(|e| Error::io("cannot inspect", self.dir.join("BINDINGS"), e))
+    }
+
     /// `PORT_STATS`, summed over CPUs.
     pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
@@ -109,6 +116,13 @@ impl Maps {
             .collect();
         let values = vec![*value; keys.len()];
         sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(&values))
+            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// Writes every port's binding (`all`, indexed like the map), one batch.
+    pub(crate) fn write_all_bindings(&self, all: &[Binding]) -> Result<()> {
+        let keys: Vec<u32> = (0..BINDINGS_LEN).collect();
+        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(all))
             .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
     }
 

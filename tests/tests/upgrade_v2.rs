@@ -40,12 +40,16 @@ const DROP_PORT: u16 = 7912;
 const REDIRECT_PORT: u16 = 7913;
 const PAYLOAD: usize = 100;
 
-/// Packets counted on UDP `port`, read from the pinned `PORT_STATS` (any layout).
-fn counted(dir: &Path, port: u16) -> u64 {
-    let stats: PerCpuArray<MapData, PortCounters> = PerCpuArray::try_from(
-        aya::maps::Map::PerCpuArray(MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS")),
-    )
-    .expect("a per-CPU array");
+/// The pinned `PORT_STATS` (any layout), held open: the map outlives the folder's moves.
+fn port_stats(dir: &Path) -> PerCpuArray<MapData, PortCounters> {
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+        MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS"),
+    ))
+    .expect("a per-CPU array")
+}
+
+/// Packets counted on UDP `port` in `stats`.
+fn counted(stats: &PerCpuArray<MapData, PortCounters>, port: u16) -> u64 {
     stats
         .get(&port_index(PROTO_UDP, port), 0)
         .expect("PORT_STATS entry")
@@ -121,9 +125,10 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let before_drop =
         lab.send_udp(&client, DROP_PORT, 50, PAYLOAD) / (UDP_OVERHEAD + PAYLOAD as u64);
     assert_eq!(recv_datagrams(&passed, 100).len(), 100);
+    let stats = port_stats(&dir);
     poll(
         "v2 counts 150",
-        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+        || counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT),
         |&n| n == 150,
     );
 
@@ -151,7 +156,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
                     let total = 150 + 2 * n;
                     poll(
                         "counters catching up",
-                        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+                        || counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT),
                         |&c| c + 128 >= total,
                     );
                     thread::sleep(Duration::from_micros(200));
@@ -247,15 +252,22 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     }
     let after = pd_json(ns, &["status", "--json"]);
     assert_eq!(after["interfaces"][0]["attached"], true, "{after}");
-    assert!(dir.join("GLOBALS2").exists());
+    // Migrated to this build's folder, keyed by the namespace's cookie and the ifindex; main's
+    // folder is gone.
+    let new_dir = ns
+        .scope()
+        .dir()
+        .join(format!("if-{}", lab.server.ifindex(SERVER_IF)));
+    assert!(new_dir.join("GLOBALS2").exists());
+    assert!(!dir.exists(), "{} left", dir.display());
     assert_eq!(
         PortDemux::open(&ns.scope(), SERVER_IF)
             .expect("v3 now")
             .pin_dir(),
-        dir
+        new_dir
     );
     pd_ok(ns, &["unload", SERVER_IF]);
-    assert!(!dir.exists());
+    assert!(!new_dir.exists());
 }
 
 #[test]
