@@ -123,6 +123,8 @@ pub fn count_syscalls(cmd: &Command) -> (Run, BTreeMap<String, usize>) {
         let (Some(pid), Some(rest)) = (words.next(), words.next()) else {
             continue;
         };
+        // strace pads the pid to five columns.
+        let rest = rest.trim_start();
         if rest.starts_with("<...") || rest.starts_with("---") || rest.starts_with("+++") {
             continue;
         }

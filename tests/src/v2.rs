@@ -56,6 +56,10 @@ pub fn netns_inode(ns: &str) -> u64 {
 #[must_use]
 pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
     let scope = ns.scope();
+    // Made under the writers' lock, as v2's loader made it under its own: a writer sweeping
+    // meanwhile would take the half-made folder for a dead writer's.
+    let _writers = port_demux::DirLock::writers(Path::new(port_demux::BPFFS))
+        .unwrap_or_else(|e| panic!("the writers' lock: {e}"));
     let ino = netns_inode(ns.name());
     let ns_dir = Path::new(port_demux::BPFFS)
         .join("port-demux")
