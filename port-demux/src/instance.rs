@@ -102,12 +102,16 @@ pub(crate) fn link_of(dir: &Path) -> Option<LinkInfo> {
     sys::pinned_link_info(&dir.join(LINK_PIN)).ok()
 }
 
-/// The link of a folder this process may read but not open links in: `Some` with id and
-/// program 0 and the recorded interface index when the link pin exists but is denied.
+/// The link of a folder this process may read but not open links in (a reader granted by
+/// group, or a bpffs mounted read-only): `Some` with id and program 0 and the recorded
+/// interface index when the link pin exists but is denied.
 fn unreadable_link(folder: &Folder) -> Option<LinkInfo> {
     // Read-write, which is what a link needs: the read-only retry says EINVAL, not why.
     let err = sys::obj_get(&folder.dir().join(LINK_PIN), false).err()?;
-    if !matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    ) {
         return None;
     }
     let ifindex = match folder {
@@ -265,10 +269,26 @@ pub fn instances(bpffs: &Path) -> Result<Vec<Instance>> {
         .collect()
 }
 
+/// What to do about an instance running in `ns`.
+fn running_hint(ns: &LiveNs, iface: Option<&str>, layout: Option<u32>) -> String {
+    let netns = match (&ns.name, ns.scope.netns_name()) {
+        (Some(name), _) => format!(" --netns {name}"),
+        (None, None) => String::new(),
+        (None, Some(path)) => format!(" --netns {path}"),
+    };
+    let iface = iface.unwrap_or("IFACE");
+    if layout == Some(LAYOUT_VERSION_V2) {
+        format!("running, layout 2: `port-demux{netns} load {iface} --upgrade` migrates it")
+    } else {
+        format!("running: `port-demux{netns} status` shows it")
+    }
+}
+
 fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
     let dir = folder.dir().to_owned();
     let meta = read_meta(&dir).ok();
-    let link = link_of(&dir);
+    // A link this process cannot open (id 0, see `unreadable_link`) is recognised by its folder.
+    let link = link_of(&dir).or_else(|| unreadable_link(folder));
     let mut this = Instance {
         dir,
         state: State::HalfWritten,
@@ -276,7 +296,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
         netns: None,
         netns_cookie: None,
         ifindex: meta.map(|m| m.ifindex),
-        prog_id: link.map(|l| l.prog_id),
+        prog_id: link.filter(|l| l.id != 0).map(|l| l.prog_id),
         layout: meta.map(|m| m.layout_version),
         hint: String::new(),
     };
@@ -314,26 +334,23 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
         let mut order: Vec<&LiveNs> = live.iter().collect();
         order.sort_by_key(|ns| Some(ns.scope.netns_cookie()) != recorded_cookie);
         for ns in order {
-            if attached_prog(&ns.scope, link.ifindex)? == Some(link.prog_id) {
+            let attached = attached_prog(&ns.scope, link.ifindex)?;
+            let ours = if link.id == 0 {
+                attached.is_some() && Some(ns.scope.netns_cookie()) == recorded_cookie
+            } else {
+                attached == Some(link.prog_id)
+            };
+            if ours {
+                this.prog_id = attached;
                 this.netns.clone_from(&ns.name);
                 this.netns_cookie = Some(ns.scope.netns_cookie());
                 this.iface = ns.scope.ifname(link.ifindex)?.or(this.iface);
-                let netns = match (&ns.name, ns.scope.netns_name()) {
-                    (Some(name), _) => format!(" --netns {name}"),
-                    (None, None) => String::new(),
-                    (None, Some(path)) => format!(" --netns {path}"),
-                };
-                let iface = this.iface.as_deref().unwrap_or("IFACE");
-                this.hint = if this.layout == Some(LAYOUT_VERSION_V2) {
-                    format!(
-                        "running, layout 2: `port-demux{netns} load {iface} --upgrade` migrates it"
-                    )
-                } else {
-                    format!("running: `port-demux{netns} status` shows it")
-                };
+                this.hint = running_hint(ns, this.iface.as_deref(), this.layout);
                 return Ok(Some(this));
             }
         }
+    }
+    if link.ifindex != 0 && link.id != 0 {
         this.netns_cookie = None;
         this.hint = format!(
             "running on interface index {} of a network namespace that no /run/netns name or process holds open: unload it from there",
@@ -367,11 +384,6 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
 /// # Errors
 /// [`Error::NoBpffs`], or when a pin cannot be removed.
 pub fn prune(bpffs: &Path) -> Result<Vec<Instance>> {
-    if !crate::is_bpffs(bpffs) {
-        return Err(Error::NoBpffs {
-            path: bpffs.to_owned(),
-        });
-    }
     let lock = DirLock::writers(bpffs)?;
     let stale: Vec<Instance> = instances(bpffs)?
         .into_iter()
@@ -406,22 +418,35 @@ pub(crate) fn commit(
     old: Option<&Path>,
     target: &Path,
 ) -> Result<bool> {
-    let mut retired = Vec::new();
+    let mut retired = None;
     if let Some(old) = old.filter(|old| old.exists()) {
         let to = staging_dir(bpffs, Stage::Retired, None);
         fs::rename(old, &to).map_err(|e| Error::io("cannot move", old, e))?;
-        retired.push(to);
+        retired = Some((old, to));
     }
-    let stale_removed = make_room(bpffs, target)?;
-    if let Some(parent) = target.parent() {
-        layout::create_dirs(parent)?;
+    let placed = make_room(bpffs, target).and_then(|stale_removed| {
+        if let Some(parent) = target.parent() {
+            layout::create_dirs(parent)?;
+        }
+        fs::rename(staging, target).map_err(|e| Error::io("cannot rename pins to", target, e))?;
+        Ok(stale_removed)
+    });
+    match placed {
+        Ok(stale_removed) => {
+            if let Some((_, to)) = retired {
+                remove_pins(&to)?;
+            }
+            layout::remove_empty_namespace_dirs(bpffs);
+            Ok(stale_removed)
+        }
+        Err(e) => {
+            // The predecessor back in place: nothing changed but the staging folder.
+            if let Some((old, to)) = retired {
+                let _ = fs::rename(to, old);
+            }
+            Err(e)
+        }
     }
-    fs::rename(staging, target).map_err(|e| Error::io("cannot rename pins to", target, e))?;
-    for dir in retired {
-        remove_pins(&dir)?;
-    }
-    layout::remove_empty_namespace_dirs(bpffs);
-    Ok(stale_removed)
 }
 
 /// Frees the folder name `target` (never the folder of a running instance, which is moved to
@@ -458,6 +483,25 @@ pub(crate) fn make_room(bpffs: &Path, target: &Path) -> Result<bool> {
     })
 }
 
+/// The staging folder `dir` of a dead upgrade: put in place at `target` if its link already
+/// runs its program (the upgrade passed its commit point), else removed (its link is pinned by
+/// the instance it was to replace, which stays as it was).
+fn finish_upgrade(bpffs: &Path, dir: &Path, target: &Path) -> Result<()> {
+    let link = link_of(dir);
+    let prog = ProgramInfo::from_pin(dir.join(PROG_PIN))
+        .ok()
+        .map(|p| p.id());
+    match link {
+        Some(link) if link.ifindex != 0 && Some(link.prog_id) == prog => {
+            // The predecessor pins the same link; it may sit at the target's name itself (an
+            // upgrade in place), which `commit` retires first.
+            let old = by_link_id(bpffs, link.id, dir)?.map(|f| f.dir().to_owned());
+            commit(bpffs, dir, old.as_deref(), target).map(|_| ())
+        }
+        _ => remove_pins(dir),
+    }
+}
+
 /// Under the writers' lock: finishes or removes what writers that died left. An upgrade whose
 /// link already runs its program is completed (its folder put in place); any other staging
 /// folder of a dead process is removed (a load's link with it, which detaches its program);
@@ -474,7 +518,10 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
     .into_iter()
     .filter(|f| matches!(f, Folder::Staging { owner, .. } if !owner.alive()))
     .collect();
-    // Upgrades first: their predecessor may be a retired folder below, which then goes.
+    // Upgrades first: their predecessor may be a retired folder below, which then goes. A
+    // folder that cannot be finished or removed is left for `status --all` to show and `prune`
+    // to remove: it must not stop every writer.
+    let mut stuck = Vec::new();
     for folder in &dead {
         if let Folder::Staging {
             dir,
@@ -482,25 +529,14 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
             target: Some((cookie, ifindex)),
             ..
         } = folder
+            && finish_upgrade(bpffs, dir, &instance_dir(bpffs, *cookie, *ifindex)).is_err()
         {
-            let link = link_of(dir);
-            let prog = ProgramInfo::from_pin(dir.join(PROG_PIN))
-                .ok()
-                .map(|p| p.id());
-            match link {
-                Some(link) if link.ifindex != 0 && Some(link.prog_id) == prog => {
-                    let old = by_link_id(bpffs, link.id, dir)?.map(|f| f.dir().to_owned());
-                    let target = instance_dir(bpffs, *cookie, *ifindex);
-                    let old = old.filter(|o| *o != target);
-                    commit(bpffs, dir, old.as_deref(), &target)?;
-                }
-                _ => remove_pins(dir)?,
-            }
+            stuck.push(dir.as_path());
         }
     }
     for folder in &dead {
-        if folder.dir().exists() {
-            remove_pins(folder.dir())?;
+        if folder.dir().exists() && !stuck.contains(&folder.dir()) {
+            let _ = remove_pins(folder.dir());
         }
     }
     layout::remove_empty_namespace_dirs(bpffs);

@@ -421,7 +421,18 @@ pub(crate) fn remove_pins(dir: &Path) -> Result<()> {
 /// every writer of port-demux's pinned state takes; readers never take it, and the data path
 /// never sees it.
 #[derive(Debug)]
-pub struct DirLock(#[expect(dead_code, reason = "held for its Drop")] File);
+pub struct DirLock {
+    /// The locked folder; `None` for a writers' lock this thread already held.
+    file: Option<File>,
+    /// Whether it is (a nesting of) the writers' lock.
+    writers: bool,
+}
+
+thread_local! {
+    /// How many writers' locks this thread holds: the CLI takes it before it opens an
+    /// instance, and the library call it then makes takes it again.
+    static WRITERS_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 impl DirLock {
     /// Blocks until the lock on `dir` is ours.
@@ -434,18 +445,48 @@ impl DirLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(Error::io("cannot lock", dir, io::Error::last_os_error()));
         }
-        Ok(Self(file))
+        Ok(Self {
+            file: Some(file),
+            writers: false,
+        })
     }
 
     /// The writers' lock: the `flock` of `port-demux/` in `bpffs` (created, root's only, when
     /// missing). Every command that changes pins or maps (load, unload, upgrade, bind, unbind,
-    /// prune) holds it from before it opens a map or pin until it is done.
+    /// prune) holds it from before it opens a map or pin until it is done. Taken again by the
+    /// thread that holds it, it nests (another thread or process waits).
     ///
     /// # Errors
-    /// When the folder cannot be created, opened or locked.
+    /// [`Error::NoBpffs`] when no bpffs is mounted at `bpffs`; when the folder cannot be
+    /// created, opened or locked.
     pub fn writers(bpffs: &Path) -> Result<Self> {
-        let root = root(bpffs);
-        create_dirs(&root)?;
-        Self::exclusive(&root)
+        if WRITERS_HELD.get() == 0 {
+            if !is_bpffs(bpffs) {
+                return Err(Error::NoBpffs {
+                    path: bpffs.to_owned(),
+                });
+            }
+            let root = root(bpffs);
+            create_dirs(&root)?;
+            let mut lock = Self::exclusive(&root)?;
+            lock.writers = true;
+            WRITERS_HELD.set(1);
+            return Ok(lock);
+        }
+        WRITERS_HELD.set(WRITERS_HELD.get() + 1);
+        Ok(Self {
+            file: None,
+            writers: true,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if self.writers {
+            WRITERS_HELD.set(WRITERS_HELD.get().saturating_sub(1));
+        }
+        // The flock goes with the descriptor.
+        drop(self.file.take());
     }
 }

@@ -47,11 +47,6 @@ pub const PROGRAM_DEBUG: &str = "port_demux_debug";
 
 /// The writers' lock of `scope`'s bpffs, after which what dead writers left is swept.
 fn lock(scope: &Scope) -> Result<DirLock> {
-    if !crate::is_bpffs(scope.bpffs()) {
-        return Err(Error::NoBpffs {
-            path: scope.bpffs().to_owned(),
-        });
-    }
     let lock = DirLock::writers(scope.bpffs())?;
     instance::sweep(scope.bpffs(), &lock)?;
     Ok(lock)
@@ -139,6 +134,16 @@ pub(crate) fn load<T>(
 /// The instance `scope` runs on `iface`, or why there is none: [`Error::Detached`] for a stale
 /// one of this namespace's by that name, [`Error::NotLoaded`].
 pub(crate) fn find(scope: &Scope, iface: &str) -> Result<Found> {
+    find_for(scope, iface, false)
+}
+
+/// [`find`] for a writer: one that cannot open the instance's link (a bpffs mounted
+/// read-only, missing rights) is refused with the kernel's reason.
+fn find_writable(scope: &Scope, iface: &str) -> Result<Found> {
+    find_for(scope, iface, true)
+}
+
+fn find_for(scope: &Scope, iface: &str, writer: bool) -> Result<Found> {
     check_ifname(iface)?;
     if !crate::is_bpffs(scope.bpffs()) {
         return Err(Error::NoBpffs {
@@ -148,6 +153,10 @@ pub(crate) fn find(scope: &Scope, iface: &str) -> Result<Found> {
     if let Some(ifindex) = scope.ifindex(iface)?
         && let Some(found) = instance::find_running(scope, ifindex)?
     {
+        if writer && found.link.id == 0 {
+            let path = found.dir().join(LINK_PIN);
+            crate::sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+        }
         return Ok(found);
     }
     if let Some((_, detail)) = instance::stale_own(scope, iface)? {
@@ -167,7 +176,7 @@ pub(crate) fn find(scope: &Scope, iface: &str) -> Result<Found> {
 pub(crate) fn unload(scope: &Scope, iface: &str) -> Result<()> {
     check_ifname(iface)?;
     let _lock = lock(scope)?;
-    let (dir, link) = match find(scope, iface) {
+    let (dir, link) = match find_writable(scope, iface) {
         Ok(found) => (found.dir().to_owned(), Some(found.link)),
         Err(Error::Detached { .. }) => {
             let (dir, _) = instance::stale_own(scope, iface)?.ok_or_else(|| Error::NotLoaded {
@@ -206,7 +215,7 @@ pub(crate) fn unload(scope: &Scope, iface: &str) -> Result<()> {
 pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
     check_ifname(iface)?;
     let _lock = lock(scope)?;
-    let found = find(scope, iface)?;
+    let found = find_writable(scope, iface)?;
     let dir = found.dir().to_owned();
     let meta = read_meta(&dir)?;
     let v2 = match meta.layout_version {
@@ -398,7 +407,7 @@ pub(crate) fn check_attached(scope: &Scope, iface: &str, link: LinkInfo) -> Resu
         format!("its interface is gone{}", scope.where_())
     } else {
         match scope.run(|| netlink::xdp_query(link.ifindex))? {
-            Ok(Some(a)) if a.prog_id == link.prog_id => return Ok(()),
+            Ok(Some(a)) if a.runs(link.prog_id) => return Ok(()),
             Ok(Some(a)) => format!("{iface} runs XDP program id {} instead", a.prog_id),
             Ok(None) => format!("{iface} has no XDP program{}", scope.where_()),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => format!(
@@ -435,25 +444,27 @@ fn foreign(
     }
 }
 
-/// Detaches the foreign program `attached` (`load --force`).
+/// Detaches the foreign program(s) `attached` (`load --force`); returns the first one's id.
 fn detach_foreign(
     scope: &Scope,
     iface: &str,
     ifindex: u32,
     attached: netlink::XdpAttachment,
 ) -> Result<u32> {
-    scope
-        .run(|| netlink::xdp_detach(ifindex, attached.mode_flags))?
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                Error::BadSpec(format!(
-                    "XDP program id {} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)",
-                    attached.prog_id
-                ))
-            } else {
-                Error::io("cannot detach the XDP program on", iface, e)
-            }
-        })?;
+    for (prog_id, mode_flags) in attached.programs() {
+        scope
+            .run(|| netlink::xdp_detach(ifindex, mode_flags))?
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::HeldByLink {
+                        iface: iface.to_owned(),
+                        prog_id,
+                    }
+                } else {
+                    Error::io("cannot detach the XDP program on", iface, e)
+                }
+            })?;
+    }
     Ok(attached.prog_id)
 }
 

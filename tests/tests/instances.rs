@@ -16,10 +16,12 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use port_demux::{Action, BindOptions, Error, LoadOptions, PortDemux, State, instances, prune};
+use port_demux::{
+    Action, BPFFS, BindOptions, DirLock, Error, LoadOptions, PortDemux, State, instances, prune,
+};
 use port_demux_testkit::{
     cli::{bin, execute, json, pd_json, pd_ok, pd_refused},
-    netns::Netns,
+    netns::{Netns, poll},
 };
 use serde_json::Value;
 
@@ -248,7 +250,25 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
     let dead_pins = pins(&dead, "d0");
     let _cleanup = RemoveOnDrop(vec![dead_pins.clone()]);
     let ino = dead.scope().netns_ino();
+    // From here until `prune`, this test holds the writers' lock (see
+    // `status_all_and_prune_report_every_state`): no other process's `prune` removes the dead
+    // instance before it is looked at. The CLI runs readers meanwhile; the writes go through
+    // the library in this thread, where the lock nests.
+    let lock = DirLock::writers(Path::new(BPFFS)).expect("the writers' lock");
     dead.delete();
+    // The kernel frees a namespace (its devices, then its inode number) after `ip netns del`
+    // returns, from a work queue: wait until its instance no longer runs.
+    poll(
+        "the dead namespace's instance to stop running",
+        || {
+            instances(Path::new(BPFFS))
+                .expect("instances")
+                .into_iter()
+                .find(|i| i.dir == dead_pins)
+                .map(|i| i.state)
+        },
+        |state| *state == Some(State::NamespaceGone),
+    );
     // New namespaces until one has the dead one's inode; the others are kept meanwhile, so
     // that each takes another free number.
     let mut tried = Vec::new();
@@ -269,31 +289,42 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
     pd_refused(&heir, &["stats"], &["not loaded on any interface"]);
     pd_refused(&heir, &["bindings"], &["not loaded on any interface"]);
     veth(&heir, "d0", "d1");
-    pd_refused(&heir, &["bind", "udp/5001", "drop"], &["not loaded"]);
     pd_refused(&heir, &["stats", "-i", "d0"], &["not loaded on d0"]);
     assert!(matches!(
         PortDemux::open_only(&heir.scope()),
-        Err(Error::WhichInterface(_))
+        Err(Error::NoneLoaded { .. })
     ));
-    pd_ok(&heir, &["load", "d0"]);
-    assert!(bindings(&heir, "d0").is_empty());
-    assert_ne!(pins(&heir, "d0"), dead_pins);
-    // The dead instance is there for `status --all`, and `prune` removes it.
+    // The dead instance is there for `status --all`.
     let listed = entry(&dead_pins).unwrap_or_else(|| panic!("{}", dead_pins.display()));
     assert_eq!(listed["state"], "namespace-gone", "{listed}");
     assert_eq!(listed["iface"], "d0", "{listed}");
-    let pruned = host_json(&["prune", "--json"]);
-    assert!(
-        pruned["instances"]
-            .as_array()
-            .expect("instances")
-            .iter()
-            .any(|i| i["dir"] == dead_pins.to_str().expect("UTF-8")),
-        "{pruned}"
-    );
+    // The heir loads its own, which has nothing of the dead one's; `prune` removes the dead one.
+    let (own, _) =
+        PortDemux::load(&heir.scope(), "d0", &LoadOptions::default()).expect("load in the heir");
+    assert!(own.bindings().expect("bindings").is_empty());
+    assert_ne!(own.pin_dir(), dead_pins);
+    let removed = prune_releasing(lock);
+    assert!(removed.contains(&dead_pins), "{removed:?}");
     assert!(!dead_pins.exists());
+    assert!(!removed.contains(&own.pin_dir().to_owned()), "{removed:?}");
+    // `bind` without -i takes the heir's own instance, the only one running there.
+    let out = pd_ok(&heir, &["bind", "udp/5001", "drop"]);
+    assert!(out.ends_with("on d0\n"), "{out}");
+    assert_eq!(bindings(&heir, "d0"), [binding(5001, "drop", "")]);
     assert_eq!(interfaces(&heir).len(), 1);
     pd_ok(&heir, &["unload", "d0"]);
+}
+
+/// The library's `prune` under `lock` (the writers' lock this thread holds, in which it nests),
+/// then the lock released: the folders removed.
+fn prune_releasing(lock: DirLock) -> Vec<PathBuf> {
+    let removed = prune(Path::new(BPFFS))
+        .expect("prune")
+        .into_iter()
+        .map(|i| i.dir)
+        .collect();
+    drop(lock);
+    removed
 }
 
 /// A pid that no process has: one that ran and exited.
@@ -307,10 +338,6 @@ fn dead_pid() -> u32 {
 /// `status --all` names every state, `prune` removes every stale instance (detaching a program
 /// a killed load left attached) and nothing running; a second `prune` finds nothing of ours.
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: five states made, listed, pruned"
-)]
 fn status_all_and_prune_report_every_state() {
     let _serial = serial();
     let ns = Netns::new("st");
@@ -336,13 +363,18 @@ fn status_all_and_prune_report_every_state() {
         dir(&ns, "s3"),
         dir(&gone_ns, "g0"),
     );
-    // A killed load: its folder still under the staging name of a dead process, the program
-    // attached and pinned there only.
+    // Until `prune` below, this test holds the writers' lock: no other process's writer (another
+    // test binary's `prune` or load, which sweep) removes the stale instances made here before
+    // they are looked at. Readers do not take it.
+    let lock = DirLock::writers(Path::new(BPFFS)).expect("the writers' lock");
+    // A killed load: its folder still under the staging name of a dead process (start time 1:
+    // never a live process's, even once the pid is reused), the program attached and pinned
+    // there only.
     let staging = running
         .parent()
         .and_then(Path::parent)
         .expect("port-demux folder")
-        .join(format!("staging-pid{}-0-load-0-ns1-if1", dead_pid()));
+        .join(format!("staging-pid{}-1-load-0-ns1-if1", dead_pid()));
     fs::rename(&killed, &staging).expect("renaming into a staging name");
     let _cleanup = RemoveOnDrop(vec![
         iface_gone.clone(),
@@ -381,24 +413,14 @@ fn status_all_and_prune_report_every_state() {
         "{text:?}"
     );
 
-    let pruned = host_json(&["prune", "--json"]);
-    let removed: Vec<&str> = pruned["instances"]
-        .as_array()
-        .expect("instances")
-        .iter()
-        .filter_map(|i| i["dir"].as_str())
-        .collect();
+    // The library's prune, under the lock this thread holds (it nests): what it removed is
+    // exactly what was made stale here, whatever other processes do meanwhile.
+    let removed = prune_releasing(lock);
     for d in [&iface_gone, &half, &staging, &ns_gone] {
-        assert!(
-            removed.contains(&d.to_str().expect("UTF-8")),
-            "{d:?} in {pruned}"
-        );
+        assert!(removed.contains(d), "{d:?} in {removed:?}");
         assert!(!d.exists(), "{} left", d.display());
     }
-    assert!(
-        !removed.contains(&running.to_str().expect("UTF-8")),
-        "{pruned}"
-    );
+    assert!(!removed.contains(&running), "{removed:?}");
     assert!(running.exists());
     assert_ne!(
         ns.xdp_prog("s3"),
@@ -406,6 +428,7 @@ fn status_all_and_prune_report_every_state() {
         "the killed load's program still runs"
     );
     assert_eq!(ns.xdp_prog("s3"), None);
+    // The CLI's prune finds nothing of ours any more.
     let again = host_json(&["prune", "--json"]);
     for d in [&iface_gone, &half, &staging, &ns_gone, &running] {
         assert!(

@@ -44,8 +44,19 @@ pub struct BenchArgs {
     previous: PathBuf,
 }
 
-const NS_TX: &str = "pdbench-tx";
-const NS_RX: &str = "pdbench-rx";
+/// The bench's sending and receiving namespaces: the kit's unique names
+/// (`pdt-<pid>-<n>-benchtx`), so that benches of several checkouts can run at once.
+static NAMES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// The sending namespace.
+fn ns_tx() -> &'static str {
+    &NAMES.get().expect("set by bench()").0
+}
+
+/// The receiving namespace, where port-demux runs.
+fn ns_rx() -> &'static str {
+    &NAMES.get().expect("set by bench()").1
+}
 const BOUND_UDP: u16 = 7777;
 const BOUND_TCP: u16 = 80;
 
@@ -198,11 +209,11 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs `port-demux --netns NS_RX ARGS`, returning stdout and the wall time.
+/// Runs `port-demux --netns RX ARGS` (RX: [`ns_rx`]), returning stdout and the wall time.
 fn pd(bin: &Path, args: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = Command::new(bin)
-        .args(["--netns", NS_RX])
+        .args(["--netns", ns_rx()])
         .args(args)
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -256,8 +267,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     ensure_bpffs()?;
     // The test kit's namespaces: removed on drop (port-demux unloaded first), and reaped by
     // the kit's next run if the bench is killed.
-    let tx = Netns::with_name(NS_TX.to_owned());
-    let rx = Netns::with_name(NS_RX.to_owned());
+    let tx = Netns::new("benchtx");
+    let rx = Netns::new("benchrx");
+    NAMES
+        .set((tx.name().to_owned(), rx.name().to_owned()))
+        .expect("one bench per process");
     tx.veth("tx0", &rx, "rx0");
     tx.add_addr("tx0", "10.98.0.2/24");
     rx.add_addr("rx0", "10.98.0.1/24");
@@ -269,7 +283,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let result = run(args, &bin, &tx);
     let _ = pd(&bin, &["unload", "rx0"]);
-    let _ = nsenter(NS_RX, &["xdp-filter", "unload", "frx0"]);
+    let _ = nsenter(ns_rx(), &["xdp-filter", "unload", "frx0"]);
     result
 }
 
@@ -337,7 +351,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     pd(bin, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
     let floor = bpf::load_return_program(bpf::XDP_PASS, "bench_pass")
         .context("loading the XDP_PASS floor program")?;
-    attach_generic(&floor, NS_TX, "ftx0")?;
+    attach_generic(&floor, ns_tx(), "ftx0")?;
     let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
     // Kept alive until the end: dropping it detaches and unloads the previous program.
     let previous = previous_program(&args.previous)
@@ -675,7 +689,7 @@ fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
         .try_into()?;
     prog.load()?;
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
-    attach_generic(&fd, NS_RX, "prx0")?;
+    attach_generic(&fd, ns_rx(), "prx0")?;
     Ok((ebpf, fd))
 }
 
@@ -697,12 +711,12 @@ fn attach(prog: &std::os::fd::OwnedFd, ns: &str, dev: &str, mode: &str) -> Resul
 
 /// xdp-filter on `frx0` with a deny rule for udp/7777; its program, opened by id.
 fn xdp_filter() -> Result<std::os::fd::OwnedFd> {
-    nsenter(NS_RX, &["xdp-filter", "load", "-m", "skb", "frx0"])?;
+    nsenter(ns_rx(), &["xdp-filter", "load", "-m", "skb", "frx0"])?;
     nsenter(
-        NS_RX,
+        ns_rx(),
         &["xdp-filter", "port", "-p", "udp", &BOUND_UDP.to_string()],
     )?;
-    Ok(bpf::prog_by_id(xdp_prog_id(NS_RX, "frx0")?)?)
+    Ok(bpf::prog_by_id(xdp_prog_id(ns_rx(), "frx0")?)?)
 }
 
 /// Where the time goes: with `kernel.bpf_stats_enabled`, the kernel times each program run
@@ -713,11 +727,11 @@ fn run_time_stats(frame: &[u8], repeat: u32, filter: bool) -> Result<(Value, Str
     let before = std::fs::read_to_string(SYSCTL)?;
     std::fs::write(SYSCTL, "1")?;
     let mut programs = vec![
-        ("floor", xdp_prog_id(NS_TX, "ftx0")?),
-        ("port-demux", xdp_prog_id(NS_RX, "rx0")?),
+        ("floor", xdp_prog_id(ns_tx(), "ftx0")?),
+        ("port-demux", xdp_prog_id(ns_rx(), "rx0")?),
     ];
     if filter {
-        programs.push(("xdp-filter", xdp_prog_id(NS_RX, "frx0")?));
+        programs.push(("xdp-filter", xdp_prog_id(ns_rx(), "frx0")?));
     }
     let stats = |id: u32| -> Result<(u64, u64)> {
         let out = Command::new("bpftool")
@@ -764,7 +778,7 @@ fn run_time_stats(frame: &[u8], repeat: u32, filter: bool) -> Result<(Value, Str
     Ok((Value::Object(figures), summary))
 }
 
-/// Live-traffic receivers: (sending veth in `NS_TX`, its peer in `NS_RX`, what runs there).
+/// Live-traffic receivers: (sending veth in [`ns_tx`], its peer in [`ns_rx`], what runs there).
 const LIVE_RECEIVERS: [(&str, &str, &str); 4] = [
     ("tx0", "rx0", "port-demux"),
     ("ltx1", "lrx1", "drop-only"),
@@ -790,8 +804,8 @@ fn ethtool_stats(ns: &str, dev: &str) -> Result<std::collections::HashMap<String
 /// Frames the peer's XDP program saw (`rx_xdp`), and frames the sending veth could not hand
 /// to its peer (no XDP there: dropped at transmit).
 fn veth_counts(tx_if: &str, rx_if: &str) -> Result<(u64, u64)> {
-    let rx = ethtool_stats(NS_RX, rx_if)?;
-    let tx = ethtool_stats(NS_TX, tx_if)?;
+    let rx = ethtool_stats(ns_rx(), rx_if)?;
+    let tx = ethtool_stats(ns_tx(), tx_if)?;
     let seen = rx
         .iter()
         .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_packets"))
@@ -834,9 +848,9 @@ fn live(
     let repeat = args.live_frames;
     let sender = bpf::load_return_program(bpf::XDP_TX, "bench_tx")?;
     let drop_only = bpf::load_return_program(bpf::XDP_DROP, "bench_drop")?;
-    attach(&drop_only, NS_RX, LIVE_RECEIVERS[1].1, "xdpdrv")?;
+    attach(&drop_only, ns_rx(), LIVE_RECEIVERS[1].1, "xdpdrv")?;
     let filter = nsenter(
-        NS_RX,
+        ns_rx(),
         &["xdp-filter", "load", "-m", "native", LIVE_RECEIVERS[2].1],
     );
     let receivers: Vec<_> = LIVE_RECEIVERS
@@ -965,7 +979,7 @@ fn live(
         Ok((value, text))
     })();
     if filter.is_ok() {
-        let _ = nsenter(NS_RX, &["xdp-filter", "unload", LIVE_RECEIVERS[2].1]);
+        let _ = nsenter(ns_rx(), &["xdp-filter", "unload", LIVE_RECEIVERS[2].1]);
     }
     result
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Args;
 
 use super::{Failure, check_privileges, open};
-use crate::{Action, BindOptions, PortSpec, Scope};
+use crate::{Action, BindOptions, DirLock, PortSpec, Scope};
 
 /// Arguments of `bind`.
 #[derive(Debug, Args)]
@@ -39,6 +39,9 @@ pub fn bind(scope: &Scope, args: &BindArgs, out: &mut dyn Write) -> Result<(), F
     let ports: PortSpec = args.ports.parse()?;
     let action: Action = args.action.parse()?;
     check_privileges("port-demux bind")?;
+    // The writers' lock before the instance is opened: no load, unload or other bind changes
+    // which instance `-i` names, or its maps, until this one is done.
+    let _lock = DirLock::writers(scope.bpffs())?;
     let demux = open(scope, args.iface.as_deref())?;
     let opts = BindOptions {
         replace: args.replace,
@@ -52,6 +55,7 @@ pub fn bind(scope: &Scope, args: &BindArgs, out: &mut dyn Write) -> Result<(), F
 pub fn unbind(scope: &Scope, args: &UnbindArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let ports: PortSpec = args.ports.parse()?;
     check_privileges("port-demux unbind")?;
+    let _lock = DirLock::writers(scope.bpffs())?;
     let demux = open(scope, args.iface.as_deref())?;
     demux.unbind(ports)?;
     writeln!(out, "unbound {ports} on {}", demux.iface())?;
