@@ -93,7 +93,9 @@ impl From<Error> for Failure {
 /// flags, appended to the library's sentence.
 fn hint(e: &Error) -> String {
     match e {
-        Error::NotLoaded { iface, .. } => format!(" (`port-demux load {iface}`)"),
+        Error::NotLoaded { iface, .. } | Error::Unloaded { iface } => {
+            format!(" (`port-demux load {iface}`)")
+        }
         Error::NoBpffs { .. } | Error::NoneLoaded { .. } => " (`port-demux load IFACE`)".into(),
         Error::WhichInterface { .. } => " with -i IFACE".into(),
         Error::AlreadyLoaded { iface } => {
@@ -103,7 +105,6 @@ fn hint(e: &Error) -> String {
         Error::Detached { iface, .. } => {
             format!(" (`port-demux unload {iface}`, or `port-demux prune`)")
         }
-        Error::Unloaded { iface } => format!(" (`port-demux load {iface}`)"),
         Error::LayoutV2 { iface, .. } => format!(" (`port-demux load {iface} --upgrade`)"),
         Error::Conflict { .. } => " (`unbind`, or `bind --replace`)".into(),
         Error::NotBound { .. } => "; see `port-demux bindings`".into(),
