@@ -93,17 +93,12 @@ impl PortDemux {
         let running = instance::running_in(scope)?;
         match running.as_slice() {
             [(iface, found)] => Self::open_found(scope, iface, found),
-            [] => Err(Error::WhichInterface(format!(
-                "port-demux is not loaded on any interface{}: run `port-demux load IFACE` first",
-                scope.where_()
-            ))),
-            many => Err(Error::WhichInterface(format!(
-                "port-demux is loaded on {}: say which with -i IFACE",
-                many.iter()
-                    .map(|(name, _)| name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            [] => Err(Error::NoneLoaded {
+                where_: scope.where_(),
+            }),
+            many => Err(Error::WhichInterface {
+                loaded: many.iter().map(|(name, _)| name.clone()).collect(),
+            }),
         }
     }
 
@@ -156,29 +151,31 @@ impl PortDemux {
     /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`],
     /// [`Error::Detached`].
     pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
-        if opts.owner.len() > OWNER_LEN {
-            return Err(Error::BadSpec(format!(
-                "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
-                opts.owner
-            )));
-        }
+        check_owner(&opts.owner)?;
         let _lock = self.lock_writers()?;
         let current = self.maps.read_bindings()?;
+        let at = |port: u16| current[port_index(ports.proto.index(), port) as usize];
         if !opts.replace
-            && let Some(port) = ports.ports().find(|&p| {
-                current[port_index(ports.proto.index(), p) as usize].action != action::UNBOUND
-            })
+            && let Some(first) = ports.ports().find(|&p| at(p).action != action::UNBOUND)
         {
-            let b = current[port_index(ports.proto.index(), port) as usize];
+            let b = at(first);
+            let same = |p: u16| {
+                let other = at(p);
+                other.action == b.action && other.slot == b.slot && other.owner == b.owner
+            };
+            let last = (first..=ports.last)
+                .take_while(|&p| same(p))
+                .last()
+                .unwrap_or(first);
             let owner = maps::owner_str(&b);
             return Err(Error::Conflict {
-                port: PortSpec::single(ports.proto, port).to_string(),
-                action: maps::describe(&b, &self.slot_names()?).to_string(),
-                owner: if owner.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (owner {owner})")
+                ports: PortSpec {
+                    proto: ports.proto,
+                    first,
+                    last,
                 },
+                action: maps::describe(&b, &self.slot_names()?),
+                owner: (!owner.is_empty()).then_some(owner),
             });
         }
         let mut value = Binding::zeroed();
@@ -206,11 +203,19 @@ impl PortDemux {
     pub fn unbind(&self, ports: PortSpec) -> Result<()> {
         let _lock = self.lock_writers()?;
         let current = self.maps.read_bindings()?;
-        if let Some(port) = ports.ports().find(|&p| {
-            current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
-        }) {
+        let unbound =
+            |p: u16| current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND;
+        if let Some(first) = ports.ports().find(|&p| unbound(p)) {
+            let last = (first..=ports.last)
+                .take_while(|&p| unbound(p))
+                .last()
+                .unwrap_or(first);
             return Err(Error::NotBound {
-                port: PortSpec::single(ports.proto, port).to_string(),
+                ports: PortSpec {
+                    proto: ports.proto,
+                    first,
+                    last,
+                },
             });
         }
         self.maps.write_bindings(ports, &Binding::zeroed())?;
@@ -431,6 +436,23 @@ impl PortDemux {
             })
             .collect()
     }
+}
+
+/// Refuses an owner label that does not fit its field or would not print as one line (control
+/// characters: a newline, an escape sequence).
+fn check_owner(owner: &str) -> Result<()> {
+    let problem = if owner.len() > OWNER_LEN {
+        "is longer than the owner field"
+    } else if owner.chars().any(char::is_control) {
+        "has control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadOwner {
+        owner: owner.to_owned(),
+        problem,
+        max: OWNER_LEN,
+    })
 }
 
 /// The kernel memory of every pinned map and of the program in `dir` (the link holds none of

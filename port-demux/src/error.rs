@@ -1,6 +1,10 @@
-//! Errors. Each reads as one line that says what is wrong and what to do about it.
+//! Errors. Each reads as one line that says what is wrong and what to do about it, in the
+//! library's terms: no command-line words (flags, verbs of the `port-demux` CLI), which the CLI
+//! adds itself (`cli::hint`). Variants carry typed fields, never pre-rendered text.
 
 use std::{io, path::PathBuf};
+
+use crate::spec::{Action, PortSpec};
 
 /// Everything the library can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +47,7 @@ pub enum Error {
     },
     /// `apply` replaced the bindings map while a command waited to change it.
     #[error(
-        "the bindings of {iface} were replaced (port-demux apply) while this command waited: run it again"
+        "the bindings of {iface} were replaced by a configuration apply while this change waited: make it again"
     )]
     Replaced {
         /// Interface.
@@ -61,7 +65,7 @@ pub enum Error {
         missing: Vec<&'static str>,
     },
     /// No instance on this interface.
-    #[error("port-demux is not loaded on {iface}{where_}: run `port-demux load {iface}` first")]
+    #[error("port-demux is not loaded on {iface}{where_}: load it first")]
     NotLoaded {
         /// Interface.
         iface: String,
@@ -69,17 +73,36 @@ pub enum Error {
         where_: String,
     },
     /// Nothing can be loaded: no bpffs where the pins would be.
-    #[error("port-demux is not loaded: no bpf filesystem is mounted at {path} (`port-demux load IFACE` mounts one)", path = .path.display())]
+    #[error("port-demux is not loaded: no bpf filesystem is mounted at {path} (loading mounts one)", path = .path.display())]
     NoBpffs {
         /// The bpffs mount point.
         path: PathBuf,
     },
-    /// `-i` left out, but not exactly one interface is loaded.
-    #[error("{0}")]
-    WhichInterface(String),
+    /// No interface given, and none is loaded.
+    #[error("port-demux is not loaded on any interface{where_}: load it on one first")]
+    NoneLoaded {
+        /// " in network namespace X", or empty.
+        where_: String,
+    },
+    /// No interface given, and several are loaded.
+    #[error("port-demux is loaded on {}: say which interface", .loaded.join(", "))]
+    WhichInterface {
+        /// The interfaces it is loaded on.
+        loaded: Vec<String>,
+    },
+    /// An owner label that cannot be stored or printed as one line.
+    #[error("owner {owner:?} {problem}: give a label of at most {max} printable bytes")]
+    BadOwner {
+        /// The label given.
+        owner: String,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// The most bytes a label may have.
+        max: usize,
+    },
     /// `load` on an interface that already has port-demux.
     #[error(
-        "port-demux is already loaded on {iface}: `port-demux unload {iface}` first, or `load --upgrade` to replace the program"
+        "port-demux is already loaded on {iface}: unload it first, or upgrade it to replace the program"
     )]
     AlreadyLoaded {
         /// Interface.
@@ -87,7 +110,7 @@ pub enum Error {
     },
     /// Another XDP program is attached.
     #[error(
-        "interface {iface} already has XDP program id {prog_id} that port-demux did not load: detach it, or `load --force` to replace it"
+        "interface {iface} already has XDP program id {prog_id} that port-demux did not load: detach it first"
     )]
     ForeignProgram {
         /// Interface.
@@ -95,9 +118,20 @@ pub enum Error {
         /// Its id.
         prog_id: u32,
     },
+    /// A foreign program attached through a `bpf_link` someone else holds: it cannot be
+    /// detached from outside.
+    #[error(
+        "XDP program id {prog_id} on {iface} is held by a bpf_link, which cannot be detached from outside: remove it with the tool that attached it (bpftool link)"
+    )]
+    HeldByLink {
+        /// Interface.
+        iface: String,
+        /// The program.
+        prog_id: u32,
+    },
     /// The pins exist but the interface runs another program or none.
     #[error(
-        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` (or `port-demux prune`) and load again"
+        "port-demux's pins for {iface} exist but its program is not attached ({detail}): unload it and load again"
     )]
     Detached {
         /// Interface.
@@ -107,7 +141,7 @@ pub enum Error {
     },
     /// A library handle on an instance that was unloaded since it was opened.
     #[error(
-        "the port-demux instance opened on {iface} was unloaded since: open it again (after `port-demux load {iface}`)"
+        "the port-demux instance opened on {iface} was unloaded since: load it and open it again"
     )]
     Unloaded {
         /// The interface it was opened on.
@@ -148,7 +182,7 @@ pub enum Error {
     },
     /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 3: run `port-demux load {iface} --upgrade` to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 3: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
     )]
     LayoutV2 {
         /// Pin folder.
@@ -156,23 +190,30 @@ pub enum Error {
         /// Interface.
         iface: String,
     },
-    /// A port of the range is bound already.
+    /// Ports of the range are bound already.
     #[error(
-        "{port} is already bound to {action}{owner}: nothing changed; unbind it first or bind with --replace"
+        "{ports} {is} already bound to {action}{owner}: nothing changed; unbind {it} first or replace the binding",
+        is = if .ports.len() == 1 { "is" } else { "are" },
+        it = if .ports.len() == 1 { "it" } else { "them" },
+        owner = .owner.as_ref().map(|o| format!(" (owner {})", o.escape_debug())).unwrap_or_default()
     )]
     Conflict {
-        /// The first conflicting port, like `udp/53`.
-        port: String,
-        /// Its action.
-        action: String,
-        /// " (owner X)" or empty.
-        owner: String,
+        /// The first run of conflicting ports of the range (same action and owner), like
+        /// `udp/53` or `tcp/9050-9099`.
+        ports: PortSpec,
+        /// Their binding.
+        action: Action,
+        /// Their owner label, if they have one.
+        owner: Option<String>,
     },
-    /// Unbind of a port that is not bound.
-    #[error("{port} is not bound: nothing changed; see `port-demux bindings`")]
+    /// Unbind of ports that are not bound.
+    #[error(
+        "{ports} {is} not bound: nothing changed",
+        is = if .ports.len() == 1 { "is" } else { "are" }
+    )]
     NotBound {
-        /// The first unbound port of the range.
-        port: String,
+        /// The first run of unbound ports of the range, like `tcp/9100-9110`.
+        ports: PortSpec,
     },
     /// Every devmap slot is in use.
     #[error(
@@ -200,7 +241,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Loading the eBPF object failed.
-    #[error("cannot load the XDP program: {0}")]
+    #[error("cannot load the XDP program: {}", crate::kernel::describe_ebpf(.0))]
     Ebpf(#[from] Box<aya::EbpfError>),
     /// The running kernel lacks a feature `load` needs (see `kernel::FEATURES`).
     #[error(
@@ -218,10 +259,10 @@ pub enum Error {
     },
     /// The kernel's verifier rejected the program.
     #[error(
-        "the verifier of {kernel} rejected the XDP program {program}: {reason}; {log} (port-demux is tested on Linux 6.1, 6.12 and newer)",
+        "the verifier of {kernel} rejected the XDP program {program}: {reason}{log} (port-demux is tested on Linux 6.1, 6.12 and newer)",
         log = match .log {
-            Some(path) => format!("its whole log is in {}", path.display()),
-            None => "rerun with --verifier-log FILE to keep its whole log".to_owned(),
+            Some(path) => format!("; its whole log is in {}", path.display()),
+            None => String::new(),
         }
     )]
     Verifier {

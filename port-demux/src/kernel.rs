@@ -55,7 +55,7 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "bpf_link for XDP (BPF_LINK_CREATE, BPF_LINK_UPDATE)",
         since: (5, 9),
-        used_for: "the program stays attached after the loader exits (pinned link); load --upgrade swaps it atomically",
+        used_for: "the program stays attached after the loader exits (pinned link); an upgrade swaps it atomically",
         need: Need::Required,
     },
     Feature {
@@ -238,5 +238,93 @@ mod tests {
             "math between pkt pointer and register with unbounded min value is not allowed"
         );
         assert_eq!(verifier_reason(""), "no verifier log");
+    }
+}
+
+/// aya's error as a sentence for users: the failed call and the kernel's errno text, map names
+/// as names; never aya's `Debug`-shaped text (``map `Some("META")` requested pinning``).
+pub(crate) fn describe_ebpf(e: &aya::EbpfError) -> String {
+    match e {
+        aya::EbpfError::MapError(m) => describe_map_error(m),
+        aya::EbpfError::ProgramError(p) => describe_program_error(p),
+        aya::EbpfError::FileError { path, error } => {
+            format!("cannot read {}: {error}", path.display())
+        }
+        // Parsing, BTF and relocation of the embedded object: aya's own sentences.
+        other => other.to_string(),
+    }
+}
+
+fn describe_map_error(e: &aya::maps::MapError) -> String {
+    use aya::maps::MapError;
+    match e {
+        MapError::CreateError { name, io_error } => {
+            format!("the kernel refused to create map {name}: {io_error}")
+        }
+        MapError::PinError { name, error } => format!(
+            "cannot pin map {}: {}",
+            name.as_deref().unwrap_or("(unnamed)"),
+            describe_pin_error(error)
+        ),
+        MapError::SyscallError(s) => describe_syscall(s),
+        MapError::IoError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_pin_error(e: &aya::pin::PinError) -> String {
+    match e {
+        aya::pin::PinError::SyscallError(s) => describe_syscall(s),
+        aya::pin::PinError::InvalidPinPath { path, .. } => {
+            format!("{} is not a path a pin can have", path.display())
+        }
+        other @ aya::pin::PinError::NoFd { .. } => other.to_string(),
+    }
+}
+
+/// A program error as a sentence (attach failures: the call and the kernel's errno text).
+pub(crate) fn describe_program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::SyscallError(s) => describe_syscall(s),
+        ProgramError::MapError(m) => describe_map_error(m),
+        ProgramError::LoadError { io_error, .. } => {
+            format!("the kernel refused the program: {io_error}")
+        }
+        ProgramError::IOError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_syscall(s: &aya::sys::SyscallError) -> String {
+    format!("{} failed: {}", s.call, s.io_error)
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn aya_errors_read_as_sentences() {
+        let pin = aya::EbpfError::MapError(aya::maps::MapError::PinError {
+            name: Some("META".to_owned()),
+            error: aya::pin::PinError::SyscallError(aya::sys::SyscallError {
+                call: "BPF_OBJ_PIN",
+                io_error: io::Error::from_raw_os_error(libc::EROFS),
+            }),
+        });
+        let text = describe_ebpf(&pin);
+        assert_eq!(
+            text,
+            "cannot pin map META: BPF_OBJ_PIN failed: Read-only file system (os error 30)"
+        );
+        assert!(!text.contains("Some("), "{text}");
+        let attach = ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(libc::ERANGE),
+        });
+        assert_eq!(
+            describe_program_error(&attach),
+            "bpf_link_create failed: Numerical result out of range (os error 34)"
+        );
     }
 }

@@ -33,11 +33,12 @@ mod layout;
 mod lifecycle;
 mod maps;
 mod netlink;
+pub mod pinned;
 mod rates;
 mod scope;
 mod spec;
 mod staged;
-pub mod sys;
+mod sys;
 mod types;
 
 pub use demux::PortDemux;

@@ -52,6 +52,11 @@ fn lock(scope: &Scope) -> Result<DirLock> {
     Ok(lock)
 }
 
+/// Takes the writers' lock and lets it go: what killed writers left is completed or removed.
+pub(crate) fn sweep(scope: &Scope) -> Result<()> {
+    lock(scope).map(drop)
+}
+
 /// Creates a staging folder, root's only like the folders above it (a group granted read
 /// access later gets it folder by folder, see the README).
 fn create_staging(scope: &Scope, stage: Stage, target: (u64, u32)) -> Result<PathBuf> {
@@ -402,7 +407,7 @@ pub(crate) fn check_attached(scope: &Scope, iface: &str, link: LinkInfo) -> Resu
         format!("its interface is gone{}", scope.where_())
     } else {
         match scope.run(|| netlink::xdp_query(link.ifindex))? {
-            Ok(Some(a)) if a.prog_id == link.prog_id => return Ok(()),
+            Ok(Some(a)) if a.runs(link.prog_id) => return Ok(()),
             Ok(Some(a)) => format!("{iface} runs XDP program id {} instead", a.prog_id),
             Ok(None) => format!("{iface} has no XDP program{}", scope.where_()),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => format!(
@@ -439,25 +444,27 @@ fn foreign(
     }
 }
 
-/// Detaches the foreign program `attached` (`load --force`).
+/// Detaches the foreign program(s) `attached` (`load --force`); returns the first one's id.
 fn detach_foreign(
     scope: &Scope,
     iface: &str,
     ifindex: u32,
     attached: netlink::XdpAttachment,
 ) -> Result<u32> {
-    scope
-        .run(|| netlink::xdp_detach(ifindex, attached.mode_flags))?
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                Error::BadSpec(format!(
-                    "XDP program id {} on {iface} is held by a bpf_link that --force cannot break: remove it with the tool that attached it (bpftool link)",
-                    attached.prog_id
-                ))
-            } else {
-                Error::io("cannot detach the XDP program on", iface, e)
-            }
-        })?;
+    for (prog_id, mode_flags) in attached.programs() {
+        scope
+            .run(|| netlink::xdp_detach(ifindex, mode_flags))?
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::HeldByLink {
+                        iface: iface.to_owned(),
+                        prog_id,
+                    }
+                } else {
+                    Error::io("cannot detach the XDP program on", iface, e)
+                }
+            })?;
+    }
     Ok(attached.prog_id)
 }
 

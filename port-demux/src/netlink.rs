@@ -1,241 +1,260 @@
 //! What is attached to an interface's XDP hook, and detaching a foreign program (`load --force`),
-//! over rtnetlink: the kernel's own answer, whoever attached the program and however.
-#![expect(
-    clippy::cast_possible_truncation,
-    reason = "libc's netlink constants are small positive i32s"
-)]
+//! over rtnetlink: the kernel's own answer, whoever attached the program and however. Messages
+//! are built and parsed by `netlink-packet-route`, sent on a `netlink-sys` socket.
 
-use std::{io, os::fd::AsRawFd as _};
+use std::io;
 
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_XDP_FLAGS: u16 = 3;
-const IFLA_XDP_PROG_ID: u16 = 4;
-const NLA_F_NESTED: u16 = 1 << 15;
-const XDP_ATTACHED_DRV: u8 = 1;
-const XDP_ATTACHED_SKB: u8 = 2;
-const XDP_ATTACHED_HW: u8 = 3;
-const XDP_ATTACHED_MULTI: u8 = 4;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
 /// `XDP_FLAGS_SKB_MODE`.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE`.
 pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_FLAGS_HW_MODE`.
+pub const XDP_FLAGS_HW_MODE: u32 = 1 << 3;
 
-/// The XDP program on an interface, as the kernel reports it.
+/// The XDP programs on an interface, as the kernel reports them: one, or two when an offloaded
+/// program sits beside a native or generic one (`XDP_ATTACHED_MULTI`: the kernel then omits
+/// `IFLA_XDP_PROG_ID` and gives one id per mode; it refuses native and generic at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpAttachment {
-    /// Program id.
+    /// Program id: the native one, else the generic one, else the offloaded one.
     pub prog_id: u32,
-    /// `XDP_FLAGS_DRV_MODE` or `XDP_FLAGS_SKB_MODE` (0 for hardware or several).
+    /// `XDP_FLAGS_DRV_MODE`, `XDP_FLAGS_SKB_MODE` or `XDP_FLAGS_HW_MODE` of `prog_id`.
     pub mode_flags: u32,
+    /// The second program and its mode flags, when there are two.
+    pub second: Option<(u32, u32)>,
 }
 
-struct Socket(std::os::fd::OwnedFd);
-
-impl Socket {
-    fn new() -> io::Result<Self> {
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor we own.
-        Ok(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+impl XdpAttachment {
+    /// Whether program `prog_id` is attached, in whichever mode.
+    #[must_use]
+    pub fn runs(&self, prog_id: u32) -> bool {
+        self.programs().any(|(id, _)| id == prog_id)
     }
 
-    fn request(&self, msg: &[u8]) -> io::Result<Vec<u8>> {
-        // SAFETY: sending an initialised buffer.
-        let sent = unsafe { libc::send(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(usize::try_from(n).unwrap_or(0));
-        Ok(buf)
+    /// Every attached program with its mode flags.
+    pub fn programs(&self) -> impl Iterator<Item = (u32, u32)> {
+        std::iter::once((self.prog_id, self.mode_flags)).chain(self.second)
     }
 }
 
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = u16::try_from(4 + payload.len()).expect("small attribute");
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-fn message(kind: u16, flags: u16, ifindex: u32, attrs: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(32 + attrs.len());
-    let len = u32::try_from(32 + attrs.len()).expect("small message");
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    // struct ifinfomsg
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend_from_slice(&i32::try_from(ifindex).unwrap_or(0).to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // flags
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // change
-    msg.extend_from_slice(attrs);
-    msg
-}
-
-fn u16_at(buf: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(off..off + 4)?.try_into().ok()?))
-}
-
-/// Iterates the attributes in `buf` as (type without flags, payload).
-fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// Sends `message` on a new rtnetlink socket and returns the kernel's replies up to its first
+/// answer (a message or an error/acknowledgement).
+fn request(
+    mut message: NetlinkMessage<RouteNetlinkMessage>,
+) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    message.finalize();
+    let mut buf = vec![0u8; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let (reply, _) = socket.recv_from_full()?;
+    let mut out = Vec::new();
     let mut off = 0;
-    std::iter::from_fn(move || {
-        let len = usize::from(u16_at(buf, off)?);
-        let kind = u16_at(buf, off + 2)? & !NLA_F_NESTED;
-        if len < 4 {
-            return None;
+    while off < reply.len() {
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[off..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let len = msg.header.length as usize;
+        if let NetlinkPayload::Error(e) = &msg.payload
+            && let Some(code) = e.code
+        {
+            return Err(io::Error::from_raw_os_error(-code.get()));
         }
-        let payload = buf.get(off + 4..off + len)?;
+        out.push(msg);
+        if len == 0 {
+            break;
+        }
         off += len.next_multiple_of(4);
-        Some((kind, payload))
-    })
+    }
+    Ok(out)
 }
 
-/// The error code of an `NLMSG_ERROR` reply (0 is an acknowledgement).
-fn check_error(reply: &[u8]) -> io::Result<()> {
-    if u16_at(reply, 4) == Some(libc::NLMSG_ERROR as u16) {
-        let code = u32_at(reply, 16).map_or(0, u32::cast_signed);
-        if code != 0 {
-            return Err(io::Error::from_raw_os_error(-code));
-        }
-    }
-    Ok(())
+fn link_message(ifindex: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.attributes = attributes;
+    link
+}
+
+fn netlink_message(
+    flags: u16,
+    payload: RouteNetlinkMessage,
+) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload))
 }
 
 /// The XDP program attached to `ifindex` in the calling thread's network namespace, if any.
+///
+/// # Errors
+/// The kernel's error (`ENODEV` for a missing interface) as an [`io::Error`].
 pub fn xdp_query(ifindex: u32) -> io::Result<Option<XdpAttachment>> {
-    let socket = Socket::new()?;
-    let reply = socket.request(&message(
-        libc::RTM_GETLINK,
-        libc::NLM_F_REQUEST as u16,
-        ifindex,
-        &[],
+    let replies = request(netlink_message(
+        NLM_F_REQUEST,
+        RouteNetlinkMessage::GetLink(link_message(ifindex, Vec::new())),
     ))?;
-    check_error(&reply)?;
-    Ok(parse_link_reply(&reply))
+    Ok(replies.iter().find_map(|m| match &m.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => attachment(link),
+        _ => None,
+    }))
 }
 
-/// The XDP attachment in an `RTM_NEWLINK` reply (`nlmsghdr`, `ifinfomsg`, attributes).
-fn parse_link_reply(reply: &[u8]) -> Option<XdpAttachment> {
-    let len = u32_at(reply, 0).unwrap_or(0) as usize;
-    let body = reply.get(32..len.min(reply.len())).unwrap_or(&[]);
-    for (kind, payload) in attrs(body) {
-        if kind != IFLA_XDP {
-            continue;
+/// The XDP attachment in an `RTM_NEWLINK` message. With one program the kernel gives its id
+/// (`IFLA_XDP_PROG_ID`); with a native and a generic one it gives only their ids per mode
+/// (`IFLA_XDP_DRV_PROG_ID`, `IFLA_XDP_SKB_PROG_ID`).
+fn attachment(link: &LinkMessage) -> Option<XdpAttachment> {
+    let xdp = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => Some(xdp),
+        _ => None,
+    })?;
+    let (mut attached, mut prog, mut drv, mut skb, mut hw) = (None, None, None, None, None);
+    for nla in xdp {
+        match nla {
+            LinkXdp::Attached(a) => attached = Some(*a),
+            LinkXdp::ProgId(id) => prog = Some(*id),
+            LinkXdp::DrvProgId(id) => drv = Some(*id),
+            LinkXdp::SkbProgId(id) => skb = Some(*id),
+            LinkXdp::HwProgId(id) => hw = Some(*id),
+            _ => {}
         }
-        let mut attached = 0u8;
-        let mut prog_id = 0u32;
-        for (kind, value) in attrs(payload) {
-            match kind {
-                IFLA_XDP_ATTACHED => attached = value.first().copied().unwrap_or(0),
-                IFLA_XDP_PROG_ID => prog_id = u32_at(value, 0).unwrap_or(0),
-                _ => {}
-            }
-        }
-        let mode_flags = match attached {
-            XDP_ATTACHED_DRV => XDP_FLAGS_DRV_MODE,
-            XDP_ATTACHED_SKB => XDP_FLAGS_SKB_MODE,
-            XDP_ATTACHED_HW | XDP_ATTACHED_MULTI => 0,
-            _ => return None,
-        };
-        return Some(XdpAttachment {
-            prog_id,
-            mode_flags,
-        });
     }
-    None
+    let single = |id: Option<u32>, mode_flags| {
+        Some(XdpAttachment {
+            prog_id: prog.or(id)?,
+            mode_flags,
+            second: None,
+        })
+    };
+    match attached? {
+        XdpAttached::Driver => single(drv, XDP_FLAGS_DRV_MODE),
+        XdpAttached::SocketBuffer => single(skb, XDP_FLAGS_SKB_MODE),
+        XdpAttached::Hardware => single(hw, XDP_FLAGS_HW_MODE),
+        XdpAttached::Multiple => {
+            let mut each = [
+                drv.map(|id| (id, XDP_FLAGS_DRV_MODE)),
+                skb.map(|id| (id, XDP_FLAGS_SKB_MODE)),
+                hw.map(|id| (id, XDP_FLAGS_HW_MODE)),
+            ]
+            .into_iter()
+            .flatten();
+            let (prog_id, mode_flags) = each.next()?;
+            Some(XdpAttachment {
+                prog_id,
+                mode_flags,
+                second: each.next(),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Detaches a program attached through netlink (not through a `bpf_link`) from `ifindex`.
+///
+/// # Errors
+/// The kernel's error (`EBUSY` for a program held by a `bpf_link`) as an [`io::Error`].
 pub fn xdp_detach(ifindex: u32, mode_flags: u32) -> io::Result<()> {
-    let mut nested = Vec::new();
-    push_attr(&mut nested, IFLA_XDP_FD, &(-1i32).to_ne_bytes());
-    push_attr(&mut nested, IFLA_XDP_FLAGS, &mode_flags.to_ne_bytes());
-    let mut attr = Vec::new();
-    push_attr(&mut attr, IFLA_XDP | NLA_F_NESTED, &nested);
-    let socket = Socket::new()?;
-    let reply = socket.request(&message(
-        libc::RTM_SETLINK,
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+    let link = link_message(
         ifindex,
-        &attr,
-    ))?;
-    check_error(&reply)
+        vec![LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(mode_flags),
+        ])],
+    );
+    request(netlink_message(
+        NLM_F_REQUEST | NLM_F_ACK,
+        RouteNetlinkMessage::SetLink(link),
+    ))
+    .map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const IFLA_IFNAME: u16 = 3;
-
-    /// A reply as the kernel sends it: the interface name, then `IFLA_XDP` with `attached`
-    /// and the program id.
-    fn reply(attached: u8, prog_id: u32) -> Vec<u8> {
-        let mut xdp = Vec::new();
-        push_attr(&mut xdp, IFLA_XDP_ATTACHED, &[attached]);
-        push_attr(&mut xdp, IFLA_XDP_PROG_ID, &prog_id.to_ne_bytes());
-        let mut attrs = Vec::new();
-        push_attr(&mut attrs, IFLA_IFNAME, b"veth0\0");
-        push_attr(&mut attrs, IFLA_XDP | NLA_F_NESTED, &xdp);
-        message(libc::RTM_NEWLINK, 0, 7, &attrs)
-    }
-
-    #[test]
-    fn xdp_attachment_of_a_link_reply() {
-        assert_eq!(
-            parse_link_reply(&reply(XDP_ATTACHED_DRV, 42)),
-            Some(XdpAttachment {
-                prog_id: 42,
-                mode_flags: XDP_FLAGS_DRV_MODE
-            })
+    /// An `RTM_NEWLINK` reply with `xdp` as the kernel sends it, parsed back as
+    /// [`xdp_query`] parses it.
+    fn round_trip(xdp: Vec<LinkXdp>) -> Option<XdpAttachment> {
+        let link = link_message(
+            7,
+            vec![
+                LinkAttribute::IfName("veth0".into()),
+                LinkAttribute::Xdp(xdp),
+            ],
         );
-        assert_eq!(
-            parse_link_reply(&reply(XDP_ATTACHED_SKB, 9)).map(|a| a.mode_flags),
-            Some(XDP_FLAGS_SKB_MODE)
-        );
-        assert_eq!(parse_link_reply(&reply(0, 0)), None, "nothing attached");
-        let full = reply(XDP_ATTACHED_DRV, 42);
-        for cut in 0..full.len() {
-            // A reply cut anywhere is read as far as it goes, never past its end.
-            let _ = parse_link_reply(&full[..cut]);
+        let mut msg = netlink_message(0, RouteNetlinkMessage::NewLink(link));
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf)
+            .expect("parses")
+            .payload
+        {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => attachment(&link),
+            other => panic!("not a link: {other:?}"),
         }
     }
 
     #[test]
-    fn error_replies() {
-        let mut ack = message(libc::NLMSG_ERROR as u16, 0, 0, &[]);
-        assert!(check_error(&ack).is_ok());
-        ack[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+    fn one_program() {
         assert_eq!(
-            check_error(&ack).unwrap_err().raw_os_error(),
-            Some(libc::EPERM)
+            round_trip(vec![
+                LinkXdp::Attached(XdpAttached::Driver),
+                LinkXdp::ProgId(42)
+            ]),
+            Some(XdpAttachment {
+                prog_id: 42,
+                mode_flags: XDP_FLAGS_DRV_MODE,
+                second: None
+            })
         );
+        assert_eq!(
+            round_trip(vec![
+                LinkXdp::Attached(XdpAttached::SocketBuffer),
+                LinkXdp::ProgId(9)
+            ])
+            .map(|a| a.mode_flags),
+            Some(XDP_FLAGS_SKB_MODE)
+        );
+        assert_eq!(round_trip(vec![LinkXdp::Attached(XdpAttached::None)]), None);
+    }
+
+    #[test]
+    fn two_programs_at_once() {
+        // The kernel omits IFLA_XDP_PROG_ID then, and gives the id of each mode.
+        for (ids, modes) in [
+            (
+                vec![LinkXdp::DrvProgId(11), LinkXdp::HwProgId(12)],
+                [XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE],
+            ),
+            (
+                vec![LinkXdp::SkbProgId(11), LinkXdp::HwProgId(12)],
+                [XDP_FLAGS_SKB_MODE, XDP_FLAGS_HW_MODE],
+            ),
+            (
+                vec![LinkXdp::DrvProgId(11), LinkXdp::SkbProgId(12)],
+                [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE],
+            ),
+        ] {
+            let mut xdp = vec![LinkXdp::Attached(XdpAttached::Multiple)];
+            xdp.extend(ids);
+            let both = round_trip(xdp).expect("attached");
+            assert!(both.runs(11) && both.runs(12) && !both.runs(13), "{both:?}");
+            assert_eq!(
+                both.programs().collect::<Vec<_>>(),
+                [(11, modes[0]), (12, modes[1])]
+            );
+        }
     }
 }

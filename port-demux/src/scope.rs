@@ -62,6 +62,8 @@ impl Scope {
     /// # Errors
     /// [`Error::NetNs`] when it cannot be opened.
     pub fn netns(name_or_path: &str) -> Result<Self> {
+        /// `ioctl(NS_GET_NSTYPE)` (`linux/nsfs.h`).
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
         let path = if name_or_path.contains('/') {
             PathBuf::from(name_or_path)
         } else {
@@ -71,7 +73,24 @@ impl Scope {
             name: name_or_path.to_owned(),
             source,
         };
+        if name_or_path.is_empty() {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty name",
+            )));
+        }
         let file = File::open(&path).map_err(err)?;
+        // NS_GET_NSTYPE: only a namespace file answers, and only a network one with
+        // CLONE_NEWNET (a regular file, a folder or another namespace would be entered, or
+        // fail, later and elsewhere).
+        // SAFETY: an ioctl without arguments on a descriptor we own.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a network namespace",
+            )));
+        }
         let meta = file.metadata().map_err(err)?;
         let mut this = Self {
             bpffs: BPFFS.into(),

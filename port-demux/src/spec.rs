@@ -166,13 +166,23 @@ fn port(text: &str, proto: Proto, whole: &str) -> Result<u16, Error> {
         });
     }
     service_port(text, proto).ok_or_else(|| {
-        Error::BadSpec(format!(
-            "unknown {proto} service {text:?} in {whole:?}: give a port number or a name from /etc/services"
-        ))
+        let other = match proto {
+            Proto::Tcp => Proto::Udp,
+            Proto::Udp => Proto::Tcp,
+        };
+        match service_port(text, other) {
+            Some(port) => Error::BadSpec(format!(
+                "service {text:?} in {whole:?} has no {proto} entry in /etc/services (it is {other}/{port} only): give the {proto} port as a number"
+            )),
+            None => Error::BadSpec(format!(
+                "unknown {proto} service {text:?} in {whole:?}: give a port number or a name from /etc/services"
+            )),
+        }
     })
 }
 
-/// Services known without `/etc/services` (a minimal container may lack it).
+/// Services known when there is no `/etc/services` (a minimal container may lack it); when the
+/// file exists it alone is read, so a name binds only the protocols it lists.
 const BUILTIN_SERVICES: &[(&str, u16, Option<Proto>)] = &[
     ("ssh", 22, None),
     ("smtp", 25, Some(Proto::Tcp)),
@@ -185,16 +195,15 @@ const BUILTIN_SERVICES: &[(&str, u16, Option<Proto>)] = &[
     ("http-alt", 8080, Some(Proto::Tcp)),
 ];
 
-/// The port of a service name for `proto`, from `/etc/services` or the built-in table.
+/// The port of a service name for `proto`, from `/etc/services`, or from the built-in table when
+/// there is no such file.
 #[must_use]
 pub fn service_port(name: &str, proto: Proto) -> Option<u16> {
     if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if let Ok(services) = std::fs::read_to_string("/etc/services")
-        && let Some(port) = lookup_services(&services, name, proto)
-    {
-        return Some(port);
+    if let Ok(services) = std::fs::read_to_string("/etc/services") {
+        return lookup_services(&services, name, proto);
     }
     BUILTIN_SERVICES
         .iter()
@@ -318,6 +327,18 @@ mod tests {
         assert_eq!(spec("tcp/http").unwrap(), PortSpec::single(Proto::Tcp, 80));
         assert_eq!(spec("tcp/ssh").unwrap(), PortSpec::single(Proto::Tcp, 22));
         assert_eq!(spec("tcp/http-https").unwrap().len(), 443 - 80 + 1);
+        if std::path::Path::new("/etc/services").exists() {
+            // /etc/services names http for tcp only (Debian's netbase, and IANA).
+            let e = spec("udp/http-https").unwrap_err();
+            assert!(
+                e.contains("\"http\"") && e.contains("no udp entry") && e.contains("tcp/80"),
+                "{e}"
+            );
+            assert_eq!(
+                spec("udp/https").unwrap(),
+                PortSpec::single(Proto::Udp, 443)
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,16 @@ pub struct Settings {
 }
 
 impl PortDemux {
+    /// Completes or removes what writers killed midway left in `scope`'s bpffs (their staging
+    /// folders), as every writer does first: `apply` does it also when it has nothing to
+    /// change, so that a state it leaves is clean.
+    ///
+    /// # Errors
+    /// When the lock cannot be taken or a leftover cannot be completed or removed.
+    pub fn finish_pending(scope: &crate::Scope) -> Result<()> {
+        lifecycle::sweep(scope)
+    }
+
     /// The load options of the instance.
     ///
     /// # Errors

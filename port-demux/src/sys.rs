@@ -1,6 +1,12 @@
 //! The few `bpf(2)` commands the control plane needs on pinned maps, called directly: aya's
 //! typed wrappers lack delete on devmaps and batch operations, and the per-port arrays are
 //! read and written whole with `BPF_MAP_*_BATCH` (one syscall for 131,072 entries).
+//!
+//! Private to the crate: the kernel reads keys and writes values of the sizes the map was
+//! created with, whatever buffer it is handed, so every element call first checks the buffers
+//! against the map's own sizes (`BPF_OBJ_GET_INFO_BY_FD`; per-CPU values are the rounded size
+//! times the possible CPUs) and refuses a short one with `EINVAL`-like
+//! [`io::ErrorKind::InvalidInput`]. [`crate::pinned`] is the typed public face.
 
 use std::{
     ffi::CString,
@@ -74,6 +80,54 @@ fn raw(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("file descriptors are non-negative")
 }
 
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+const BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: u32 = 21;
+
+/// The key size and the size of one value as user space reads and writes it: the map's value
+/// size, or for a per-CPU map that size rounded up to 8 bytes times the possible CPUs.
+fn element_sizes(fd: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
+    let info = map_info(fd)?;
+    let value = info.value_size as usize;
+    let value = if is_per_cpu(&info) {
+        value.next_multiple_of(8) * possible_cpus()?
+    } else {
+        value
+    };
+    Ok((info.key_size as usize, value))
+}
+
+/// Whether the map holds one value per possible CPU.
+pub(crate) const fn is_per_cpu(info: &MapInfo) -> bool {
+    matches!(
+        info.map_type,
+        BPF_MAP_TYPE_PERCPU_HASH
+            | BPF_MAP_TYPE_PERCPU_ARRAY
+            | BPF_MAP_TYPE_LRU_PERCPU_HASH
+            | BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+    )
+}
+
+fn too_small(what: &str, given: usize, needed: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} buffer of {given} bytes where the map needs {needed}"),
+    )
+}
+
+/// Checks a key and a value buffer against the map's sizes (`value` of `None`: no value).
+fn check_element(fd: BorrowedFd<'_>, key: &[u8], value: Option<usize>) -> io::Result<()> {
+    let (key_size, value_size) = element_sizes(fd)?;
+    if key.len() < key_size {
+        return Err(too_small("key", key.len(), key_size));
+    }
+    match value {
+        Some(len) if len < value_size => Err(too_small("value", len, value_size)),
+        _ => Ok(()),
+    }
+}
+
 /// Opens a pinned BPF object; read-only when `read_only`.
 ///
 /// # Errors
@@ -81,7 +135,7 @@ fn raw(fd: BorrowedFd<'_>) -> u32 {
 ///
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
+pub(crate) fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjAttr {
@@ -100,7 +154,7 @@ pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
 ///
 /// # Errors
 /// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-pub fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
     obj_get(path, false).or_else(|e| match e.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => obj_get(path, true),
         _ => Err(e),
@@ -110,8 +164,10 @@ pub fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
 /// Looks `key` up; `Ok(false)` when the element does not exist.
 ///
 /// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+/// A key or value buffer smaller than the map's ([`io::ErrorKind::InvalidInput`]), or the
+/// kernel's error (`EPERM`, `EACCES`, ...) as an [`io::Error`].
+pub(crate) fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    check_element(fd, key, Some(value.len()))?;
     let mut attr = ElemAttr {
         map_fd: raw(fd),
         key: key.as_ptr() as u64,
@@ -128,8 +184,10 @@ pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bo
 /// Creates or replaces the element at `key`.
 ///
 /// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+/// A key or value buffer smaller than the map's ([`io::ErrorKind::InvalidInput`]), or the
+/// kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+pub(crate) fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    check_element(fd, key, Some(value.len()))?;
     let mut attr = ElemAttr {
         map_fd: raw(fd),
         key: key.as_ptr() as u64,
@@ -142,8 +200,10 @@ pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
 /// Deletes the element at `key`; `Ok(false)` when it did not exist.
 ///
 /// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+/// A key buffer smaller than the map's ([`io::ErrorKind::InvalidInput`]), or the kernel's error
+/// (`EPERM`, `EACCES`, ...) as an [`io::Error`].
+pub(crate) fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    check_element(fd, key, None)?;
     let mut attr = ElemAttr {
         map_fd: raw(fd),
         key: key.as_ptr() as u64,
@@ -161,17 +221,19 @@ pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
 /// number of possible CPUs), in one `BPF_MAP_LOOKUP_BATCH` call.
 ///
 /// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+/// Sizes that are not the map's (4-byte keys, `value_size` the map's value size, at most its
+/// entries: [`io::ErrorKind::InvalidInput`]), or the kernel's error (`EPERM`, `EACCES`, ...) as
+/// an [`io::Error`].
 ///
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn lookup_array_batch(
+pub(crate) fn lookup_array_batch(
     fd: BorrowedFd<'_>,
     len: u32,
     value_size: usize,
     values: &mut [u8],
 ) -> io::Result<()> {
-    assert_eq!(values.len(), len as usize * value_size, "value buffer size");
+    check_batch(fd, len as usize, value_size, values.len())?;
     let mut keys = vec![0u32; len as usize];
     let mut out_batch = 0u32;
     let mut done = 0u32;
@@ -210,14 +272,17 @@ pub fn lookup_array_batch(
 /// Writes `values` (one per key) at `keys` in one `BPF_MAP_UPDATE_BATCH` call.
 ///
 /// # Errors
-/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+/// A value buffer that is not one map value per key ([`io::ErrorKind::InvalidInput`]), or the
+/// kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 ///
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Result<()> {
+pub(crate) fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
+    let (_, value_size) = element_sizes(fd)?;
+    check_batch(fd, keys.len(), value_size, values.len())?;
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -237,11 +302,42 @@ pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> io::Resu
     }
 }
 
+/// Checks a batch of `count` 4-byte keys and `count` values of `value_size` bytes in a buffer of
+/// `buffer` bytes against the map: its key size, its value size, its number of entries.
+fn check_batch(
+    fd: BorrowedFd<'_>,
+    count: usize,
+    value_size: usize,
+    buffer: usize,
+) -> io::Result<()> {
+    let info = map_info(fd)?;
+    let (key_size, map_value_size) = element_sizes(fd)?;
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    if key_size != size_of::<u32>() {
+        return Err(invalid(format!("batch over {key_size}-byte keys, not u32")));
+    }
+    if value_size != map_value_size {
+        return Err(invalid(format!(
+            "batch of {value_size}-byte values where the map's are {map_value_size}"
+        )));
+    }
+    if count > info.max_entries as usize {
+        return Err(invalid(format!(
+            "batch of {count} entries in a map of {}",
+            info.max_entries
+        )));
+    }
+    if buffer != count * value_size {
+        return Err(too_small("batch value", buffer, count * value_size));
+    }
+    Ok(())
+}
+
 /// Number of possible CPUs: the length of every per-CPU value.
 ///
 /// # Errors
 /// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
-pub fn possible_cpus() -> io::Result<usize> {
+pub(crate) fn possible_cpus() -> io::Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| e)
 }
 
@@ -258,7 +354,7 @@ struct InfoAttr {
 /// The leading fields of `struct bpf_map_info`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MapInfo {
+pub(crate) struct MapInfo {
     /// `BPF_MAP_TYPE_*`.
     pub map_type: u32,
     /// Map id.
@@ -280,7 +376,7 @@ pub struct MapInfo {
 ///
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
+pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
     let mut info = MapInfo::default();
     let mut attr = InfoAttr {
         bpf_fd: raw(fd),
@@ -306,7 +402,7 @@ pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` tells of an XDP `bpf_link`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkInfo {
+pub(crate) struct LinkInfo {
     /// Link id (never reused while the kernel runs, like program ids).
     pub id: u32,
     /// Id of the program the link runs now.
@@ -323,7 +419,7 @@ pub struct LinkInfo {
 ///
 /// # Panics
 /// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
-pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
+pub(crate) fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
     let fd = obj_get_readable(path)?;
     // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) { ...;
     // struct { u32 ifindex; } xdp; ... } }: the union starts at byte 16.
@@ -340,4 +436,97 @@ pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
         prog_id: words[2],
         ifindex: words[4],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+
+    /// An array of `entries` values of `value_size` bytes (needs root, as every kernel test).
+    fn array(value_size: u32, entries: u32) -> OwnedFd {
+        let mut attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size,
+            max_entries: entries,
+        };
+        let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE (run as root)");
+        // SAFETY: a new descriptor the kernel gave us.
+        unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd")) }
+    }
+
+    #[test]
+    fn short_buffers_never_reach_the_kernel() {
+        let map = array(24, 4);
+        let fd = map.as_fd();
+        let key = 0u32.to_ne_bytes();
+        let refused = |r: io::Result<bool>| {
+            assert_eq!(
+                r.expect_err("a short buffer").kind(),
+                io::ErrorKind::InvalidInput
+            );
+        };
+        refused(lookup(fd, &key, &mut [0u8; 1]));
+        refused(lookup(fd, &key[..2], &mut [0u8; 24]));
+        refused(delete(fd, &key[..1]));
+        assert_eq!(
+            update(fd, &key, &[7u8; 23]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        update(fd, &key, &[7u8; 24]).expect("the map's size");
+        let mut value = [0u8; 24];
+        assert!(lookup(fd, &key, &mut value).expect("lookup"));
+        assert_eq!(value, [7u8; 24]);
+
+        let mut all = vec![0u8; 4 * 24];
+        lookup_array_batch(fd, 4, 24, &mut all).expect("batch of the map's size");
+        assert_eq!(all[..24], [7u8; 24]);
+        for (len, size, buffer) in [(4, 16, 4 * 16), (5, 24, 5 * 24), (4, 24, 24)] {
+            let mut buf = vec![0u8; buffer];
+            assert_eq!(
+                lookup_array_batch(fd, len, size, &mut buf)
+                    .unwrap_err()
+                    .kind(),
+                io::ErrorKind::InvalidInput,
+                "{len} x {size} in {buffer}"
+            );
+        }
+        assert_eq!(
+            update_batch(fd, &[0, 1], &[0u8; 24]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn typed_access_checks_the_types() {
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Value([u8; 24]);
+        let map = array(24, 3);
+        let fd = map.as_fd();
+        assert_eq!(
+            crate::pinned::read_array::<u64>(fd).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            crate::pinned::read_array::<Value>(fd).expect("read").len(),
+            3
+        );
+        assert_eq!(
+            crate::pinned::delete(fd, &0u8).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
 }

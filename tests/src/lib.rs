@@ -17,6 +17,8 @@
 //! Everything needs root (BPF, netns).
 
 #[cfg(feature = "cli")]
+pub mod chaos;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod counted;
 pub mod frames;
@@ -25,6 +27,7 @@ pub mod reap;
 #[cfg(feature = "cli")]
 pub mod service;
 pub mod test_run;
+pub mod v2;
 
 pub use counted::{Sent, send_udp, wait_counted};
 pub use netns::{

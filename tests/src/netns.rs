@@ -9,6 +9,9 @@
 //!                              c0 (redirect target)            <-veth->   c1 (GRO on)
 //! ```
 //!
+//! Those are the defaults: [`Lab::builder`] takes the caller's namespace and interface names and
+//! IPv4/IPv6 addresses instead.
+//!
 //! IPv6 is off in every namespace and the neighbours of a0 and b0 are permanent, so the only
 //! frames b0 ever receives are the ones a test sends: counters can be asserted exactly.
 

@@ -13,9 +13,9 @@ use aya::{
     maps::{Array, DevMap, IterableMap as _, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, sys};
+use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, pinned};
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, PortCounters, REDIRECT_SLOTS, action, family,
+    Binding, GlobalCounters, Globals, PortCounters, REDIRECT_SLOTS, action, family,
     model::{self, Verdict},
     outcome,
 };
@@ -137,7 +137,7 @@ fn sum_ports(per_cpu: impl Iterator<Item = PortCounters>) -> PortCounters {
 pub struct Snapshot {
     /// `GLOBALS` and `GLOBALS2`.
     pub globals: Globals,
-    /// `PORT_STATS`, all [`BINDINGS_LEN`] entries.
+    /// `PORT_STATS`, all [`port_demux_common::BINDINGS_LEN`] entries.
     pub ports: Vec<PortCounters>,
 }
 
@@ -320,12 +320,12 @@ impl Harness {
         self.shadow_slots[slot as usize] = true;
     }
 
-    /// Empties devmap `slot` (aya's `DevMap` has no delete: [`sys::delete`]).
+    /// Empties devmap `slot` (aya's `DevMap` has no delete: [`pinned::delete`]).
     ///
     /// # Panics
     /// When the delete fails for another reason than an already empty slot.
     pub fn clear_slot(&mut self, slot: u32) {
-        sys::delete(self.redirect.map().fd().as_fd(), &slot.to_ne_bytes())
+        pinned::delete(self.redirect.map().fd().as_fd(), &slot)
             .unwrap_or_else(|e| panic!("cannot empty devmap slot {slot}: {e}"));
         self.shadow_slots[slot as usize] = false;
     }
@@ -373,23 +373,10 @@ impl Harness {
     /// When the batch lookup fails.
     #[must_use]
     pub fn ports(&self) -> Vec<PortCounters> {
-        let stride = size_of::<PortCounters>() * self.cpus;
-        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
-        sys::lookup_array_batch(
-            self.port_stats.map().fd().as_fd(),
-            BINDINGS_LEN,
-            stride,
-            &mut raw,
-        )
-        .expect("cannot batch-read PORT_STATS");
-        raw.chunks_exact(stride)
-            .map(|per_cpu| {
-                sum_ports(
-                    per_cpu
-                        .chunks_exact(size_of::<PortCounters>())
-                        .map(bytemuck::pod_read_unaligned::<PortCounters>),
-                )
-            })
+        pinned::read_array::<PortCounters>(self.port_stats.map().fd().as_fd())
+            .expect("cannot batch-read PORT_STATS")
+            .chunks_exact(self.cpus)
+            .map(|per_cpu| sum_ports(per_cpu.iter().copied()))
             .collect()
     }
 

@@ -276,7 +276,8 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
         let fix = if is_new { &new } else { &old };
         ok(&lab, &["apply", fix.path()]);
         // Nothing of the killed process is left: its staging folder, if any, was completed or
-        // removed by the apply above.
+        // removed by the apply above (which finishes what killed writers left even when it has
+        // nothing to change).
         let root = lab.server.scope().bpffs().join("port-demux");
         let leftovers: Vec<String> = fs::read_dir(&root)
             .expect("the pins' folder")

@@ -176,10 +176,13 @@ fn cli_refusals_change_nothing() {
         ),
         (
             &["bind", "tcp/9050-9150", "pass"],
-            &["tcp/9050", "already bound to drop"],
+            &["tcp/9050-9099 are already bound to drop"],
         ),
         (&["unbind", "udp/7999"], &["udp/7999", "is not bound"]),
-        (&["unbind", "tcp/9090-9110"], &["tcp/9100", "is not bound"]),
+        (
+            &["unbind", "tcp/9090-9110"],
+            &["tcp/9100-9110 are not bound"],
+        ),
         (
             &["bind", "udp/7403", "redirect:nosuchif"],
             &["nosuchif", "no such interface"],
@@ -228,6 +231,24 @@ fn foreign_program(then: impl FnOnce(&mut Xdp)) -> (Ebpf, u32) {
 
 /// A pin of a program outside port-demux's folder, removed on drop.
 struct ForeignPin(PathBuf);
+
+impl ForeignPin {
+    /// Port-demux's object loaded in `ns` as a foreign program and pinned outside port-demux's
+    /// folder (only the pin holds it once the loader is gone); returns the pin and its id.
+    fn new(ns: &Netns) -> (Self, u32) {
+        let pin = Self(PathBuf::from(format!(
+            "/sys/fs/bpf/pdt-{}-{}-foreign",
+            std::process::id(),
+            unique()
+        )));
+        let (_, prog_id) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
+        (pin, prog_id)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8")
+    }
+}
 
 impl Drop for ForeignPin {
     fn drop(&mut self) {
@@ -294,14 +315,8 @@ fn cli_refuses_a_foreign_xdp_program() {
     );
 
     // The same program attached over netlink (by `ip`): --force replaces it.
-    let pin = ForeignPin(PathBuf::from(format!(
-        "/sys/fs/bpf/pdt-{}-{}-foreign",
-        std::process::id(),
-        unique()
-    )));
-    // Only the pin holds it once the loader is gone.
-    let (_, prog_id) = ns.run(|| foreign_program(|prog| prog.pin(&pin.0).expect("pinning")));
-    let pin_path = pin.0.to_str().expect("UTF-8");
+    let (pin, prog_id) = ForeignPin::new(ns);
+    let pin_path = pin.path();
     // Not `ip -n`: it remounts /sys in a mount namespace of its own, hiding /sys/fs/bpf. A child
     // spawned from a thread inside B runs in B and sees the host's mounts.
     ns.run(|| {
@@ -398,6 +413,12 @@ fn log_follows_the_debug_log() {
     });
     let first = lines.next().expect("a line").expect("utf-8");
     assert!(first.starts_with("following the log of b0"), "{first}");
+    // A ring buffer has one reader: a second `log` would get nothing; it is refused instead.
+    pd_refused(
+        ns,
+        &["log"],
+        &["already follows the log of b0", &format!("pid {pid}")],
+    );
     let client = lab.udp_client();
     let bytes = lab.send_udp(&client, 7444, 3, 8);
     for _ in 0..3 {
@@ -525,4 +546,135 @@ fn lifecycle_with_upgrade_in_native_and_skb_mode() {
             r#"{"interfaces":[]}"#
         );
     }
+}
+
+/// A native and a generic program cannot be attached to one interface at once (the kernel says
+/// "Native and generic XDP can't be active at the same time"): with port-demux native on x0, a
+/// generic program over netlink is refused by the kernel, and port-demux still reads its own
+/// program as the one attached. (Two programs at once, `XDP_ATTACHED_MULTI`, need an offloaded
+/// one beside; the netlink module's unit tests parse those replies.)
+#[test]
+fn native_and_generic_at_once_is_refused_by_the_kernel_and_ours_stays_read() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    add_other_if(ns);
+    pd_ok(ns, &["load", OTHER_IF, "--mode", "native"]);
+    let ours = ns.xdp_prog(OTHER_IF).expect("attached");
+    let (pin, foreign) = ForeignPin::new(ns);
+    let pin_path = pin.path();
+    let refused = ns.run(|| {
+        Command::new("ip")
+            .args([
+                "link",
+                "set",
+                "dev",
+                OTHER_IF,
+                "xdpgeneric",
+                "pinned",
+                pin_path,
+            ])
+            .output()
+            .expect("ip")
+    });
+    assert!(
+        !refused.status.success(),
+        "the kernel took generic program {foreign} beside native {ours}: {refused:?}"
+    );
+    let doc = pd_json(ns, &["status", "--json"]);
+    assert_eq!(doc["interfaces"][0]["attached"], true, "{doc}");
+    assert_eq!(program_id(&doc["interfaces"][0]), ours, "{doc}");
+    pd_ok(ns, &["bind", "-i", OTHER_IF, "udp/7601", "drop"]);
+    pd_ok(ns, &["unload", OTHER_IF]);
+    assert_eq!(ns.xdp_prog(OTHER_IF), None);
+}
+
+/// `--netns` that is no network namespace (a regular file, an empty name, another kind of
+/// namespace, a missing name) is refused with one line by every verb, `status` included.
+#[test]
+fn every_verb_refuses_a_netns_that_is_not_one() {
+    let verbs: [&[&str]; 9] = [
+        &["status"],
+        &["status", "--json"],
+        &["load", "x0"],
+        &["unload", "x0"],
+        &["bind", "udp/7700", "drop"],
+        &["unbind", "udp/7700"],
+        &["bindings"],
+        &["stats"],
+        &["log"],
+    ];
+    for netns in [
+        "/etc/passwd",
+        "",
+        "/proc/self/ns/mnt",
+        "pdt-no-such-namespace",
+    ] {
+        for args in verbs {
+            let mut cmd = Command::new(port_demux_testkit::cli::bin());
+            cmd.arg("--netns").arg(netns).args(args);
+            let what = format!("--netns {netns:?} {}", args.join(" "));
+            port_demux_testkit::cli::assert_refused(
+                &port_demux_testkit::cli::execute(cmd),
+                &what,
+                &["cannot open network namespace", &format!("{netns:?}")],
+            );
+        }
+    }
+}
+
+/// Owner labels that would not print as one line (newline, escape) or do not fit the owner
+/// field are refused at bind, with one line, and nothing is bound.
+#[test]
+fn owners_with_control_characters_or_too_long_are_refused() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let pd = Cli::in_process(ns);
+    pd.ok(&["load", SERVER_IF]);
+    let long = "o".repeat(port_demux::common::OWNER_LEN + 1);
+    for (owner, wanted) in [
+        ("web\nfake: line", "control characters"),
+        ("\u{1b}[31mred", "control characters"),
+        ("tab\there", "control characters"),
+        (long.as_str(), "longer than the owner field"),
+    ] {
+        let line = pd.refused(&["bind", "udp/7701", "drop", "--owner", owner], &[wanted]);
+        assert!(
+            !line.contains('\u{1b}'),
+            "the escape is printed raw: {line:?}"
+        );
+    }
+    let fits = "o".repeat(port_demux::common::OWNER_LEN);
+    pd.ok(&["bind", "udp/7701", "drop", "--owner", &fits]);
+    let doc = pd.json(&["bindings", "--json"]);
+    assert_eq!(doc["bindings"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(doc["bindings"][0]["owner"], fits.as_str());
+    // A conflict names the owner on one line.
+    pd.refused(
+        &["bind", "udp/7701", "pass"],
+        &["udp/7701 is already bound to drop", &fits, "--replace"],
+    );
+    pd.ok(&["unload", SERVER_IF]);
+}
+
+/// Service names resolve per protocol from /etc/services: `http` is tcp only there, so
+/// `udp/http-https` is refused naming it, and binds nothing. (Needs /etc/services, as Debian's
+/// netbase installs it; without it a built-in table applies, see spec.rs.)
+#[test]
+fn service_names_resolve_per_protocol() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let pd = Cli::in_process(ns);
+    pd.ok(&["load", SERVER_IF]);
+    pd.refused(
+        &["bind", "udp/http-https", "drop"],
+        &["\"http\"", "no udp entry", "tcp/80"],
+    );
+    assert_eq!(
+        pd.json(&["bindings", "--json"])["bindings"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    pd.ok(&["bind", "tcp/http-https", "drop"]);
+    pd.ok(&["unload", SERVER_IF]);
 }

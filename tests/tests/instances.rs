@@ -292,7 +292,7 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
     pd_refused(&heir, &["stats", "-i", "d0"], &["not loaded on d0"]);
     assert!(matches!(
         PortDemux::open_only(&heir.scope()),
-        Err(Error::WhichInterface(_))
+        Err(Error::NoneLoaded { .. })
     ));
     // The dead instance is there for `status --all`.
     let listed = entry(&dead_pins).unwrap_or_else(|| panic!("{}", dead_pins.display()));

@@ -33,7 +33,7 @@ use port_demux::{
         BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PortCounters,
         action, outcome, port_index,
     },
-    is_bpffs, sys,
+    is_bpffs, pinned,
 };
 use port_demux_testkit::{
     cli::{
@@ -89,15 +89,10 @@ fn status_prog_id(ns: &Netns, iface: &str) -> u32 {
 fn raw_bindings(dir: &Path) -> Vec<Binding> {
     let path = dir.join("BINDINGS");
     let fd =
-        sys::obj_get(&path, true).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
-    let mut values = vec![Binding::zeroed(); BINDINGS_LEN as usize];
-    sys::lookup_array_batch(
-        fd.as_fd(),
-        BINDINGS_LEN,
-        size_of::<Binding>(),
-        bytemuck::cast_slice_mut(&mut values),
-    )
-    .unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_BATCH {}: {e}", path.display()));
+        pinned::open(&path, true).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
+    let values = pinned::read_array::<Binding>(fd.as_fd())
+        .unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_BATCH {}: {e}", path.display()));
+    assert_eq!(values.len(), BINDINGS_LEN as usize);
     values
 }
 

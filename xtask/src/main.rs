@@ -31,7 +31,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install what is missing: nightly rust-src, llvm-22-dev, bpf-linker, iproute2, ethtool,
-    /// bpftool, xdp-tools, and for `vm-test` qemu, busybox-static, xz-utils, zstd.
+    /// bpftool, xdp-tools, prometheus, zsh, fish, and for `vm-test` qemu, busybox-static,
+    /// xz-utils, zstd.
     Setup,
     /// Set up, then build the XDP program and the CLI.
     Build {

@@ -29,7 +29,7 @@ fn drop_pass_and_a_range_counted_exactly() -> Result<(), Error> {
     bind("tcp/8080", Action::Pass, "me")?;
     // A port inside the bound range: refused, and nothing changed.
     let taken = bind("udp/7050", Action::Drop, "someone");
-    assert!(matches!(&taken, Err(Error::Conflict { port, .. }) if port == "udp/7050"));
+    assert!(matches!(&taken, Err(Error::Conflict { ports, .. }) if ports.to_string() == "udp/7050"));
 
     let server = |port: u16| SocketAddr::from((lab.server_addr(), port));
     let server6 = |port: u16| SocketAddr::from((lab.server_addr6(), port));

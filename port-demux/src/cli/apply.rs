@@ -337,6 +337,7 @@ pub fn apply(scope: &Scope, args: &ApplyArgs, out: &mut dyn Write) -> Result<(),
     let wanted = parse(&source)?;
     if !args.dry_run {
         check_load_privileges("port-demux apply")?;
+        PortDemux::finish_pending(scope)?;
     }
     let loaded = scope.loaded()?;
     // The plan, checked whole before anything changes.

@@ -83,19 +83,30 @@ pub async fn exporter(
         top: args.top,
         errors: AtomicU64::new(0),
     });
+    // Signals handled before the address is announced: a client that reads it may signal.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure {
+        message: format!("cannot handle SIGTERM: {e}"),
+        code: 1,
+    })?;
+    // SIGHUP reloads nothing here (the exporter follows the pins at every scrape; the unit's
+    // reload is `port-demux apply`): it must not end the process, as its default would.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure {
+            message: format!("cannot handle SIGHUP: {e}"),
+            code: 1,
+        })?;
     writeln!(
         out,
         "serving http://{}/metrics",
         listener.local_addr().unwrap_or(args.listen)
     )?;
     out.flush()?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure {
-        message: format!("cannot handle SIGTERM: {e}"),
-        code: 1,
-    })?;
     loop {
         tokio::select! {
+            _ = hangup.recv() => {
+                log::info!("SIGHUP: nothing to reload, every scrape reads the pins afresh");
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(respond(stream, Arc::clone(&exporter)));

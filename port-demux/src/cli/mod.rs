@@ -83,9 +83,35 @@ pub struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Self {
-            message: e.to_string(),
+            message: format!("{e}{}", hint(&e)),
             code: 1,
         }
+    }
+}
+
+/// What to type next for an error the library words in its own terms: the CLI's verbs and
+/// flags, appended to the library's sentence.
+fn hint(e: &Error) -> String {
+    match e {
+        Error::NotLoaded { iface, .. } | Error::Unloaded { iface } => {
+            format!(" (`port-demux load {iface}`)")
+        }
+        Error::NoBpffs { .. } | Error::NoneLoaded { .. } => " (`port-demux load IFACE`)".into(),
+        Error::WhichInterface { .. } => " with -i IFACE".into(),
+        Error::AlreadyLoaded { iface } => {
+            format!(" (`port-demux unload {iface}`, or `port-demux load {iface} --upgrade`)")
+        }
+        Error::ForeignProgram { .. } => ", or `load --force` to replace it".into(),
+        Error::Detached { iface, .. } => {
+            format!(" (`port-demux unload {iface}`, or `port-demux prune`)")
+        }
+        Error::LayoutV2 { iface, .. } => format!(" (`port-demux load {iface} --upgrade`)"),
+        Error::Conflict { .. } => " (`unbind`, or `bind --replace`)".into(),
+        Error::NotBound { .. } => "; see `port-demux bindings`".into(),
+        Error::Verifier { log: None, .. } => {
+            "; rerun with --verifier-log FILE to keep its whole log".into()
+        }
+        _ => String::new(),
     }
 }
 

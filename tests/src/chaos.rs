@@ -1,0 +1,383 @@
+//! Adversarial runs of the `port-demux` binary and what must hold after each (issue 9's
+//! pinned-state contract): commands killed at a chosen system call (`strace -e inject`), slowed
+//! at one (`delay_enter`), raced against each other; then [`assert_sound`]: `status --all` is
+//! true, no program runs that no pin names, a printed `bound` line is a binding that is there;
+//! and [`assert_removable`]: `prune` and `unload` leave nothing of the namespace behind.
+//!
+//! Needs root, `strace` and the binary ([`crate::cli::bin`]).
+
+use std::{
+    collections::BTreeMap, ffi::OsString, fs, net::UdpSocket, os::fd::AsRawFd as _,
+    process::Command,
+};
+
+use serde_json::Value;
+
+use crate::{
+    cli::{Run, command, execute},
+    netns::{Netns, unique},
+};
+
+/// The system calls a writer's crash points are chosen among: every BPF command, and every
+/// change to the pin tree or its locks.
+pub const CRASH_SYSCALLS: [&str; 10] = [
+    "bpf",
+    "mkdir",
+    "mkdirat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+    "flock",
+];
+
+/// The states `status --all` may give an instance.
+pub const STATES: [&str; 4] = [
+    "running",
+    "namespace-gone",
+    "interface-gone",
+    "half-written",
+];
+
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The namespace cookie of `ns` (`SO_NETNS_COOKIE`): what the kernel never reuses.
+///
+/// # Panics
+/// When the namespace cannot be entered or the kernel has no netns cookies.
+#[must_use]
+pub fn netns_cookie(ns: &Netns) -> u64 {
+    ns.run(|| {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("a socket in the namespace");
+        let mut cookie = 0u64;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8");
+        // SAFETY: getsockopt into a u64 we own, its size passed.
+        let ret = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                std::ptr::from_mut(&mut cookie).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "SO_NETNS_COOKIE: {}",
+            std::io::Error::last_os_error()
+        );
+        cookie
+    })
+}
+
+/// `cmd` run under `strace -f` with `options` (an `-e inject=...`), not started yet.
+#[must_use]
+pub fn under_strace(cmd: &Command, options: &[String]) -> Command {
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(options)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    traced
+}
+
+/// `cmd` with every `flock` it makes delayed by `ms` milliseconds on entry.
+#[must_use]
+pub fn slowed(cmd: &Command, ms: u32) -> Command {
+    under_strace(cmd, &[format!("--inject=flock:delay_enter={}", ms * 1000)])
+}
+
+/// `cmd` killed (SIGKILL) on entry to its `n`-th call of `syscall` (counted per thread).
+#[must_use]
+pub fn killed_at(cmd: &Command, syscall: &str, n: usize) -> Command {
+    under_strace(cmd, &[format!("--inject={syscall}:signal=KILL:when={n}")])
+}
+
+/// Runs `cmd` once under strace and counts its calls of each of [`CRASH_SYSCALLS`], per
+/// thread (as `when=N` counts them): the largest count of any thread, per system call.
+///
+/// # Panics
+/// When strace cannot run.
+#[must_use]
+pub fn count_syscalls(cmd: &Command) -> (Run, BTreeMap<String, usize>) {
+    let log = std::env::temp_dir().join(format!("pd-strace-{}-{}", std::process::id(), unique()));
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg(format!("--trace={}", CRASH_SYSCALLS.join(",")))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let run = execute(traced);
+    let text = fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let _ = fs::remove_file(&log);
+    let mut per_thread: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for line in text.lines() {
+        // "PID name(args...) = ret" or "PID name(... <unfinished ...>"; resumptions are
+        // the same call.
+        let mut words = line.splitn(2, ' ');
+        let (Some(pid), Some(rest)) = (words.next(), words.next()) else {
+            continue;
+        };
+        // strace pads the pid to five columns.
+        let rest = rest.trim_start();
+        if rest.starts_with("<...") || rest.starts_with("---") || rest.starts_with("+++") {
+            continue;
+        }
+        let Some(name) = rest.split('(').next() else {
+            continue;
+        };
+        if CRASH_SYSCALLS.contains(&name) {
+            *per_thread
+                .entry((name.to_owned(), pid.to_owned()))
+                .or_default() += 1;
+        }
+    }
+    let mut counts = BTreeMap::new();
+    for ((name, _), n) in per_thread {
+        let max: &mut usize = counts.entry(name).or_default();
+        *max = (*max).max(n);
+    }
+    assert!(
+        !counts.is_empty(),
+        "strace saw none of {CRASH_SYSCALLS:?} in {run:?}; its log began: {:?}",
+        text.lines().take(5).collect::<Vec<_>>()
+    );
+    (run, counts)
+}
+
+/// Every (system call, N) to kill `cmd` at: every call it makes of each of [`CRASH_SYSCALLS`],
+/// or, for a system call made more than `cap` times, `cap` of them spread evenly (the first and
+/// last included).
+#[must_use]
+pub fn crash_points(counts: &BTreeMap<String, usize>, cap: usize) -> Vec<(String, usize)> {
+    let mut points = Vec::new();
+    for (name, &count) in counts {
+        if count <= cap {
+            points.extend((1..=count).map(|n| (name.clone(), n)));
+        } else {
+            points.extend((0..cap).map(|i| (name.clone(), 1 + i * (count - 1) / (cap - 1))));
+        }
+    }
+    points
+}
+
+/// `port-demux status --all --json` (run with `--netns` of `ns`, which it must not need): it
+/// must succeed and list every instance in one of [`STATES`].
+///
+/// # Panics
+/// When it fails, or lists an instance in no known state.
+/// With `PD_WITHOUT_STATUS_ALL=1` (a binary from before `status --all`, run to record how it
+/// fails the rest of a test) the instances are those plain `status --json` lists for `ns`,
+/// running when their program is attached.
+#[must_use]
+pub fn status_all(ns: &Netns, context: &str) -> Vec<Value> {
+    if without_status_all() {
+        return legacy_status(ns, context);
+    }
+    let run = execute(command(ns, &["status", "--all", "--json"]));
+    assert_eq!(run.code, Some(0), "{context}: status --all --json: {run:?}");
+    let doc: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{context}: status --all --json: {e}: {run:?}"));
+    let instances = doc["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{context}: no instances[] in {doc}"))
+        .clone();
+    for i in &instances {
+        let state = i["state"].as_str().unwrap_or_default();
+        assert!(STATES.contains(&state), "{context}: state of {i}");
+        assert!(i["dir"].is_string(), "{context}: dir of {i}");
+    }
+    instances
+}
+
+fn without_status_all() -> bool {
+    std::env::var_os("PD_WITHOUT_STATUS_ALL").is_some_and(|v| v == "1")
+}
+
+fn legacy_status(ns: &Netns, context: &str) -> Vec<Value> {
+    let run = execute(command(ns, &["status", "--json"]));
+    assert_eq!(run.code, Some(0), "{context}: status --json: {run:?}");
+    let doc: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{context}: status --json: {e}: {run:?}"));
+    let cookie = netns_cookie(ns);
+    doc["interfaces"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "dir": i["pins"],
+                        "state": if i["attached"] == true { "running" } else { "interface-gone" },
+                        "iface": i["interface"],
+                        "netns_cookie": cookie,
+                        "prog_id": i["program_id"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The instances of `status --all` whose namespace is `ns` (by cookie).
+#[must_use]
+pub fn instances_of(instances: &[Value], cookie: u64) -> Vec<Value> {
+    instances
+        .iter()
+        .filter(|i| i["netns_cookie"].as_u64() == Some(cookie))
+        .cloned()
+        .collect()
+}
+
+/// The running instance of `status --all` on `iface` of the namespace with `cookie`.
+#[must_use]
+pub fn running_on(instances: &[Value], cookie: u64, iface: &str) -> Option<Value> {
+    instances_of(instances, cookie)
+        .into_iter()
+        .find(|i| i["state"] == "running" && i["iface"] == iface)
+}
+
+/// The ids of every BPF program the kernel has loaded.
+///
+/// # Panics
+/// When the programs cannot be listed.
+#[must_use]
+pub fn loaded_prog_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| p.id())
+        .collect()
+}
+
+/// What must hold after any command, however it ended, on namespace `ns` whose port-demux
+/// interfaces are `ifaces`:
+/// - `status --all --json` succeeds and is true: each running instance of `ns` names the
+///   program attached to its interface now;
+/// - every XDP program on `ifaces` is named by a running instance's pins;
+/// - when `run` succeeded, every `bound PROTO/PORTS ... on IFACE` line it printed is a binding
+///   that is there now.
+///
+/// # Panics
+/// When any of them does not hold; `context` says after what.
+pub fn assert_sound(ns: &Netns, ifaces: &[&str], run: Option<&Run>, context: &str) {
+    let cookie = netns_cookie(ns);
+    let all = status_all(ns, context);
+    for i in instances_of(&all, cookie) {
+        if i["state"] != "running" {
+            continue;
+        }
+        let iface = i["iface"].as_str().unwrap_or_default();
+        assert_eq!(
+            ns.xdp_prog(iface).map(u64::from),
+            i["prog_id"].as_u64(),
+            "{context}: running instance {i} is not what {iface} runs"
+        );
+    }
+    for iface in ifaces {
+        if let Some(id) = ns.xdp_prog(iface) {
+            let named = running_on(&all, cookie, iface);
+            assert_eq!(
+                named.as_ref().and_then(|i| i["prog_id"].as_u64()),
+                Some(u64::from(id)),
+                "{context}: program {id} runs on {iface} and no running instance names it: {all:?}"
+            );
+        }
+    }
+    let Some(run) = run.filter(|r| r.code == Some(0)) else {
+        return;
+    };
+    for line in run.stdout.lines() {
+        if let Some(rest) = line.strip_prefix("bound ") {
+            // "bound udp/5000 to drop on hxb" or "... on hxb (owner x)"
+            let spec = rest.split(' ').next().unwrap_or_default();
+            let iface = rest
+                .split(" on ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .unwrap_or_default();
+            let bindings = execute(command(ns, &["bindings", "-i", iface, "--json"]));
+            assert_eq!(
+                bindings.code,
+                Some(0),
+                "{context}: printed {line:?} but bindings fail: {bindings:?}"
+            );
+            let (proto, ports) = spec.split_once('/').unwrap_or_default();
+            let first: u64 = ports
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(0);
+            let doc: Value = serde_json::from_str(&bindings.stdout).unwrap_or_default();
+            let found = doc["bindings"].as_array().is_some_and(|b| {
+                b.iter().any(|b| {
+                    b["proto"] == proto
+                        && b["first"].as_u64() <= Some(first)
+                        && b["last"].as_u64() >= Some(first)
+                })
+            });
+            assert!(
+                found,
+                "{context}: printed {line:?}, exit 0, and the binding is not there: {}",
+                bindings.stdout
+            );
+        }
+    }
+}
+
+/// `prune` then `unload` of each of `ifaces` remove everything of `ns`: no instance of it left
+/// in `status --all`, no XDP program on `ifaces`, and every program id its instances named
+/// gone from the kernel (unless `keep` names it: an instance that must survive elsewhere).
+///
+/// # Panics
+/// When something is left; `context` says after what.
+pub fn assert_removable(ns: &Netns, ifaces: &[&str], context: &str) {
+    let cookie = netns_cookie(ns);
+    let before = instances_of(&status_all(ns, context), cookie);
+    if !without_status_all() {
+        let prune = execute(command(ns, &["prune", "--json"]));
+        assert_eq!(prune.code, Some(0), "{context}: prune: {prune:?}");
+    }
+    for iface in ifaces {
+        let run = execute(command(ns, &["unload", iface]));
+        assert!(
+            run.code == Some(0) || run.stderr.lines().count() == 1,
+            "{context}: unload {iface}: {run:?}"
+        );
+    }
+    for iface in ifaces {
+        assert_eq!(
+            ns.xdp_prog(iface),
+            None,
+            "{context}: a program stays on {iface} after prune and unload"
+        );
+    }
+    let after = instances_of(&status_all(ns, context), cookie);
+    assert!(
+        after.is_empty(),
+        "{context}: left after prune and unload: {after:?}"
+    );
+    let loaded = loaded_prog_ids();
+    for i in before {
+        if let Some(id) = i["prog_id"].as_u64() {
+            assert!(
+                !loaded.iter().any(|&p| u64::from(p) == id),
+                "{context}: program {id} of {i} is still loaded after prune and unload"
+            );
+        }
+    }
+}
+
+/// The arguments of `cmd`, for messages.
+#[must_use]
+pub fn describe(cmd: &Command) -> String {
+    let args: Vec<OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,135 @@
+//! An instance of layout v2 (main at 5e68fb7, IPv4 only; its object is kept as
+//! `tests/fixtures/port-demux-v2.o`), made as v2's loader made it: maps pinned in
+//! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/`, the program attached through a pinned
+//! `bpf_link`, `META` saying layout 2. Every build must keep finding, upgrading and unloading it.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, MapData},
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+use port_demux::common::{
+    Binding, LAYOUT_VERSION_V2, MODE_NATIVE, Meta, PROTO_UDP, action, port_index,
+};
+
+use crate::netns::Netns;
+
+/// The v2 pins: every map but `GLOBALS2`, and the program and link.
+pub const V2_PINS: [&str; 7] = [
+    "BINDINGS",
+    "PORT_STATS",
+    "GLOBALS",
+    "REDIRECT",
+    "META",
+    "prog",
+    "link",
+];
+
+fn v2_object() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/port-demux-v2.o");
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Inode of namespace `ns`: what v2 keyed its pin folder by.
+///
+/// # Panics
+/// When `/run/netns/NAME` cannot be read.
+#[must_use]
+pub fn netns_inode(ns: &str) -> u64 {
+    let path = Path::new("/run/netns").join(ns);
+    fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .ino()
+}
+
+/// Loads the v2 object on `iface` of `ns` in native mode, as v2's `port-demux load IFACE` did;
+/// returns the pin folder.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
+    let scope = ns.scope();
+    // Made under the writers' lock, as v2's loader made it under its own: a writer sweeping
+    // meanwhile would take the half-made folder for a dead writer's.
+    let _writers = port_demux::DirLock::writers(Path::new(port_demux::BPFFS))
+        .unwrap_or_else(|e| panic!("the writers' lock: {e}"));
+    let ino = netns_inode(ns.name());
+    let ns_dir = Path::new(port_demux::BPFFS)
+        .join("port-demux")
+        .join(format!("netns-{ino}"));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ns_dir)
+        .expect("creating the namespace folder");
+    let dir = ns_dir.join(iface);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("creating the pin folder");
+    let object = v2_object();
+    let paths: Vec<(&str, PathBuf)> = V2_PINS[..5].iter().map(|m| (*m, dir.join(m))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("DEFAULT_ACTION", &action::PASS, true)
+        .override_global(aya_log::LEVEL, &0u8, false);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(&object).expect("the v2 object loads");
+    let prog: &mut Xdp = ebpf
+        .program_mut("port_demux")
+        .expect("port_demux")
+        .try_into()
+        .expect("XDP");
+    prog.load().expect("the host verifier takes the v2 program");
+    let ifindex = ns.ifindex(iface);
+    let link_id = scope
+        .run(|| prog.attach_to_if_index(ifindex, XdpMode::Driver))
+        .expect("entering the namespace")
+        .expect("attaching the v2 program");
+    prog.pin(dir.join("prog")).expect("pinning prog");
+    let link: FdLink = prog
+        .take_link(link_id)
+        .expect("the link")
+        .try_into()
+        .expect("an fd link");
+    link.pin(dir.join("link")).expect("pinning link");
+    let mut meta: Meta = bytemuck::Zeroable::zeroed();
+    meta.layout_version = LAYOUT_VERSION_V2;
+    meta.ifindex = ifindex;
+    meta.default_action = action::PASS;
+    meta.mode = MODE_NATIVE;
+    meta.netns_ino = ino;
+    meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
+    let mut meta_map: Array<MapData, Meta> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(dir.join("META")).expect("META"),
+    ))
+    .expect("META is an array");
+    meta_map.set(0, meta, 0).expect("writing META");
+    dir
+}
+
+/// Binds `port` (UDP) to `act` by writing the pinned v2 `BINDINGS` of `dir`, as v2's `bind` did.
+///
+/// # Panics
+/// When the map cannot be written.
+pub fn bind_v2(dir: &Path, port: u16, act: u32) {
+    let mut bindings: Array<MapData, Binding> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(dir.join("BINDINGS")).expect("BINDINGS"),
+    ))
+    .expect("an array");
+    let mut b: Binding = bytemuck::Zeroable::zeroed();
+    b.action = act;
+    b.owner[..2].copy_from_slice(b"v2");
+    bindings
+        .set(port_index(PROTO_UDP, port), b, 0)
+        .expect("binding");
+}
