@@ -88,6 +88,38 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     Some(port_index(proto, dest_port))
 }
 
+/// The destination address of the IPv4 header at offset `l3` (14, 18 or 22) of the frame
+/// `start..end`, as a number; 0
+/// when it is not in the first buffer (it always is: the parse read past it).
+#[inline(always)]
+pub fn dst_v4(start: usize, end: usize, l3: usize) -> u32 {
+    let addr = start + l3 + 16;
+    if addr + 4 > end {
+        return 0;
+    }
+    // SAFETY: checked just above. Two bytes off a 4-byte boundary (the Ethernet header is 14
+    // bytes): BPF loads need no alignment on packet data (the verifier checks it only with
+    // strict alignment, which x86-64 and arm64 do not ask for).
+    u32::from_be(unsafe { load::<u32>(addr) })
+}
+
+/// The destination address of the IPv6 header at offset `l3`, as two numbers (bytes 0..8,
+/// bytes 8..16); zeros when it is not in the first buffer (it always is).
+#[inline(always)]
+pub fn dst_v6(start: usize, end: usize, l3: usize) -> (u64, u64) {
+    let addr = start + l3 + 24;
+    if addr + 16 > end {
+        return (0, 0);
+    }
+    // SAFETY: checked just above; alignment as in `dst_v4`.
+    unsafe {
+        (
+            u64::from_be(load::<u64>(addr)),
+            u64::from_be(load::<u64>(addr + 8)),
+        )
+    }
+}
+
 /// A frame [`full`] demultiplexed.
 pub struct Demuxed {
     /// `PORT_STATS`/`BINDINGS` index.
@@ -97,6 +129,9 @@ pub struct Demuxed {
     pub len: u64,
     /// IPv6 (counted in `GLOBALS`' `DEMUXED_IPV6` cell too).
     pub ipv6: bool,
+    /// Offset of the IP header (14, 18 or 22): where a scoped port's search reads the
+    /// destination address.
+    pub l3: usize,
 }
 
 /// The whole frame's length, all buffers: a helper call, made only where the IP length or a
@@ -231,6 +266,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
         index: port_index(proto, dest_port),
         len,
         ipv6: false,
+        l3,
     })
 }
 
@@ -333,6 +369,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
             index: port_index(proto, dest_port),
             len,
             ipv6: true,
+            l3,
         });
     }
 }
