@@ -28,16 +28,23 @@ pub mod cli;
 mod demux;
 mod error;
 pub mod kernel;
+mod layout;
+mod lifecycle;
+mod maps;
 mod netlink;
 mod scope;
 mod spec;
 pub mod sys;
+mod types;
 
-pub use demux::{
-    BindOptions, BindingRange, EBPF_OBJECT, LoadOptions, LoadReport, Mode, PROGRAM, PROGRAM_DEBUG,
-    PortDemux, PortStat, Stats, Status, Totals, UpgradeReport,
-};
+pub use demux::PortDemux;
 pub use error::{Error, Result};
+pub use layout::DirLock;
+pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};
 pub use port_demux_common as common;
-pub use scope::{BPFFS, DirLock, Scope, is_bpffs};
+pub use scope::{BPFFS, Scope, is_bpffs};
 pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};
+pub use types::{
+    BindOptions, BindingRange, LoadOptions, LoadReport, Mode, PortStat, Stats, Status, Totals,
+    UpgradeReport,
+};

@@ -1,9 +1,7 @@
 //! Where an instance's state lives and which network namespace its interface is in.
 //!
-//! State is pinned in the host's bpffs, one folder per (network namespace, interface):
-//! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/`. The inode of the namespace keys the folder,
-//! so two namespaces with an interface of the same name never collide, and every command (its
-//! own process) finds the running data path by opening the folder.
+//! State is pinned in the host's bpffs under a folder per network namespace ([`Scope::dir`]);
+//! what is inside is [`crate::layout`]'s.
 
 use std::{
     ffi::{CStr, CString},
@@ -177,31 +175,6 @@ impl Scope {
         })
     }
 
-    /// Interfaces with port-demux loaded in this namespace, sorted.
-    ///
-    /// # Errors
-    /// When the folder exists but cannot be read.
-    pub fn loaded(&self) -> Result<Vec<String>> {
-        let dir = self.dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !is_bpffs(&self.bpffs) => {
-                return Err(Error::NoBpffs {
-                    path: self.bpffs.clone(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot read", dir, e)),
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|name| !name.starts_with(crate::demux::STAGING))
-            .map(|name| crate::demux::iface_of_pin(&name))
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
     /// Makes sure a bpffs is mounted at [`Scope::bpffs`], mounting one if not.
     ///
     /// # Errors
@@ -292,25 +265,5 @@ fn setns(file: &File) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// An exclusive `flock` on a folder, released on drop: it serialises writers of one
-/// namespace's or one interface's state. Readers never take it, and the data path never sees it.
-#[derive(Debug)]
-pub struct DirLock(#[expect(dead_code, reason = "held for its Drop")] File);
-
-impl DirLock {
-    /// Blocks until the lock on `dir` is ours.
-    ///
-    /// # Errors
-    /// When the folder cannot be opened or locked.
-    pub fn exclusive(dir: &Path) -> Result<Self> {
-        let file = File::open(dir).map_err(|e| Error::io("cannot open", dir, e))?;
-        // SAFETY: flock on a descriptor we hold.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io("cannot lock", dir, io::Error::last_os_error()));
-        }
-        Ok(Self(file))
     }
 }

@@ -1,0 +1,263 @@
+//! Typed access to an instance's pinned maps: bindings, redirect slots and counters. With
+//! the `META` record of [`crate::layout`], the only code that reads or writes map values.
+
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use bytemuck::Zeroable as _;
+use port_demux_common::{
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PortCounters, REDIRECT_SLOTS,
+    action, outcome, port_index,
+};
+
+use crate::{
+    Action, Error, PortSpec, Result, Scope, Totals,
+    layout::{DEVMAP_VALUE, GLOBALS2, MAPS, open_maps},
+    sys,
+};
+
+/// The pinned maps of an instance of this build's layout, opened and checked.
+#[derive(Debug)]
+pub(crate) struct Maps {
+    dir: PathBuf,
+    bindings: OwnedFd,
+    port_stats: OwnedFd,
+    globals: OwnedFd,
+    globals2: OwnedFd,
+    redirect: OwnedFd,
+}
+
+impl Maps {
+    /// Opens every map of [`MAPS`] pinned in `dir`, checking each one's type and sizes.
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let [bindings, port_stats, globals, redirect, _meta, globals2] = open_maps(dir, &MAPS)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            bindings,
+            port_stats,
+            globals,
+            globals2,
+            redirect,
+        })
+    }
+
+    /// `PORT_STATS`, summed over CPUs.
+    pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let stride = size_of::<PortCounters>() * cpus;
+        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
+        sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
+            .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
+        Ok(raw
+            .chunks_exact(stride)
+            .map(|per_cpu| {
+                let mut sum = PortCounters::default();
+                for c in per_cpu.chunks_exact(size_of::<PortCounters>()) {
+                    let c: PortCounters = bytemuck::pod_read_unaligned(c);
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+                sum
+            })
+            .collect())
+    }
+
+    /// `GLOBALS` and `GLOBALS2`, summed over CPUs and added.
+    pub(crate) fn globals(&self) -> Result<Globals> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let read = |fd: &OwnedFd, name: &str, size: usize| -> Result<Vec<u8>> {
+            let mut raw = vec![0u8; size * cpus];
+            sys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut raw)
+                .map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
+            Ok(raw)
+        };
+        let v2 = read(&self.globals, "GLOBALS", size_of::<GlobalCounters>())?;
+        let v3 = read(&self.globals2, GLOBALS2, size_of::<Globals>())?;
+        let mut sum = Globals::default();
+        for (a, b) in v2
+            .chunks_exact(size_of::<GlobalCounters>())
+            .zip(v3.chunks_exact(size_of::<Globals>()))
+        {
+            sum.add(&Globals::from_maps(
+                &bytemuck::pod_read_unaligned(a),
+                &bytemuck::pod_read_unaligned(b),
+            ));
+        }
+        Ok(sum)
+    }
+
+    /// Reads the whole `BINDINGS` array.
+    pub(crate) fn read_bindings(&self) -> Result<Vec<Binding>> {
+        let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+        sys::lookup_array_batch(
+            self.bindings.as_fd(),
+            BINDINGS_LEN,
+            size_of::<Binding>(),
+            bytemuck::cast_slice_mut(&mut all),
+        )
+        .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))?;
+        Ok(all)
+    }
+
+    /// Writes `value` at every port of `ports`, one batch.
+    pub(crate) fn write_bindings(&self, ports: PortSpec, value: &Binding) -> Result<()> {
+        let keys: Vec<u32> = ports
+            .ports()
+            .map(|p| port_index(ports.proto.index(), p))
+            .collect();
+        let values = vec![*value; keys.len()];
+        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(&values))
+            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// The ifindex in each devmap slot.
+    pub(crate) fn read_slots(&self) -> Result<Vec<Option<u32>>> {
+        (0..REDIRECT_SLOTS)
+            .map(|slot| {
+                let mut value = [0u8; DEVMAP_VALUE as usize];
+                let found = sys::lookup(self.redirect.as_fd(), &slot.to_ne_bytes(), &mut value)
+                    .map_err(|e| Error::io("cannot read", self.dir.join("REDIRECT"), e))?;
+                Ok(found.then(|| u32::from_ne_bytes([value[0], value[1], value[2], value[3]])))
+            })
+            .collect()
+    }
+
+    /// Points devmap `slot` at `ifindex`, resolved in `scope`'s namespace (the devmap
+    /// resolves an ifindex in its writer's network namespace).
+    pub(crate) fn set_slot(&self, scope: &Scope, slot: u32, ifindex: u32) -> Result<()> {
+        let mut value = [0u8; DEVMAP_VALUE as usize];
+        value[..4].copy_from_slice(&ifindex.to_ne_bytes());
+        scope
+            .run(|| sys::update(self.redirect.as_fd(), &slot.to_ne_bytes(), &value))?
+            .map_err(|e| Error::io("cannot write", self.dir.join("REDIRECT"), e))
+    }
+
+    /// Empties the devmap slots no binding uses any more.
+    pub(crate) fn collect_slots(&self, bindings: &[Binding]) -> Result<()> {
+        let slots = self.read_slots()?;
+        for (slot, ifindex) in (0u32..).zip(slots) {
+            if ifindex.is_some()
+                && !bindings
+                    .iter()
+                    .any(|b| b.action == action::REDIRECT && b.slot == slot)
+            {
+                sys::delete(self.redirect.as_fd(), &slot.to_ne_bytes())
+                    .map_err(|e| Error::io("cannot write", self.dir.join("REDIRECT"), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Totals from the per-port counters and the global ones.
+pub(crate) fn totals(ports: &[PortCounters], globals: &Globals) -> Totals {
+    let mut outcomes = globals.not_demuxed();
+    outcomes[outcome::DEMUXED] = ports.iter().map(|c| c.packets).sum();
+    Totals {
+        packets: outcomes.iter().sum(),
+        outcomes,
+        demuxed_ipv6: globals.frames[Globals::DEMUXED_IPV6],
+        demuxed_bytes: ports.iter().map(|c| c.bytes).sum(),
+        redirected: globals.frames[Globals::REDIRECTED],
+        redirect_fallback: globals.frames[Globals::REDIRECT_FALLBACK],
+    }
+}
+
+/// The [`Action`] of a binding, naming the redirect target from the facade's slot names.
+pub(crate) fn describe(b: &Binding, slot_names: &[Option<String>]) -> Action {
+    match b.action {
+        action::DROP => Action::Drop,
+        action::REDIRECT => Action::Redirect(
+            slot_names
+                .get(b.slot as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "(gone)".to_owned()),
+        ),
+        _ => Action::Pass,
+    }
+}
+pub(crate) fn low16(index: u32) -> u16 {
+    (index & 0xffff) as u16
+}
+
+pub(crate) fn owner_str(b: &Binding) -> String {
+    let end = b.owner.iter().position(|&c| c == 0).unwrap_or(OWNER_LEN);
+    String::from_utf8_lossy(&b.owner[..end]).into_owned()
+}
+/// Runs of consecutive bound ports with equal bindings, as (first index, last index, binding):
+/// a run never crosses from one protocol's half of the array into the other's.
+pub(crate) fn coalesce(all: &[Binding]) -> Vec<(u32, u32, Binding)> {
+    let mut ranges: Vec<(u32, u32, Binding)> = Vec::new();
+    for (index, b) in (0u32..).zip(all) {
+        if b.action == action::UNBOUND {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some((_, last, prev)) if *last + 1 == index && prev == b && index & 0xffff != 0 => {
+                *last = index;
+            }
+            _ => ranges.push((index, index, *b)),
+        }
+    }
+    ranges
+}
+/// Copies every filled slot of the devmap pinned at `from` into the one pinned at `to`, in
+/// `scope`'s namespace (a devmap resolves an ifindex in its writer's namespace).
+pub(crate) fn copy_devmap(scope: &Scope, from: &Path, to: &Path) -> Result<()> {
+    let old = sys::obj_get_readable(from).map_err(|e| Error::io("cannot open", from, e))?;
+    let new = sys::obj_get(to, false).map_err(|e| Error::io("cannot open", to, e))?;
+    for slot in 0..REDIRECT_SLOTS {
+        let mut value = [0u8; DEVMAP_VALUE as usize];
+        let found = sys::lookup(old.as_fd(), &slot.to_ne_bytes(), &mut value)
+            .map_err(|e| Error::io("cannot read", from, e))?;
+        if found {
+            // Only the ifindex: the slot holds no program.
+            value[4..].fill(0);
+            scope
+                .run(|| sys::update(new.as_fd(), &slot.to_ne_bytes(), &value))?
+                .map_err(|e| Error::io("cannot write", to, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(act: u32, owner: u8) -> Binding {
+        let mut b = Binding::zeroed();
+        b.action = act;
+        b.owner[0] = owner;
+        b
+    }
+
+    #[test]
+    fn ranges_coalesce_runs_of_equal_bindings() {
+        let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+        all[7000..=7099].fill(bound(action::PASS, 0));
+        all[7100] = bound(action::PASS, b'x'); // another owner: a run of its own
+        all[7101] = bound(action::DROP, 0);
+        all[7103] = bound(action::DROP, 0); // a gap: a run of its own
+        // tcp/65535 and udp/0 are neighbours in the array, never in a range.
+        all[0xffff] = bound(action::DROP, 0);
+        all[0x1_0000] = bound(action::DROP, 0);
+        let pass = bound(action::PASS, 0);
+        let drop = bound(action::DROP, 0);
+        assert_eq!(
+            coalesce(&all),
+            [
+                (7000, 7099, pass),
+                (7100, 7100, bound(action::PASS, b'x')),
+                (7101, 7101, drop),
+                (7103, 7103, drop),
+                (0xffff, 0xffff, drop),
+                (0x1_0000, 0x1_0000, drop),
+            ]
+        );
+        assert!(coalesce(&[]).is_empty());
+    }
+}
