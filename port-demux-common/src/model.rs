@@ -40,7 +40,12 @@ impl ScopedRule {
 /// The most specific rule of port `index` covering `addr` of `family` (tubular's rule): a
 /// plain scan, the statement the data path's interval search is held to.
 #[must_use]
-pub fn most_specific(rules: &[ScopedRule], index: u32, family: u8, addr: u128) -> Option<&ScopedRule> {
+pub fn most_specific(
+    rules: &[ScopedRule],
+    index: u32,
+    family: u8,
+    addr: u128,
+) -> Option<&ScopedRule> {
     rules
         .iter()
         .filter(|r| r.index == index && r.covers(family, addr))
@@ -390,12 +395,11 @@ pub fn classify_scoped(
     };
     let index = port_index(parsed.proto, parsed.port);
     let matched = most_specific(rules, index, parsed.family, parsed.dst);
-    let (act, slot) = match matched {
-        Some(rule) => (rule.action, rule.slot),
-        None => {
-            let bound = binding(index);
-            (bound.action & action::MASK, bound.slot)
-        }
+    let (act, slot) = if let Some(rule) = matched {
+        (rule.action, rule.slot)
+    } else {
+        let bound = binding(index);
+        (bound.action & action::MASK, bound.slot)
     };
     let act = if act == action::UNBOUND {
         default_action

@@ -32,6 +32,7 @@ mod layout;
 mod lifecycle;
 mod maps;
 mod netlink;
+pub mod prefix;
 mod scope;
 mod spec;
 pub mod sys;
