@@ -301,20 +301,20 @@ pub const SEARCH_STEPS: u32 = 17;
 const _: () = assert!(1 << SEARCH_STEPS >= SCOPE_RECORDS);
 
 /// Value of the `SCOPES` array, one per (protocol, port): where the port's interval table of
-/// each family lies in `SCOPE_V4`/`SCOPE_V6`, as [`Scope::pack`]ed `start | count << 32`
+/// each family lies in `SCOPE_V4`/`SCOPE_V6`, as [`PortScope::pack`]ed `start | count << 32`
 /// (count 0: no table of that family). Each half is one aligned 8-byte word, which the loader
 /// stores atomically (the map is memory-mapped) once the table it points to is complete.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Scope {
+pub struct PortScope {
     /// IPv4 table.
     pub v4: u64,
     /// IPv6 table.
     pub v6: u64,
 }
-const _: () = assert!(size_of::<Scope>() == 16);
+const _: () = assert!(size_of::<PortScope>() == 16);
 
-impl Scope {
+impl PortScope {
     /// `start | count << 32`.
     #[inline]
     #[must_use]
@@ -404,7 +404,7 @@ const _: () = assert!(size_of::<ScopedBinding>() == 48);
 mod user {
     // SAFETY: each type is `bytemuck::Pod` (checked by the derive): `repr(C)`, no padding, any
     // bit pattern valid.
-    unsafe impl aya::Pod for super::Scope {}
+    unsafe impl aya::Pod for super::PortScope {}
     unsafe impl aya::Pod for super::ScopeV4 {}
     unsafe impl aya::Pod for super::ScopeV6 {}
     unsafe impl aya::Pod for super::ScopedBinding {}

@@ -29,8 +29,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, REDIRECT_SLOTS,
-    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, Scope, ScopeV4, ScopeV6, ScopedBinding, action,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
+    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeV4, ScopeV6, ScopedBinding, action,
     model::ETH_LEN, untarget,
 };
 
@@ -64,7 +64,7 @@ static REDIRECT: DevMap = DevMap::with_max_entries(REDIRECT_SLOTS, 0);
 /// Per (protocol, port): where its interval tables lie in `SCOPE_V4` and `SCOPE_V6`. Read
 /// only for ports whose binding has the `action::SCOPED` flag.
 #[map]
-static SCOPES: Array<Scope> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
+static SCOPES: Array<PortScope> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
 
 /// IPv4 interval records of every scoped port, each port's sorted by start.
 #[map]
@@ -244,8 +244,12 @@ const _: () = assert!(SEARCH_STEPS == 17);
 /// IPv4 header at `l3`: the last record whose start is at most the address. A binary search
 /// of at most [`SEARCH_STEPS`] steps over an array the verifier inlines.
 #[inline(always)]
+#[expect(
+    unused_assignments,
+    reason = "the last unrolled step's count is not read"
+)]
 fn search_v4(start: usize, end: usize, l3: usize, word: u64) -> u32 {
-    let (mut lo, mut n) = Scope::unpack(word);
+    let (mut lo, mut n) = PortScope::unpack(word);
     if n == 0 {
         return 0;
     }
@@ -272,8 +276,12 @@ fn search_v4(start: usize, end: usize, l3: usize, word: u64) -> u32 {
 
 /// As [`search_v4`], for IPv6: addresses compare as (bytes 0..8, bytes 8..16).
 #[inline(always)]
+#[expect(
+    unused_assignments,
+    reason = "the last unrolled step's count is not read"
+)]
 fn search_v6(start: usize, end: usize, l3: usize, word: u64) -> u32 {
-    let (mut lo, mut n) = Scope::unpack(word);
+    let (mut lo, mut n) = PortScope::unpack(word);
     if n == 0 {
         return 0;
     }

@@ -9,9 +9,10 @@ use std::{
 
 use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
+use ipnet::IpNet;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_SKB, Meta, OWNER_LEN, REDIRECT_SLOTS, action,
-    port_index,
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta, OWNER_LEN,
+    REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -20,8 +21,68 @@ use crate::{
     layout::{self, DirLock, LINK_PIN, PROG_PIN, check_ifname, pin_name},
     lifecycle,
     maps::{self, Maps},
-    sys,
+    prefix::{addr_bytes, prefix_key, prefix_of},
+    scoped, sys,
 };
+
+/// Refuses an owner label longer than a binding holds.
+fn check_owner(opts: &BindOptions) -> Result<()> {
+    if opts.owner.len() > OWNER_LEN {
+        return Err(Error::BadSpec(format!(
+            "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
+            opts.owner
+        )));
+    }
+    Ok(())
+}
+
+/// `dst` without repeats, in order.
+fn dedup(dst: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(dst.len());
+    let mut seen = std::collections::HashSet::new();
+    for net in dst {
+        if seen.insert(*net) {
+            out.push(*net);
+        }
+    }
+    out
+}
+
+/// The live scoped binding of (`index`, `net`).
+fn find(live: &[(u32, ScopedBinding)], index: u32, net: &IpNet) -> Option<(u32, ScopedBinding)> {
+    live.iter()
+        .find(|(_, b)| b.index == index && prefix_of(b) == *net)
+        .copied()
+}
+
+/// How a scoped binding is named in messages: `udp/53 --dst 192.0.2.0/24`.
+fn scoped_name(proto: Proto, port: u16, net: &IpNet) -> String {
+    format!("{} --dst {net}", PortSpec::single(proto, port))
+}
+
+/// The `SCOPED` entry of (`index`, `net`) with `value`'s action, slot and owner.
+fn scoped_value(index: u32, net: &IpNet, value: &Binding) -> ScopedBinding {
+    let (family, _, len) = prefix_key(net);
+    ScopedBinding {
+        index,
+        action: value.action,
+        slot: value.slot,
+        family,
+        len,
+        pad: [0; 2],
+        addr: addr_bytes(net),
+        owner: value.owner,
+    }
+}
+
+/// A scoped binding's action, slot and owner as a [`Binding`].
+fn as_binding(b: &ScopedBinding) -> Binding {
+    Binding {
+        action: b.action,
+        slot: b.slot,
+        owner: b.owner,
+    }
+}
 
 /// One instance of port-demux on one interface, opened through its pins.
 #[derive(Debug)]
@@ -72,6 +133,12 @@ impl PortDemux {
         let meta = layout::read_meta(&dir)?;
         if meta.layout_version == LAYOUT_VERSION_V2 {
             return Err(Error::LayoutV2 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V3 {
+            return Err(Error::LayoutV3 {
                 path: dir,
                 iface: iface.to_owned(),
             });
@@ -133,9 +200,24 @@ impl PortDemux {
     pub fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
         let this = match Self::open(scope, iface) {
             Err(Error::LayoutV2 { path, .. }) => {
-                return lifecycle::upgrade_v2(scope, iface, &path, opts, || {
-                    Self::upgrade(scope, iface, opts)
-                });
+                return lifecycle::upgrade_old(
+                    scope,
+                    iface,
+                    &path,
+                    opts,
+                    LAYOUT_VERSION_V2,
+                    || Self::upgrade(scope, iface, opts),
+                );
+            }
+            Err(Error::LayoutV3 { path, .. }) => {
+                return lifecycle::upgrade_old(
+                    scope,
+                    iface,
+                    &path,
+                    opts,
+                    LAYOUT_VERSION_V3,
+                    || Self::upgrade(scope, iface, opts),
+                );
             }
             other => other?,
         };
@@ -169,12 +251,7 @@ impl PortDemux {
     /// [`Error::Conflict`], [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`],
     /// [`Error::Detached`].
     pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
-        if opts.owner.len() > OWNER_LEN {
-            return Err(Error::BadSpec(format!(
-                "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
-                opts.owner
-            )));
-        }
+        check_owner(opts)?;
         let _lock = DirLock::exclusive(&self.dir)?;
         self.check_attached()?;
         let current = self.maps.read_bindings()?;
@@ -184,36 +261,76 @@ impl PortDemux {
             })
         {
             let b = current[port_index(ports.proto.index(), port) as usize];
-            let owner = maps::owner_str(&b);
-            return Err(Error::Conflict {
-                port: PortSpec::single(ports.proto, port).to_string(),
-                action: maps::describe(&b, &self.slot_names()?).to_string(),
-                owner: if owner.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (owner {owner})")
-                },
-            });
+            return Err(self.conflict(PortSpec::single(ports.proto, port).to_string(), &b)?);
         }
-        let mut value = Binding::zeroed();
-        value.owner[..opts.owner.len()].copy_from_slice(opts.owner.as_bytes());
-        value.action = match act {
-            Action::Pass => action::PASS,
-            Action::Drop => action::DROP,
-            Action::Redirect(target) => {
-                value.slot = self.redirect_slot(target, &current)?;
-                action::REDIRECT
-            }
-        };
+        let value = self.value_of(act, opts)?;
         self.maps.write_bindings(ports, &value)?;
         if opts.replace {
-            let after = self.maps.read_bindings()?;
-            self.maps.collect_slots(&after)?;
+            self.maps.collect_slots(&self.slot_users()?)?;
         }
         Ok(())
     }
 
+    /// Binds every (port, prefix) of `ports` times `dst` to `action` in one batch: a frame of a
+    /// prefix's family whose destination address the prefix covers takes the most specific
+    /// such binding of its port, before the port's binding without a prefix ([`bind`]). All or
+    /// nothing: the same (protocol, prefix, port) bound already is a conflict unless
+    /// `opts.replace` (which resets its counters); different prefixes on one port coexist.
+    /// `dst` empty is [`bind`].
+    ///
+    /// [`bind`]: Self::bind
+    ///
+    /// # Errors
+    /// [`Error::Conflict`], [`Error::Capacity`], [`Error::BadRedirectTarget`],
+    /// [`Error::NoRedirectSlot`], [`Error::Detached`].
+    pub fn bind_dst(
+        &self,
+        ports: PortSpec,
+        dst: &[IpNet],
+        act: &Action,
+        opts: &BindOptions,
+    ) -> Result<()> {
+        if dst.is_empty() {
+            return self.bind(ports, act, opts);
+        }
+        check_owner(opts)?;
+        let dst = dedup(dst);
+        let _lock = DirLock::exclusive(&self.dir)?;
+        self.check_attached()?;
+        let live = scoped::live(&self.maps)?;
+        let mut remove = Vec::new();
+        for port in ports.ports() {
+            let index = port_index(ports.proto.index(), port);
+            for net in &dst {
+                if let Some((id, b)) = find(&live, index, net) {
+                    if !opts.replace {
+                        return Err(
+                            self.conflict(scoped_name(ports.proto, port, net), &as_binding(&b))?
+                        );
+                    }
+                    remove.push(id);
+                }
+            }
+        }
+        let value = self.value_of(act, opts)?;
+        let add: Vec<ScopedBinding> = ports
+            .ports()
+            .flat_map(|port| {
+                let index = port_index(ports.proto.index(), port);
+                dst.iter().map(move |net| scoped_value(index, net, &value))
+            })
+            .collect();
+        let done = scoped::change(&self.maps, &live, &remove, &add);
+        if done.is_err() || opts.replace {
+            // A redirect slot filled for a change that did not happen, or one no binding
+            // uses any more.
+            self.maps.collect_slots(&self.slot_users()?)?;
+        }
+        done
+    }
+
     /// Removes the bindings of every port of `ports`; all or nothing: every one must be bound.
+    /// Scoped bindings of these ports stay ([`unbind_dst`](Self::unbind_dst) removes those).
     ///
     /// # Errors
     /// [`Error::NotBound`], [`Error::Detached`].
@@ -229,8 +346,34 @@ impl PortDemux {
             });
         }
         self.maps.write_bindings(ports, &Binding::zeroed())?;
-        let after = self.maps.read_bindings()?;
-        self.maps.collect_slots(&after)
+        self.maps.collect_slots(&self.slot_users()?)
+    }
+
+    /// Removes the binding of every (port, prefix) of `ports` times `dst`, in one batch; all or
+    /// nothing: every one must be bound. `dst` empty is [`unbind`](Self::unbind).
+    ///
+    /// # Errors
+    /// [`Error::NotBound`], [`Error::Detached`].
+    pub fn unbind_dst(&self, ports: PortSpec, dst: &[IpNet]) -> Result<()> {
+        if dst.is_empty() {
+            return self.unbind(ports);
+        }
+        let dst = dedup(dst);
+        let _lock = DirLock::exclusive(&self.dir)?;
+        self.check_attached()?;
+        let live = scoped::live(&self.maps)?;
+        let mut remove = Vec::new();
+        for port in ports.ports() {
+            let index = port_index(ports.proto.index(), port);
+            for net in &dst {
+                let (id, _) = find(&live, index, net).ok_or_else(|| Error::NotBound {
+                    port: scoped_name(ports.proto, port, net),
+                })?;
+                remove.push(id);
+            }
+        }
+        scoped::change(&self.maps, &live, &remove, &[])?;
+        self.maps.collect_slots(&self.slot_users()?)
     }
 
     /// Every binding, as runs of consecutive ports with the same action and owner.
@@ -250,8 +393,45 @@ impl PortDemux {
                 },
                 action: maps::describe(&b, &slot_names),
                 owner: maps::owner_str(&b),
+                dst: None,
             })
+            .chain(self.scoped_ranges(&slot_names)?)
             .collect())
+    }
+
+    /// The scoped bindings as runs of consecutive ports with the same prefix, action and
+    /// owner, by protocol, first port and prefix.
+    fn scoped_ranges(&self, slot_names: &[Option<String>]) -> Result<Vec<BindingRange>> {
+        let mut live: Vec<(u32, ScopedBinding)> = scoped::live(&self.maps)?;
+        live.sort_by_key(|(_, b)| (prefix_of(b), b.index));
+        let mut out: Vec<BindingRange> = Vec::new();
+        for (_, b) in &live {
+            let (net, action, owner) = (
+                prefix_of(b),
+                maps::describe(&as_binding(b), slot_names),
+                maps::owner_str(&as_binding(b)),
+            );
+            let proto = Proto::from_index(b.index);
+            let port = maps::low16(b.index);
+            if let Some(last) = out.last_mut()
+                && last.dst == Some(net)
+                && last.ports.proto == proto
+                && u32::from(last.ports.last) + 1 == u32::from(port)
+                && last.action == action
+                && last.owner == owner
+            {
+                last.ports.last = port;
+                continue;
+            }
+            out.push(BindingRange {
+                ports: PortSpec::single(proto, port),
+                action,
+                owner,
+                dst: Some(net),
+            });
+        }
+        out.sort_by_key(|r| (r.ports.proto, r.ports.first, r.dst));
+        Ok(out)
     }
 
     /// Per-port and global counters, summed over CPUs.
@@ -275,15 +455,34 @@ impl PortDemux {
                 packets: c.packets,
                 bytes: c.bytes,
                 action: (b.action != action::UNBOUND).then(|| maps::describe(b, &slot_names)),
+                dst: None,
             });
         }
-        ports.sort_by(|a, b| {
+        let by_traffic = |a: &PortStat, b: &PortStat| {
             (b.packets, b.bytes)
                 .cmp(&(a.packets, a.bytes))
-                .then((a.proto, a.port).cmp(&(b.proto, b.port)))
-        });
+                .then((a.proto, a.port, a.dst).cmp(&(b.proto, b.port, b.dst)))
+        };
+        ports.sort_by(by_traffic);
+        let scoped_counters = self.maps.scoped_counters()?;
+        let mut scoped: Vec<PortStat> = scoped::live(&self.maps)?
+            .iter()
+            .map(|(id, b)| {
+                let c = scoped_counters[*id as usize];
+                PortStat {
+                    proto: Proto::from_index(b.index),
+                    port: maps::low16(b.index),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    action: Some(maps::describe(&as_binding(b), &slot_names)),
+                    dst: Some(prefix_of(b)),
+                }
+            })
+            .collect();
+        scoped.sort_by(by_traffic);
         Ok(Stats {
             ports,
+            scoped,
             totals: maps::totals(&counters, &globals),
         })
     }
@@ -344,6 +543,42 @@ impl PortDemux {
     /// [`lifecycle::check_attached`].
     fn check_attached(&self) -> Result<()> {
         lifecycle::check_attached(&self.scope, &self.iface, &self.dir, self.meta.ifindex)
+    }
+
+    /// Every binding that may hold a redirect slot: the ports' and the scoped ones.
+    fn slot_users(&self) -> Result<Vec<Binding>> {
+        let mut all = self.maps.read_bindings()?;
+        all.extend(scoped::live(&self.maps)?.iter().map(|(_, b)| as_binding(b)));
+        Ok(all)
+    }
+
+    /// The binding value of `act` and `opts`' owner (filling a redirect slot if needed).
+    fn value_of(&self, act: &Action, opts: &BindOptions) -> Result<Binding> {
+        let mut value = Binding::zeroed();
+        value.owner[..opts.owner.len()].copy_from_slice(opts.owner.as_bytes());
+        value.action = match act {
+            Action::Pass => action::PASS,
+            Action::Drop => action::DROP,
+            Action::Redirect(target) => {
+                value.slot = self.redirect_slot(target, &self.slot_users()?)?;
+                action::REDIRECT
+            }
+        };
+        Ok(value)
+    }
+
+    /// The conflict with binding `b` of `what` (a port, or a port and prefix).
+    fn conflict(&self, what: String, b: &Binding) -> Result<Error> {
+        let owner = maps::owner_str(b);
+        Ok(Error::Conflict {
+            port: what,
+            action: maps::describe(b, &self.slot_names()?).to_string(),
+            owner: if owner.is_empty() {
+                String::new()
+            } else {
+                format!(" (owner {owner})")
+            },
+        })
     }
 
     /// The devmap slot that redirects to `target`, filling a free one if needed.

@@ -110,9 +110,19 @@ pub enum Error {
     },
     /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 3: run `port-demux load {iface} --upgrade` to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 4: run `port-demux load {iface} --upgrade` to migrate them (bindings and counters are kept)"
     )]
     LayoutV2 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
+    /// Pins of layout v3 (before address-scoped bindings), which `load --upgrade` migrates.
+    #[error(
+        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version 4: run `port-demux load {iface} --upgrade` to migrate them (bindings and counters are kept)"
+    )]
+    LayoutV3 {
         /// Pin folder.
         path: PathBuf,
         /// Interface.
@@ -129,6 +139,20 @@ pub enum Error {
         action: String,
         /// " (owner X)" or empty.
         owner: String,
+    },
+    /// Scoped bindings that do not fit in the tables.
+    #[error(
+        "no room: this needs {need} {what} together, {free} of {capacity} are free: nothing changed; unbind scoped bindings or bind fewer prefixes or ports at once"
+    )]
+    Capacity {
+        /// What ran out: scoped bindings, or interval records of a family.
+        what: &'static str,
+        /// How many this change needs (records: in one run, for one port's table).
+        need: usize,
+        /// How many are free (records: in all).
+        free: usize,
+        /// How many the table holds.
+        capacity: usize,
     },
     /// Unbind of a port that is not bound.
     #[error("{port} is not bound: nothing changed; see `port-demux bindings`")]

@@ -34,12 +34,14 @@ mod maps;
 mod netlink;
 pub mod prefix;
 mod scope;
+mod scoped;
 mod spec;
 pub mod sys;
 mod types;
 
 pub use demux::PortDemux;
 pub use error::{Error, Result};
+pub use ipnet::IpNet;
 pub use layout::DirLock;
 pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};
 pub use port_demux_common as common;

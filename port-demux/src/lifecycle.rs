@@ -21,7 +21,7 @@ use port_demux_common::{LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE, MODE_SKB
 use crate::{
     DefaultAction, Error, LoadOptions, LoadReport, Mode, Result, Scope, UpgradeReport, kernel,
     layout::{
-        DirLock, GLOBALS2, LINK_PIN, MAPS, PROG_PIN, REDIRECT, REDIRECT_V3, STAGING, check_ifname,
+        DirLock, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, REDIRECT_V3, STAGING, check_ifname,
         open_maps, pin_name, read_meta, remove_pins, write_meta,
     },
     maps, netlink, sys,
@@ -232,31 +232,43 @@ pub(crate) fn replace_program(
     })
 }
 
-/// `load --upgrade` of pins of layout v2: every v2 map is checked; the bindings, per-port
-/// counters and global cells 0-6 mean the same in v3 and are kept as they are; `GLOBALS2` is
-/// created and pinned; the redirect targets are copied into a new devmap (see below); then
-/// the program is swapped in through the link, as for any upgrade. On a failure before the
-/// swap, the new pins are removed again: nothing changed.
-pub(crate) fn upgrade_v2(
+/// `load --upgrade` of pins of an older layout (`from`: v2 or v3): the maps that layout had
+/// are checked and kept as they are (bindings, per-port counters and global cells mean the
+/// same); the maps it lacked (`GLOBALS2` for v2, the scope maps for both) are created empty and
+/// pinned; from v2, the redirect targets are copied into a new devmap (see below); then the
+/// program is swapped in through the link, as for any upgrade. On a failure before the swap,
+/// the new pins are removed again: nothing changed.
+pub(crate) fn upgrade_old(
     scope: &Scope,
     iface: &str,
     dir: &Path,
     opts: &LoadOptions,
+    from: u32,
     upgrade: impl FnOnce() -> Result<UpgradeReport>,
 ) -> Result<UpgradeReport> {
     let _lock = DirLock::exclusive(dir)?;
     // Re-read under the lock: another upgrade may have finished meanwhile.
     let meta = read_meta(dir)?;
-    if meta.layout_version != LAYOUT_VERSION_V2 {
+    if meta.layout_version != from {
         return upgrade();
     }
-    let v2_maps: [(&str, u32, u32, u32); 5] = [MAPS[0], MAPS[1], MAPS[2], MAPS[3], MAPS[4]];
-    open_maps(dir, &v2_maps)?;
-    let globals2 = dir.join(GLOBALS2);
-    let created = !globals2.exists();
-    if !created {
-        // Left by an upgrade that stopped after creating it: reused if it is the right map.
-        open_maps(dir, &[MAPS[5]])?;
+    let kept = if from == LAYOUT_VERSION_V2 {
+        5
+    } else {
+        MAPS_V3
+    };
+    for map in &MAPS[..kept] {
+        open_maps(dir, &[*map])?;
+    }
+    let mut created = Vec::new();
+    for map in &MAPS[kept..] {
+        let path = dir.join(map.0);
+        if path.exists() {
+            // Left by an upgrade that stopped after creating it: reused if it is the right map.
+            open_maps(dir, &[*map])?;
+        } else {
+            created.push(path);
+        }
     }
     let link_path = dir.join(LINK_PIN);
     let prog_id = sys::pinned_link_prog_id(&link_path)
@@ -271,14 +283,16 @@ pub(crate) fn upgrade_v2(
     // (`xdp.frags`): v2's program was not frags-aware, so v2's `REDIRECT` cannot serve this
     // build's. The upgrade gives it a new devmap with the same slots, swapped in with the
     // program; bindings name slots, so they stay valid.
+    let v2 = from == LAYOUT_VERSION_V2;
     let _ = fs::remove_file(dir.join(REDIRECT_V3));
-    replace_program(dir, iface, meta, opts, Some(scope)).inspect_err(|_| {
+    replace_program(dir, iface, meta, opts, v2.then_some(scope)).inspect_err(|_| {
         let _ = fs::remove_file(dir.join(REDIRECT_V3));
-        if created {
-            let _ = fs::remove_file(&globals2);
+        for path in &created {
+            let _ = fs::remove_file(path);
         }
     })
 }
+
 /// Whether the program behind the pinned link in `dir` is the one attached to `ifindex`.
 fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bool> {
     let Ok(prog_id) = sys::pinned_link_prog_id(&dir.join(LINK_PIN)) else {

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use port_demux_common::{
-    Scope, ScopeV4, ScopeV6, ScopedBinding, family, model::ScopedRule, target,
+    PortScope, ScopeV4, ScopeV6, ScopedBinding, family, model::ScopedRule, target,
 };
 
 use crate::{Error, Result};
@@ -21,7 +21,18 @@ use crate::{Error, Result};
 /// [`Error::BadSpec`] with the reason.
 pub fn parse_prefix(s: &str) -> Result<IpNet> {
     if let Ok(addr) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(addr));
+        return checked_family(s, IpNet::from(addr));
+    }
+    if let Some((addr, len)) = s.split_once('/')
+        && let (Ok(addr), Ok(len)) = (addr.parse::<IpAddr>(), len.parse::<u8>())
+    {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(Error::BadSpec(format!(
+                "{s}: an {} prefix is at most /{max}",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            )));
+        }
     }
     let net: IpNet = s.parse().map_err(|_| {
         Error::BadSpec(format!(
@@ -32,6 +43,22 @@ pub fn parse_prefix(s: &str) -> Result<IpNet> {
         return Err(Error::BadSpec(format!(
             "{s} has host bits set: did you mean {}?",
             net.trunc()
+        )));
+    }
+    checked_family(s, net)
+}
+
+/// Refuses IPv4-mapped IPv6 prefixes (`::ffff:0:0/96` and inside it): IPv4 frames carry IPv4
+/// destinations, and an IPv6 frame never carries a mapped one, so such a binding would match
+/// nothing.
+fn checked_family(s: &str, net: IpNet) -> Result<IpNet> {
+    if let IpNet::V6(n) = net
+        && n.prefix_len() >= 96
+        && let Some(v4) = n.addr().to_ipv4_mapped()
+    {
+        return Err(Error::BadSpec(format!(
+            "{s} is an IPv4-mapped IPv6 prefix, which no frame carries as its destination: write the IPv4 prefix {v4}/{}",
+            n.prefix_len() - 96
         )));
     }
     Ok(net)
@@ -209,7 +236,7 @@ impl PortTables {
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     /// `(port index, SCOPES value)`.
-    pub scopes: Vec<(u32, Scope)>,
+    pub scopes: Vec<(u32, PortScope)>,
     /// `SCOPE_V4` from record 0.
     pub v4: Vec<ScopeV4>,
     /// `SCOPE_V6` from record 0.
@@ -231,10 +258,10 @@ impl Tables {
                 if len == 0 {
                     0
                 } else {
-                    Scope::pack(to_u32(at), to_u32(len))
+                    PortScope::pack(to_u32(at), to_u32(len))
                 }
             };
-            let scope = Scope {
+            let scope = PortScope {
                 v4: place(t.v4.len(), out.v4.len()),
                 v6: place(t.v6.len(), out.v6.len()),
             };
@@ -362,7 +389,12 @@ mod tests {
         assert_eq!(parse_prefix("::/0").unwrap().to_string(), "::/0");
         let e = parse_prefix("192.0.2.1/24").unwrap_err().to_string();
         assert!(e.contains("did you mean 192.0.2.0/24?"), "{e}");
-        assert!(parse_prefix("192.0.2.0/33").is_err());
+        let e = parse_prefix("192.0.2.0/33").unwrap_err().to_string();
+        assert!(e.contains("at most /32"), "{e}");
+        let e = parse_prefix("::ffff:192.0.2.0/120")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("write the IPv4 prefix 192.0.2.0/24"), "{e}");
         assert!(parse_prefix("banana").is_err());
     }
 }

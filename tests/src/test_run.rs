@@ -15,8 +15,8 @@ use aya::{
 };
 use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, prefix::Tables, sys};
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, PortCounters, REDIRECT_SLOTS, Scope, ScopeV4,
-    ScopeV6, action, family,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, PortCounters, PortScope, REDIRECT_SLOTS,
+    ScopeV4, ScopeV6, action, family,
     model::{self, ScopedRule, Verdict},
     outcome,
 };
@@ -150,7 +150,7 @@ pub struct Harness {
     globals: PerCpuArray<MapData, GlobalCounters>,
     globals2: PerCpuArray<MapData, Globals>,
     redirect: DevMap<MapData>,
-    scopes: Array<MapData, Scope>,
+    scopes: Array<MapData, PortScope>,
     scope_v4: Array<MapData, ScopeV4>,
     scope_v6: Array<MapData, ScopeV6>,
     scoped_stats: PerCpuArray<MapData, PortCounters>,
@@ -328,7 +328,7 @@ impl Harness {
         let old: Vec<u32> = self.shadow_rules.iter().map(|r| r.index).collect();
         for index in &old {
             self.scopes
-                .set(*index, Scope::default(), 0)
+                .set(*index, PortScope::default(), 0)
                 .expect("cannot clear SCOPES");
         }
         let tables = Tables::build(&rules);

@@ -918,6 +918,7 @@ fn concurrent_binds() {
             ports: format!("udp/{}", 6000 + i).parse().expect("spec"),
             action: Action::Pass,
             owner: format!("p{i}"),
+            dst: None,
         })
         .collect();
     assert_eq!(demux.bindings().expect("bindings"), expected);
@@ -953,6 +954,7 @@ fn concurrent_binds() {
             ports: "udp/6500".parse().expect("spec"),
             action: Action::Drop,
             owner: winner.clone(),
+            dst: None,
         })
     );
     eprintln!(
@@ -1023,6 +1025,7 @@ fn readers_never_block(lab: &Lab, demux: &PortDemux) {
         ports: "udp/6600".parse().expect("spec"),
         action: Action::Pass,
         owner: String::new(),
+        dst: None,
     }));
 }
 
