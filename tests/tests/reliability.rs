@@ -1480,7 +1480,7 @@ fn assert_reader_reads(iface: &str, bytes: u64) {
     assert_eq!(
         bindings["bindings"],
         serde_json::json!([
-            {"proto": "udp", "first": 7001, "last": 7001, "action": "drop", "owner": "granted"}
+            {"proto": "udp", "first": 7001, "last": 7001, "action": "drop", "owner": "granted", "dst": null}
         ])
     );
 }

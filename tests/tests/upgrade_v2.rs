@@ -1,5 +1,7 @@
 //! `load --upgrade` from layout v2 (main at 5e68fb7, IPv4 only; its object is kept as
-//! `tests/fixtures/port-demux-v2.o`) to this build's layout v3, under traffic, on a real veth.
+//! `tests/fixtures/port-demux-v2.o`) to this build's layout v4, under traffic, on a real veth;
+//! and from layout v3 (main before address-scoped bindings, `tests/fixtures/port-demux-v3.o`),
+//! whose maps are kept while the scope maps are created empty.
 //!
 //! The v2 instance is made as v2's loader made it: maps pinned in
 //! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/`, the program attached through a pinned
@@ -27,8 +29,8 @@ use aya::{
 use port_demux::{
     Error, PortDemux,
     common::{
-        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE,
-        Meta, PROTO_UDP, PortCounters, action, port_index,
+        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, LAYOUT_VERSION_V2,
+        LAYOUT_VERSION_V3, MODE_NATIVE, Meta, PROTO_UDP, PortCounters, action, port_index,
     },
 };
 use port_demux_testkit::{
@@ -54,13 +56,40 @@ const V2_PINS: [&str; 7] = [
     "link",
 ];
 
-fn v2_object() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/port-demux-v2.o");
+/// The v3 pins: v2's and `GLOBALS2`.
+const V3_PINS: [&str; 8] = [
+    "BINDINGS",
+    "PORT_STATS",
+    "GLOBALS",
+    "REDIRECT",
+    "META",
+    "GLOBALS2",
+    "prog",
+    "link",
+];
+/// The maps layout v4 added.
+const SCOPE_MAPS: [&str; 5] = ["SCOPES", "SCOPE_V4", "SCOPE_V6", "SCOPED", "SCOPED_STATS"];
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Loads the v2 object on b0 as v2's `port-demux load b0` did; returns the pin folder.
 fn load_v2(lab: &Lab) -> PathBuf {
+    load_old(
+        lab,
+        &fixture("port-demux-v2.o"),
+        &V2_PINS[..5],
+        LAYOUT_VERSION_V2,
+    )
+}
+
+/// Loads an older release's `object` on b0 as its `port-demux load b0` did, pinning `maps`
+/// and writing `META` of layout `version`; returns the pin folder.
+fn load_old(lab: &Lab, object: &[u8], maps: &[&str], version: u32) -> PathBuf {
     let scope = lab.server.scope();
     let ns_dir = scope.dir();
     fs::DirBuilder::new()
@@ -73,8 +102,7 @@ fn load_v2(lab: &Lab) -> PathBuf {
         .mode(0o700)
         .create(&dir)
         .expect("creating the pin folder");
-    let object = v2_object();
-    let paths: Vec<(&str, PathBuf)> = V2_PINS[..5].iter().map(|m| (*m, dir.join(m))).collect();
+    let paths: Vec<(&str, PathBuf)> = maps.iter().map(|m| (*m, dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEFAULT_ACTION", &action::PASS, true)
@@ -82,18 +110,19 @@ fn load_v2(lab: &Lab) -> PathBuf {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(&object).expect("the v2 object loads");
+    let mut ebpf = loader.load(object).expect("the old object loads");
     let prog: &mut Xdp = ebpf
         .program_mut("port_demux")
         .expect("port_demux")
         .try_into()
         .expect("XDP");
-    prog.load().expect("the host verifier takes the v2 program");
+    prog.load()
+        .expect("the host verifier takes the old program");
     let ifindex = lab.server.ifindex(SERVER_IF);
     let link_id = scope
         .run(|| prog.attach_to_if_index(ifindex, XdpMode::Driver))
         .expect("entering the namespace")
-        .expect("attaching the v2 program");
+        .expect("attaching the old program");
     prog.pin(dir.join("prog")).expect("pinning prog");
     let link: FdLink = prog
         .take_link(link_id)
@@ -102,7 +131,7 @@ fn load_v2(lab: &Lab) -> PathBuf {
         .expect("an fd link");
     link.pin(dir.join("link")).expect("pinning link");
     let mut meta: Meta = bytemuck::Zeroable::zeroed();
-    meta.layout_version = LAYOUT_VERSION_V2;
+    meta.layout_version = version;
     meta.ifindex = ifindex;
     meta.default_action = action::PASS;
     meta.mode = MODE_NATIVE;
@@ -338,9 +367,12 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let after = pd_json(ns, &["status", "--json"]);
     assert_eq!(after["interfaces"][0]["attached"], true, "{after}");
     assert!(dir.join("GLOBALS2").exists());
+    for map in SCOPE_MAPS {
+        assert!(dir.join(map).exists(), "{map}");
+    }
     assert_eq!(
         PortDemux::open(&ns.scope(), SERVER_IF)
-            .expect("v3 now")
+            .expect("v4 now")
             .pin_dir(),
         dir
     );
@@ -378,7 +410,10 @@ fn a_layout_it_cannot_migrate_is_refused_and_nothing_changes() {
             &format!("upgrade from layout {version}"),
             &[&format!("layout version {version}")],
         );
-        assert!(line.contains("reads version 3"), "{line}");
+        assert!(
+            line.contains(&format!("reads version {LAYOUT_VERSION}")),
+            "{line}"
+        );
         assert_eq!(pins(&dir), pins_before, "layout {version}: pins changed");
         assert_eq!(
             ns.xdp_prog(SERVER_IF),
@@ -406,4 +441,83 @@ fn a_layout_it_cannot_migrate_is_refused_and_nothing_changes() {
     // Restored, it migrates.
     pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+/// Layout v3 (main's object before address-scoped bindings): `load --upgrade` keeps its
+/// bindings and counters, creates the scope maps empty, and scoped bindings work after it.
+#[test]
+fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_old(
+        &lab,
+        &fixture("port-demux-v3.o"),
+        &V3_PINS[..6],
+        LAYOUT_VERSION_V3,
+    );
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+    match PortDemux::open(&ns.scope(), SERVER_IF) {
+        Err(e @ Error::LayoutV3 { .. }) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains("--upgrade"), "{line}");
+        }
+        other => panic!("open of v3 pins: {other:?}"),
+    }
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    poll(
+        "v3 counts 30",
+        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+        |&n| n == 30,
+    );
+    let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
+    for map in SCOPE_MAPS {
+        assert!(dir.join(map).exists(), "{map}");
+    }
+    let stats = pd_json(ns, &["stats", "--json"]);
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    assert_eq!(
+        json_port(&stats, "udp", PASS_PORT),
+        (20, 20 * frame),
+        "{stats}"
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (10, 10 * frame),
+        "{stats}"
+    );
+    assert_eq!(stats["scoped"], serde_json::json!([]), "{stats}");
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    assert_eq!(
+        bindings["bindings"].as_array().map(Vec::len),
+        Some(2),
+        "{bindings}"
+    );
+    // The drop port's own address drops, another passes: scoped on the upgraded instance.
+    let server = format!("{}", lab.server_addr());
+    pd_ok(
+        ns,
+        &[
+            "bind",
+            &format!("udp/{PASS_PORT}"),
+            "drop",
+            "--dst",
+            &server,
+        ],
+    );
+    let _ = lab.send_udp(&client, PASS_PORT, 5, PAYLOAD);
+    let stats = poll(
+        "the scoped binding to count 5",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| s["scoped"][0]["packets"] == 5,
+    );
+    assert_eq!(stats["scoped"][0]["dst"], format!("{server}/32"), "{stats}");
+    assert_eq!(json_port(&stats, "udp", PASS_PORT).0, 25, "{stats}");
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!dir.exists());
 }
