@@ -193,6 +193,10 @@ fn cli_refusals_change_nothing() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: scoped bindings made, listed, refused in every way, removed"
+)]
 fn cli_scoped_bindings_and_their_refusals() {
     let lab = Lab::new();
     let pd = Cli::in_process(&lab.server);
