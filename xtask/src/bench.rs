@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what port-demux costs, measured side by side in one run.
 //!
 //! 1. Per-packet cost with `BPF_PROG_TEST_RUN`: the floor (an XDP program that only returns
-//!    `XDP_PASS`, loaded by this bench), port-demux, and xdp-filter (xdp-tools) with a port
-//!    rule, on the same frames; rounds interleaved, medians; each ratio is the median of the
+//!    `XDP_PASS`, loaded by this bench), port-demux, xdp-filter (xdp-tools) with a port
+//!    rule, the v2 program and today's (main's v3 object before address-scoped bindings), on
+//!    the same frames, and address-scoped ports with 1, 100 and 10,000 prefixes; rounds interleaved, medians; each ratio is the median of the
 //!    ratios within a round (the pair ran next to each other). The figure
 //!    is the syscall's wall time over the repeat count: the kernel's own `duration` is whole
 //!    nanoseconds, too coarse for ratios of ~25 ns figures (it is kept in the JSON).
@@ -35,9 +36,13 @@ pub struct BenchArgs {
     /// Interleaved rounds; the median is reported.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
-    /// Frames trafgen sends in the live-traffic part.
+    /// Frames trafgen sends in the live-traffic part (0: skip it).
     #[arg(long, default_value_t = 3_000_000)]
     live_frames: u64,
+    /// Leave out the control-plane loops of `load`/`unload` and the 65,536-port bind (a
+    /// shorter run on a shared machine).
+    #[arg(long)]
+    no_control_plane: bool,
 }
 
 const NS_TX: &str = "pdbench-tx";
@@ -73,6 +78,95 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Address-scoped ports: (frame name, UDP port, prefixes, IPv6). Each port's prefixes are
+/// random and overlapping, and the frame's destination lies in a chain of nested ones: the
+/// deepest (a /32 or /128) decides it.
+const SCOPED: [(&str, u16, usize, bool); 4] = [
+    ("scoped_1_prefix", 5301, 1, false),
+    ("scoped_100_prefixes", 5302, 100, false),
+    ("scoped_10000_prefixes", 5303, 10_000, false),
+    ("scoped6_10000_prefixes", 5304, 10_000, true),
+];
+/// The destination of the scoped frames.
+const SCOPED_DST4: [u8; 4] = [10, 98, 77, 1];
+const SCOPED_DST6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The bench's frames and the scoped ones.
+fn all_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let mut all = frames();
+    for (name, port, _, v6) in SCOPED {
+        let frame = if v6 {
+            let mut f = ipv6(17, port, &[], &[]);
+            f[38..54].copy_from_slice(&SCOPED_DST6);
+            f
+        } else {
+            let mut f = ipv4(17, port, &[]);
+            f[30..34].copy_from_slice(&SCOPED_DST4);
+            let mut ip = f[14..34].to_vec();
+            ip[10..12].fill(0);
+            let sum = checksum(&ip);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            f
+        };
+        all.push((name, frame));
+    }
+    all
+}
+
+/// `count` random overlapping prefixes (as `--dst` arguments), one family: a chain of nested
+/// prefixes around `dst` down to the single address, the rest random (nested and overlapping
+/// among themselves, a few also covering `dst`), all distinct. A small xorshift keeps runs
+/// comparable.
+fn scoped_prefixes(count: usize, dst: &[u8]) -> Vec<String> {
+    let bits = dst.len() * 8;
+    let dst_num = dst.iter().fold(0u128, |a, &b| a << 8 | u128::from(b));
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ count as u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let render = |addr: u128, len: usize| -> String {
+        if bits == 32 {
+            let a = u32::try_from(addr).expect("IPv4");
+            format!("{}/{len}", std::net::Ipv4Addr::from(a))
+        } else {
+            format!("{}/{len}", std::net::Ipv6Addr::from(addr))
+        }
+    };
+    let prefix = |addr: u128, len: usize| -> u128 {
+        let host = bits - len;
+        if host == 128 { 0 } else { addr >> host << host }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    // The deepest first, then its enclosing prefixes every 4 bits.
+    let mut len = bits;
+    while out.len() < count && len >= 8 {
+        if seen.insert((prefix(dst_num, len), len)) {
+            out.push(render(prefix(dst_num, len), len));
+        }
+        len -= 4;
+    }
+    // Random prefixes in the same /8 (IPv4) or /16 (IPv6), so that they nest and overlap.
+    let top = if bits == 32 { 8 } else { 16 };
+    while out.len() < count {
+        let r = u128::from(next()) << 64 | u128::from(next());
+        let len = top + usize::try_from(next() % (bits - top + 1) as u64).expect("small");
+        let mask = if bits == 128 {
+            u128::MAX >> top
+        } else {
+            (1u128 << (bits - top)) - 1
+        };
+        let addr = prefix(dst_num & !mask | r & mask, len);
+        if seen.insert((addr, len)) {
+            out.push(render(addr, len));
+        }
+    }
+    out
+}
+
 /// Untagged IPv4 frames: port-demux within 0.5 ns of today's program on each.
 const UNTAGGED_IPV4: [&str; 6] = [
     "udp_bound_drop",
@@ -81,6 +175,22 @@ const UNTAGGED_IPV4: [&str; 6] = [
     "udp_ip_options",
     "non_ip_arp",
     "ipv4_icmp",
+];
+/// Frames to ports without scoped bindings (every frame of [`frames`]): port-demux within
+/// 0.5 ns of today's program on each.
+const UNSCOPED: [&str; 12] = [
+    "udp_bound_drop",
+    "tcp_bound_pass",
+    "udp_unbound",
+    "udp_ip_options",
+    "non_ip_arp",
+    "ipv4_icmp",
+    "ipv6_udp",
+    "ipv6_tcp",
+    "ipv6_two_ext",
+    "ipv6_first_fragment",
+    "vlan_ipv4_udp",
+    "qinq_ipv6_udp",
 ];
 /// IPv6 without extension headers: <= 1.25x the floor.
 const IPV6: [&str; 2] = ["ipv6_udp", "ipv6_tcp"];
@@ -254,6 +364,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Namespaces::veth(NS_TX, "tx0", "10.98.0.2/24", NS_RX, "rx0", "10.98.0.1/24")?;
     Namespaces::veth(NS_TX, "ftx0", "", NS_RX, "frx0", "")?;
     Namespaces::veth(NS_TX, "ptx0", "", NS_RX, "prx0", "")?;
+    Namespaces::veth(NS_TX, "ttx0", "", NS_RX, "trx0", "")?;
     let result = run(args, &bin);
     let _ = pd(&bin, &["unload", "rx0"]);
     let _ = nsenter(NS_RX, &["xdp-filter", "unload", "frx0"]);
@@ -271,12 +382,26 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     // Control plane: load and unload, timed as the processes users run.
     let mut loads = Vec::new();
     let mut unloads = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..if args.no_control_plane { 0 } else { 5 } {
         loads.push(ms(pd(bin, &["load", "rx0", "--mode", "native"])?.1));
         unloads.push(ms(pd(bin, &["unload", "rx0"])?.1));
     }
     pd(bin, &["load", "rx0", "--mode", "native"])?;
     let (_, bind_all) = pd(bin, &["bind", "tcp/0-65535", "pass", "--owner", "bench"])?;
+    // The scoped ports, each one `bind` of all its prefixes (the 10,000-prefix ones are
+    // issue 11's "binding 10,000 prefixes in one call").
+    let mut bind_scoped = serde_json::Map::new();
+    for (name, port, count, v6) in SCOPED {
+        let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
+        let prefixes = scoped_prefixes(count, dst);
+        let spec = format!("udp/{port}");
+        let mut cmd = vec!["bind", spec.as_str(), "drop"];
+        for p in &prefixes {
+            cmd.extend(["--dst", p.as_str()]);
+        }
+        let (_, took) = pd(bin, &cmd)?;
+        bind_scoped.insert(name.to_owned(), json!(ms(took)));
+    }
     let (stats_out, stats_all) = pd(bin, &["stats", "--all", "--json"])?;
     ensure!(stats_out.contains("\"totals\""), "stats printed no totals");
     let (bindings_out, _) = pd(bin, &["bindings", "--json"])?;
@@ -292,6 +417,7 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         "unload_ms_median": median(&mut unloads),
         "bind_65536_ports_ms": ms(bind_all),
         "stats_all_ports_ms": ms(stats_all),
+        "bind_scoped_ms": bind_scoped,
         "memlock_bytes": memlock,
     });
     writeln!(
@@ -310,6 +436,14 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
             control[key].as_f64().unwrap_or(0.0)
         )?;
     }
+    for (name, _, count, _) in SCOPED {
+        writeln!(
+            text,
+            "  bind {count:>5} prefixes ({name}) {:>9.1} ms   {}",
+            control["bind_scoped_ms"][name].as_f64().unwrap_or(0.0),
+            if count == 10_000 { "< 1000 ms" } else { "" }
+        )?;
+    }
     writeln!(
         text,
         "  {:<24} {:>9.1} MiB  (maps and program, memlock)",
@@ -325,30 +459,34 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     attach_generic(&floor, NS_TX, "ftx0")?;
     let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
     // Kept alive until the end: dropping it detaches and unloads the previous program.
-    let previous = previous_program().context("loading the v2 program (tests/fixtures)")?;
+    let previous = old_program("port-demux-v2.o", "prx0")
+        .context("loading the v2 program (tests/fixtures)")?;
+    let today = old_program("port-demux-v3.o", "trx0")
+        .context("loading today's program (tests/fixtures/port-demux-v3.o)")?;
     let filter = xdp_filter();
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
     }
-    let frames = frames();
-    let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
-    let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
-    let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
+    let frames = all_frames();
+    let mut samples: Vec<[Vec<f64>; 5]> = vec![Default::default(); frames.len()];
+    let mut kernel: Vec<[Vec<f64>; 5]> = vec![Default::default(); frames.len()];
+    let mut actions: Vec<[u32; 5]> = vec![[0; 5]; frames.len()];
     for round in 0..args.rounds {
-        // port-demux and the v2 program back to back, in turns first (ABBA over the rounds):
-        // their difference is the figure of interest, and a fixed order would add whatever
-        // the position in the round costs to one of them.
+        // port-demux, today's program and the v2 program back to back, in turns first (ABBA
+        // over the rounds): their differences are the figures of interest, and a fixed order
+        // would add whatever the position in the round costs to one of them.
         let order = if round % 2 == 0 {
-            [0, 1, 3, 2]
+            [0, 1, 4, 3, 2]
         } else {
-            [0, 3, 1, 2]
+            [0, 4, 3, 1, 2]
         };
         for (i, (_, frame)) in frames.iter().enumerate() {
-            let progs: [Option<&std::os::fd::OwnedFd>; 4] = [
+            let progs: [Option<&std::os::fd::OwnedFd>; 5] = [
                 Some(&floor),
                 Some(&demux),
                 filter.as_ref().ok(),
                 Some(&previous.1),
+                Some(&today.1),
             ];
             for j in order {
                 let Some(prog) = progs[j] else { continue };
@@ -369,7 +507,7 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     )?;
     writeln!(
         text,
-        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12} {:>10} {:>8}",
+        "  {:<22} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12} {:>10} {:>8} {:>10} {:>9}",
         "frame",
         "floor ns",
         "port-demux",
@@ -378,12 +516,14 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         "ratio",
         "xf/pd",
         "v2 ns",
-        "pd-v2"
+        "pd-v2",
+        "today ns",
+        "pd-today"
     )?;
     let kernel_ns = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let mut per_packet = Vec::new();
     for (i, (name, frame)) in frames.iter().enumerate() {
-        let [f, d, x, p] = &mut samples[i];
+        let [f, d, x, p, t_samples] = &mut samples[i];
         // Ratios of the figures measured next to each other in one round, then their median:
         // the VM's speed drifts over seconds, and a pair within a round sees the same drift.
         let paired = |a: &[f64], b: &[f64]| {
@@ -396,14 +536,17 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
         let mut diffs: Vec<f64> = d.iter().zip(p.iter()).map(|(d, p)| d - p).collect();
         let over_previous = median(&mut diffs);
         let previous_ns = median(p);
+        let mut diffs: Vec<f64> = d.iter().zip(t_samples.iter()).map(|(d, t)| d - t).collect();
+        let over_today = median(&mut diffs);
+        let today_ns = median(t_samples);
         let (filter_ratio, filter_over_demux) = (paired(x, f), paired(x, d));
         let (floor_ns, demux_ns) = (median(f), median(d));
         let filter_ns = (!x.is_empty()).then(|| median(x));
-        let [kf, kd, kx, kp] = &mut kernel[i];
+        let [kf, kd, kx, kp, kt] = &mut kernel[i];
 
         writeln!(
             text,
-            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12} {previous_ns:>7.1} ns {over_previous:>+7.2}",
+            "  {name:<22} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12} {previous_ns:>7.1} ns {over_previous:>+7.2} {today_ns:>7.1} ns {over_today:>+8.2}",
             filter_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
             filter_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             filter_over_demux.map_or("-".into(), |r| format!("{r:.2}x")),
@@ -422,11 +565,15 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
             "previous_ns": previous_ns,
             "previous_action": actions[i][3],
             "port_demux_minus_previous_ns": over_previous,
+            "today_ns": today_ns,
+            "today_action": actions[i][4],
+            "port_demux_minus_today_ns": over_today,
             "kernel_duration_ns": {
                 "floor": kernel_ns(kf),
                 "port_demux": kernel_ns(kd),
                 "xdp_filter": kernel_ns(kx),
                 "previous": kernel_ns(kp),
+                "today": kernel_ns(kt),
             },
         }));
     }
@@ -444,7 +591,12 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     };
 
     // Live traffic.
-    match live(bin, args.live_frames) {
+    let live_result = if args.live_frames > 0 {
+        live(bin, args.live_frames)
+    } else {
+        Err(anyhow::anyhow!("skipped (--live-frames 0)"))
+    };
+    match live_result {
         Ok((figures, summary)) => {
             text.push('\n');
             text.push_str(&summary);
@@ -498,13 +650,34 @@ fn targets(report: &Value) -> (Value, String) {
     .chain(TAGGED)
     .collect();
     // (target, frames, figure, the highest or the lowest decides, met)
-    let per_packet: [(&str, &[&str], &str, bool, Verdict); 6] = [
+    let per_packet: [(&str, &[&str], &str, bool, Verdict); 9] = [
         (
-            "untagged IPv4: port-demux - today's program <= 0.5 ns",
+            "untagged IPv4: port-demux - the v2 program <= 0.5 ns",
             &UNTAGGED_IPV4,
             TODAY,
             true,
             |d| d <= 0.5,
+        ),
+        (
+            "unscoped ports: port-demux - today's program <= 0.5 ns",
+            &UNSCOPED,
+            "port_demux_minus_today_ns",
+            true,
+            |d| d <= 0.5,
+        ),
+        (
+            "scoped port, 100 prefixes: ratio to the floor <= 2.0",
+            &["scoped_100_prefixes"],
+            RATIO,
+            true,
+            |r| r <= 2.0,
+        ),
+        (
+            "scoped port, 10,000 prefixes: ratio to the floor <= 2.5",
+            &["scoped_10000_prefixes", "scoped6_10000_prefixes"],
+            RATIO,
+            true,
+            |r| r <= 2.5,
         ),
         (
             "IPv6: ratio to the floor <= 1.25",
@@ -551,8 +724,18 @@ fn targets(report: &Value) -> (Value, String) {
         }),
         ("load < 300 ms", "load_ms_median", |ms| ms < 300.0),
     ];
+    let scoped_binds: [(&str, &str); 2] = [
+        (
+            "bind 10,000 IPv4 prefixes in one call < 1000 ms",
+            "scoped_10000_prefixes",
+        ),
+        (
+            "bind 10,000 IPv6 prefixes in one call < 1000 ms",
+            "scoped6_10000_prefixes",
+        ),
+    ];
     let mut list = Vec::new();
-    let mut text = String::from("\ntargets (issues 3 and 8):\n");
+    let mut text = String::from("\ntargets (issues 3, 8 and 11):\n");
     let mut judge = |what: &str, figure: Option<f64>, at: &str, met: Option<bool>| {
         let verdict = match met {
             Some(true) => "met",
@@ -578,6 +761,10 @@ fn targets(report: &Value) -> (Value, String) {
     for (what, key, ok) in control_plane {
         let figure = report["control_plane"][key].as_f64();
         judge(what, figure, "", figure.map(ok));
+    }
+    for (what, key) in scoped_binds {
+        let figure = report["control_plane"]["bind_scoped_ms"][key].as_f64();
+        judge(what, figure, "", figure.map(|ms| ms < 1000.0));
     }
     let exact = report["live"]["exact"].as_bool();
     judge("live traffic counted exactly", None, "", exact);
@@ -626,18 +813,19 @@ fn memlock(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// The previous program: main's layout-v2 object (commit 5e68fb7, before the verifier fix,
-/// `tests/fixtures/port-demux-v2.o`), loaded with aya, bound like port-demux (udp/7777 drop,
-/// tcp/80 pass) and attached like the floor ([`attach_generic`], `prx0`), until the bench's
-/// namespaces go. Returns the loaded object (its maps) and a descriptor of its program for
-/// test runs.
-fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
+/// An earlier program from `tests/fixtures`: `port-demux-v2.o` (main's layout-v2 object,
+/// commit 5e68fb7, before the verifier fix) or `port-demux-v3.o` (today's program: main's
+/// object before address-scoped bindings), loaded with aya, bound like port-demux (udp/7777
+/// drop, tcp/80 pass) and attached like the floor ([`attach_generic`], on `dev`), until the
+/// bench's namespaces go. Returns the loaded object (its maps) and a descriptor of its program
+/// for test runs.
+fn old_program(fixture: &str, dev: &str) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     use std::os::fd::AsFd as _;
 
     use aya::{maps::Array, programs::Xdp};
     const PASS: u32 = 1;
     const DROP: u32 = 2;
-    let object = std::fs::read(workspace().join("tests/fixtures/port-demux-v2.o"))?;
+    let object = std::fs::read(workspace().join("tests/fixtures").join(fixture))?;
     let mut ebpf = aya::EbpfLoader::new()
         .override_global("DEFAULT_ACTION", &PASS, true)
         .override_global("AYA_LOG_LEVEL", &0u8, false)
@@ -654,7 +842,7 @@ fn previous_program() -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
         .try_into()?;
     prog.load()?;
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
-    attach_generic(&fd, NS_RX, "prx0")?;
+    attach_generic(&fd, NS_RX, dev)?;
     Ok((ebpf, fd))
 }
 
