@@ -413,8 +413,8 @@ fn run(args: &BenchArgs, bin: &Path) -> Result<()> {
     let pin_dir = pin_dir(bin)?;
     let memlock = memlock(&pin_dir)?;
     let control = json!({
-        "load_ms_median": median(&mut loads),
-        "unload_ms_median": median(&mut unloads),
+        "load_ms_median": (!loads.is_empty()).then(|| median(&mut loads)),
+        "unload_ms_median": (!unloads.is_empty()).then(|| median(&mut unloads)),
         "bind_65536_ports_ms": ms(bind_all),
         "stats_all_ports_ms": ms(stats_all),
         "bind_scoped_ms": bind_scoped,
