@@ -48,11 +48,22 @@ fn dedup(dst: &[IpNet]) -> Vec<IpNet> {
     out
 }
 
-/// The live scoped binding of (`index`, `net`).
-fn find(live: &[(u32, ScopedBinding)], index: u32, net: &IpNet) -> Option<(u32, ScopedBinding)> {
-    live.iter()
-        .find(|(_, b)| b.index == index && prefix_of(b) == *net)
-        .copied()
+/// Each (port, prefix) of `ports` times `dst`, with its live scoped binding if it has one.
+fn pairs<'a>(
+    live: &'a [(u32, ScopedBinding)],
+    ports: PortSpec,
+    dst: &'a [IpNet],
+) -> impl Iterator<Item = (u16, &'a IpNet, Option<(u32, ScopedBinding)>)> + 'a {
+    ports.ports().flat_map(move |port| {
+        let index = port_index(ports.proto.index(), port);
+        dst.iter().map(move |net| {
+            let found = live
+                .iter()
+                .find(|(_, b)| b.index == index && prefix_of(b) == *net)
+                .copied();
+            (port, net, found)
+        })
+    })
 }
 
 /// How a scoped binding is named in messages: `udp/53 --dst 192.0.2.0/24`.
@@ -299,17 +310,14 @@ impl PortDemux {
         self.check_attached()?;
         let live = scoped::live(&self.maps)?;
         let mut remove = Vec::new();
-        for port in ports.ports() {
-            let index = port_index(ports.proto.index(), port);
-            for net in &dst {
-                if let Some((id, b)) = find(&live, index, net) {
-                    if !opts.replace {
-                        return Err(
-                            self.conflict(scoped_name(ports.proto, port, net), &as_binding(&b))?
-                        );
-                    }
-                    remove.push(id);
+        for (port, net, found) in pairs(&live, ports, &dst) {
+            if let Some((id, b)) = found {
+                if !opts.replace {
+                    return Err(
+                        self.conflict(scoped_name(ports.proto, port, net), &as_binding(&b))?
+                    );
                 }
+                remove.push(id);
             }
         }
         let value = self.value_of(act, opts)?;
@@ -363,14 +371,11 @@ impl PortDemux {
         self.check_attached()?;
         let live = scoped::live(&self.maps)?;
         let mut remove = Vec::new();
-        for port in ports.ports() {
-            let index = port_index(ports.proto.index(), port);
-            for net in &dst {
-                let (id, _) = find(&live, index, net).ok_or_else(|| Error::NotBound {
-                    port: scoped_name(ports.proto, port, net),
-                })?;
-                remove.push(id);
-            }
+        for (port, net, found) in pairs(&live, ports, &dst) {
+            let (id, _) = found.ok_or_else(|| Error::NotBound {
+                port: scoped_name(ports.proto, port, net),
+            })?;
+            remove.push(id);
         }
         scoped::change(&self.maps, &live, &remove, &[])?;
         self.maps.collect_slots(&self.slot_users()?)

@@ -176,22 +176,6 @@ const UNTAGGED_IPV4: [&str; 6] = [
     "non_ip_arp",
     "ipv4_icmp",
 ];
-/// Frames to ports without scoped bindings (every frame of [`frames`]): port-demux within
-/// 0.5 ns of today's program on each.
-const UNSCOPED: [&str; 12] = [
-    "udp_bound_drop",
-    "tcp_bound_pass",
-    "udp_unbound",
-    "udp_ip_options",
-    "non_ip_arp",
-    "ipv4_icmp",
-    "ipv6_udp",
-    "ipv6_tcp",
-    "ipv6_two_ext",
-    "ipv6_first_fragment",
-    "vlan_ipv4_udp",
-    "qinq_ipv6_udp",
-];
 /// IPv6 without extension headers: <= 1.25x the floor.
 const IPV6: [&str; 2] = ["ipv6_udp", "ipv6_tcp"];
 /// IPv6 with extension headers: <= 1.35x the floor.
@@ -649,6 +633,9 @@ fn targets(report: &Value) -> (Value, String) {
     .chain(IPV6_EXT)
     .chain(TAGGED)
     .collect();
+    // Frames to ports without scoped bindings: every frame but the scoped ones.
+    let names = frames();
+    let unscoped: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
     // (target, frames, figure, the highest or the lowest decides, met)
     let per_packet: [(&str, &[&str], &str, bool, Verdict); 9] = [
         (
@@ -660,7 +647,7 @@ fn targets(report: &Value) -> (Value, String) {
         ),
         (
             "unscoped ports: port-demux - today's program <= 0.5 ns",
-            &UNSCOPED,
+            &unscoped,
             "port_demux_minus_today_ns",
             true,
             |d| d <= 0.5,
