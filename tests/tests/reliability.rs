@@ -1378,7 +1378,7 @@ fn pins_are_root_only_and_group_readable_when_granted() {
         .expect("pins")
         .map(|e| e.expect("pin").path())
         .collect();
-    assert_eq!(pins.len(), 8, "{pins:?}");
+    assert_eq!(pins.len(), 13, "11 maps, prog and link: {pins:?}");
     for pin in &pins {
         assert_root_only(pin, 0o600);
     }
