@@ -118,8 +118,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
         // The frame length from the pointers the parse already loaded, before the map
         // lookups: after them, the context would have to be kept and read again.
         let at = Ip {
-            start,
-            end,
+            frame: Some((start, end)),
             l3: ETH_LEN,
             ipv6: false,
         };
@@ -131,8 +130,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
                 count(Globals::DEMUXED_IPV6);
             }
             let at = Ip {
-                start,
-                end,
+                frame: None,
                 l3: found.l3,
                 ipv6: found.ipv6,
             };
@@ -147,11 +145,12 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
 
 /// Where a demultiplexed frame's IP header is, for a scoped port's search.
 struct Ip {
-    /// `ctx.data()`, kept in a register from the parse on (a map lookup does not invalidate
-    /// packet pointers): the fast path keeps no context on the stack for it.
-    start: usize,
-    /// `ctx.data_end()`.
-    end: usize,
+    /// The fast path's `(ctx.data(), ctx.data_end())`, kept in registers from the parse on (a
+    /// map lookup does not invalidate packet pointers): it keeps no context on the stack for
+    /// them. `None` on the full path, which reads them from the context again: there the
+    /// pointers come out of many parse paths with different proven lengths, which the verifier
+    /// would then walk through the search one by one.
+    frame: Option<(usize, usize)>,
     /// Offset of the IP header.
     l3: usize,
     /// IPv6 (else IPv4).
@@ -192,7 +191,7 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
         // The `SCOPED` flag (with the action without a prefix in the low byte), or a value
         // this program does not know, which passes: the one test unscoped ports do not need,
         // and only on their pass path.
-        _ => scoped(index, len, at, act, slot),
+        _ => scoped(ctx, index, len, at, act, slot),
     }
 }
 
@@ -200,10 +199,11 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
 /// binary search of the port's intervals, decides and counts it; with none, the binding
 /// without a prefix (the low byte of `act`, and `slot`) or the default action.
 #[inline(always)]
-fn scoped(index: u32, len: u64, at: &Ip, act: u32, slot: u32) -> u32 {
+fn scoped(ctx: &XdpContext, index: u32, len: u64, at: &Ip, act: u32, slot: u32) -> u32 {
+    let (start, end) = at.frame.unwrap_or_else(|| (ctx.data(), ctx.data_end()));
     let target = match SCOPES.get(index) {
-        Some(scope) if at.ipv6 => search_v6(at.start, at.end, at.l3, scope.v6),
-        Some(scope) => search_v4(at.start, at.end, at.l3, scope.v4),
+        Some(scope) if at.ipv6 => search_v6(start, end, at.l3, scope.v6),
+        Some(scope) => search_v4(start, end, at.l3, scope.v4),
         None => 0,
     };
     let (mut act, mut slot) = match untarget(target) {
