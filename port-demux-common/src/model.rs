@@ -422,3 +422,6 @@ pub fn classify_scoped(
         scoped: matched.map(|r| r.id),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -336,21 +336,17 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
                 i += 1;
                 continue;
             }
-            IPPROTO_AH => {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
                 let hdr = ext_header::<2>(start, end, off, ip_end)?;
                 // SAFETY: 2 bytes are there.
                 let (this_next, len) = unsafe { (load::<u8>(hdr), load::<u8>(hdr + 1)) };
+                // AH counts its length in 4-byte words less 2, the others in 8-byte words
+                // less 1. BPF has no select: this is a branch, and on each side the verifier
+                // knows the shift and the addend as constants (a shift by an unknown amount
+                // would lose the offset's range on 6.1).
+                let (addend, shift) = if next == IPPROTO_AH { (2, 2) } else { (1, 3) };
                 next = this_next;
-                off += (usize::from(len) + 2) << 2;
-                i += 1;
-                continue;
-            }
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let hdr = ext_header::<2>(start, end, off, ip_end)?;
-                // SAFETY: 2 bytes are there.
-                let (this_next, len) = unsafe { (load::<u8>(hdr), load::<u8>(hdr + 1)) };
-                next = this_next;
-                off += (usize::from(len) + 1) << 3;
+                off += (usize::from(len) + addend) << shift;
                 i += 1;
                 continue;
             }

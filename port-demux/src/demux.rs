@@ -18,7 +18,8 @@ use port_demux_common::{
 use crate::{
     Action, BindOptions, BindingRange, DefaultAction, Error, LoadOptions, LoadReport, Mode,
     PortSpec, PortStat, Proto, Result, Scope, Stats, Status, Totals, UpgradeReport,
-    layout::{self, DirLock, LINK_PIN, PROG_PIN, check_ifname, pin_name},
+    instance::{self, Found},
+    layout::{self, DirLock, LINK_PIN, PROG_PIN},
     lifecycle,
     maps::{self, Maps},
     prefix::{addr_bytes, prefix_key, prefix_of},
@@ -102,6 +103,8 @@ pub struct PortDemux {
     iface: String,
     dir: PathBuf,
     meta: Meta,
+    /// The pinned `bpf_link`'s id: what identifies the instance while it lives.
+    link_id: u32,
     maps: Maps,
 }
 
@@ -113,34 +116,21 @@ impl PortDemux {
     /// Unknown interface, already loaded, a foreign program (unless `force`), attach or load
     /// failures, missing privileges.
     pub fn load(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
-        // Opening checks the pins against this build's layout; a failure must not leave a
-        // half-working instance behind (the lifecycle removes the pins then).
         lifecycle::load(scope, iface, opts, || Self::open(scope, iface))
     }
 
-    /// Opens the instance on `iface` through its pins.
+    /// Opens the instance running on `iface` (its name now) through its pins.
     ///
     /// # Errors
-    /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Privileges`].
+    /// [`Error::NotLoaded`], [`Error::Detached`] (a stale instance of this namespace by that
+    /// name), [`Error::LayoutV2`], [`Error::Layout`], [`Error::Privileges`].
     pub fn open(scope: &Scope, iface: &str) -> Result<Self> {
-        check_ifname(iface)?;
-        let dir = scope.dir().join(pin_name(iface));
-        match fs::metadata(&dir) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(if crate::is_bpffs(scope.bpffs()) {
-                    Error::NotLoaded {
-                        iface: iface.to_owned(),
-                        where_: scope.where_(),
-                    }
-                } else {
-                    Error::NoBpffs {
-                        path: scope.bpffs().to_owned(),
-                    }
-                });
-            }
-            Err(e) => return Err(Error::io("cannot read", &dir, e)),
-        }
+        let found = lifecycle::find(scope, iface)?;
+        Self::open_found(scope, iface, &found)
+    }
+
+    fn open_found(scope: &Scope, iface: &str, found: &Found) -> Result<Self> {
+        let dir = found.dir().to_owned();
         let meta = layout::read_meta(&dir)?;
         if meta.layout_version == LAYOUT_VERSION_V2 {
             return Err(Error::LayoutV2 {
@@ -167,30 +157,36 @@ impl PortDemux {
             iface: iface.to_owned(),
             dir,
             meta,
+            link_id: found.link.id,
             maps,
         })
     }
 
-    /// Opens the only instance in `scope`, for commands whose `-i` was left out.
+    /// Opens the only instance running in `scope`, for commands whose `-i` was left out.
+    /// Stale instances are never chosen.
     ///
     /// # Errors
-    /// [`Error::WhichInterface`] when none or several are loaded.
+    /// [`Error::WhichInterface`] when none or several run.
     pub fn open_only(scope: &Scope) -> Result<Self> {
-        let loaded = scope.loaded()?;
-        match loaded.as_slice() {
-            [iface] => Self::open(scope, iface),
+        let running = instance::running_in(scope)?;
+        match running.as_slice() {
+            [(iface, found)] => Self::open_found(scope, iface, found),
             [] => Err(Error::WhichInterface(format!(
                 "port-demux is not loaded on any interface{}: run `port-demux load IFACE` first",
                 scope.where_()
             ))),
             many => Err(Error::WhichInterface(format!(
                 "port-demux is loaded on {}: say which with -i IFACE",
-                many.join(", ")
+                many.iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
 
-    /// Detaches the program and removes every pin of `iface`.
+    /// Detaches the program and removes every pin of the instance on `iface` (running there,
+    /// or a stale one this namespace loaded on an interface of that name).
     ///
     /// # Errors
     /// [`Error::NotLoaded`], or when a pin cannot be removed.
@@ -200,7 +196,8 @@ impl PortDemux {
 
     /// Replaces the running program with this build's, atomically through its `bpf_link`
     /// (`BPF_LINK_UPDATE`): bindings, counters and redirect targets stay, no frame goes
-    /// unprocessed. Refused when the pins' layout differs from this build's.
+    /// unprocessed. Migrates layout v2 and the folders of main's builds. Refused when the pins'
+    /// layout is neither this build's nor v2.
     ///
     /// Only `opts.debug` and `opts.verifier_log` are used: the instance keeps its mode and
     /// default action.
@@ -209,32 +206,7 @@ impl PortDemux {
     /// [`Error::NotLoaded`], [`Error::Layout`], [`Error::Detached`], [`Error::Verifier`], load
     /// or update failures.
     pub fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
-        let this = match Self::open(scope, iface) {
-            Err(Error::LayoutV2 { path, .. }) => {
-                return lifecycle::upgrade_old(
-                    scope,
-                    iface,
-                    &path,
-                    opts,
-                    LAYOUT_VERSION_V2,
-                    || Self::upgrade(scope, iface, opts),
-                );
-            }
-            Err(Error::LayoutV3 { path, .. }) => {
-                return lifecycle::upgrade_old(
-                    scope,
-                    iface,
-                    &path,
-                    opts,
-                    LAYOUT_VERSION_V3,
-                    || Self::upgrade(scope, iface, opts),
-                );
-            }
-            other => other?,
-        };
-        let _lock = DirLock::exclusive(&this.dir)?;
-        this.check_attached()?;
-        lifecycle::replace_program(&this.dir, iface, this.meta, opts, None)
+        lifecycle::upgrade(scope, iface, opts)
     }
 
     /// The interface.
@@ -263,8 +235,7 @@ impl PortDemux {
     /// [`Error::Detached`].
     pub fn bind(&self, ports: PortSpec, act: &Action, opts: &BindOptions) -> Result<()> {
         check_owner(opts)?;
-        let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        let _lock = self.lock_writers()?;
         let current = self.maps.read_bindings()?;
         if !opts.replace
             && let Some(port) = ports.ports().find(|&p| {
@@ -306,8 +277,7 @@ impl PortDemux {
         }
         check_owner(opts)?;
         let dst = dedup(dst);
-        let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        let _lock = self.lock_writers()?;
         let live = scoped::live(&self.maps)?;
         let mut remove = Vec::new();
         for (port, net, found) in pairs(&live, ports, &dst) {
@@ -343,8 +313,7 @@ impl PortDemux {
     /// # Errors
     /// [`Error::NotBound`], [`Error::Detached`].
     pub fn unbind(&self, ports: PortSpec) -> Result<()> {
-        let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        let _lock = self.lock_writers()?;
         let current = self.maps.read_bindings()?;
         if let Some(port) = ports.ports().find(|&p| {
             current[port_index(ports.proto.index(), p) as usize].action == action::UNBOUND
@@ -367,8 +336,7 @@ impl PortDemux {
             return self.unbind(ports);
         }
         let dst = dedup(dst);
-        let _lock = DirLock::exclusive(&self.dir)?;
-        self.check_attached()?;
+        let _lock = self.lock_writers()?;
         let live = scoped::live(&self.maps)?;
         let mut remove = Vec::new();
         for (port, net, found) in pairs(&live, ports, &dst) {
@@ -386,6 +354,7 @@ impl PortDemux {
     /// # Errors
     /// When the maps cannot be read.
     pub fn bindings(&self) -> Result<Vec<BindingRange>> {
+        self.current()?;
         let all = self.maps.read_bindings()?;
         let slot_names = self.slot_names()?;
         Ok(maps::coalesce(&all)
@@ -444,6 +413,7 @@ impl PortDemux {
     /// # Errors
     /// When the maps cannot be read.
     pub fn stats(&self) -> Result<Stats> {
+        self.current()?;
         // Globals first: see `totals`.
         let globals = self.maps.globals()?;
         let counters = self.maps.port_counters()?;
@@ -499,6 +469,7 @@ impl PortDemux {
     pub fn totals(&self) -> Result<Totals> {
         // Globals first: a frame counted between the two reads then shows in the per-port
         // sum at worst, never as a redirect whose port count is missing.
+        self.current()?;
         let globals = self.maps.globals()?;
         Ok(maps::totals(&self.maps.port_counters()?, &globals))
     }
@@ -508,10 +479,24 @@ impl PortDemux {
     /// # Errors
     /// When the pins cannot be read.
     pub fn status(&self) -> Result<Status> {
-        let link_path = self.dir.join(LINK_PIN);
-        let prog_id = sys::pinned_link_prog_id(&link_path)
-            .map_err(|e| Error::io("cannot read", &link_path, e))?;
-        let attached = lifecycle::runs(&self.scope, self.meta.ifindex, prog_id)?;
+        let found = self.current()?;
+        let link = found.link;
+        let now = match link.ifindex {
+            0 => None,
+            ifindex => instance::attached_prog(&self.scope, ifindex)?,
+        };
+        // A reader that cannot open the link (id 0) takes the program from the interface.
+        let prog_id = if link.id == 0 {
+            now.unwrap_or(0)
+        } else {
+            link.prog_id
+        };
+        let attached = now.is_some() && now == Some(prog_id);
+        let iface = match link.ifindex {
+            0 => None,
+            ifindex => self.scope.ifname(ifindex)?,
+        }
+        .unwrap_or_else(|| self.iface.clone());
         let bound_ports = u32::try_from(
             self.maps
                 .read_bindings()?
@@ -521,8 +506,12 @@ impl PortDemux {
         )
         .unwrap_or(u32::MAX);
         Ok(Status {
-            iface: self.iface.clone(),
-            ifindex: self.meta.ifindex,
+            iface,
+            ifindex: if link.ifindex == 0 {
+                self.meta.ifindex
+            } else {
+                link.ifindex
+            },
             mode: if self.meta.mode == MODE_SKB {
                 Mode::Skb
             } else {
@@ -537,17 +526,51 @@ impl PortDemux {
                 DefaultAction::Pass
             },
             debug: self.meta.debug != 0,
-            verified_insns: ProgramInfo::from_pin(self.dir.join(PROG_PIN))
+            verified_insns: ProgramInfo::from_pin(found.dir().join(PROG_PIN))
                 .ok()
                 .and_then(|info| info.verified_instruction_count()),
-            pin_dir: self.dir.clone(),
+            memlock_bytes: memlock(found.dir()).ok(),
+            pin_dir: found.dir().to_owned(),
         })
     }
 
-    /// Refuses to change an instance whose program no longer runs on its interface: see
-    /// [`lifecycle::check_attached`].
-    fn check_attached(&self) -> Result<()> {
-        lifecycle::check_attached(&self.scope, &self.iface, &self.dir, self.meta.ifindex)
+    /// The folder that pins this handle's instance now (it moves when its interface moves to
+    /// another namespace, or an upgrade migrates it), found by its link's id.
+    fn current(&self) -> Result<Found> {
+        instance::by_link_id(self.scope.bpffs(), self.link_id, &self.dir)?.ok_or_else(|| {
+            Error::Unloaded {
+                iface: self.iface.clone(),
+            }
+        })
+    }
+
+    /// The writers' lock, then the check that this handle's instance is still pinned
+    /// ([`Error::Unloaded`]) and runs on its interface ([`Error::Detached`]): a handle opened
+    /// before another process unloaded (and perhaps loaded again) never writes into maps that
+    /// no longer serve.
+    fn lock_writers(&self) -> Result<DirLock> {
+        let lock = DirLock::writers(self.scope.bpffs())?;
+        instance::sweep(self.scope.bpffs(), &lock)?;
+        let found = self.current()?;
+        if found.link.id == 0 {
+            // Recognised by its folder only: a writer must open the link (it cannot on a
+            // bpffs mounted read-only, or without the rights), and says why.
+            let path = found.dir().join(layout::LINK_PIN);
+            sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+        }
+        lifecycle::check_attached(&self.scope, &self.iface, found.link)?;
+        // `apply` swaps in a new bindings map: one opened before would be written in vain.
+        if Maps::open(found.dir())?.bindings_id()? != self.maps.bindings_id()? {
+            return Err(Error::Replaced {
+                iface: self.iface.clone(),
+            });
+        }
+        Ok(lock)
+    }
+
+    /// The `META` record it was opened with.
+    pub(crate) const fn meta(&self) -> Meta {
+        self.meta
     }
 
     /// Every binding that may hold a redirect slot: the ports' and the scoped ones.
@@ -587,7 +610,7 @@ impl PortDemux {
     }
 
     /// The devmap slot that redirects to `target`, filling a free one if needed.
-    fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
+    pub(crate) fn redirect_slot(&self, target: &str, current: &[Binding]) -> Result<u32> {
         let ifindex = self
             .scope
             .ifindex(target)?
@@ -631,4 +654,18 @@ impl PortDemux {
             })
             .collect()
     }
+}
+
+/// The kernel memory of every pinned map and of the program in `dir` (the link holds none of
+/// its own): each pin opened, its `memlock` read from fdinfo.
+fn memlock(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|name| name == LINK_PIN) {
+            continue;
+        }
+        total += sys::memlock(std::os::fd::AsFd::as_fd(&sys::obj_get_readable(&path)?))?;
+    }
+    Ok(total)
 }

@@ -41,6 +41,25 @@ pub enum Error {
         /// What was attempted.
         what: String,
     },
+    /// `apply` replaced the bindings map while a command waited to change it.
+    #[error(
+        "the bindings of {iface} were replaced (port-demux apply) while this command waited: run it again"
+    )]
+    Replaced {
+        /// Interface.
+        iface: String,
+    },
+    /// Capabilities that loading needs are missing (root has them all).
+    #[error(
+        "{what}: needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; missing {}: run it with sudo, or grant them (deploy/port-demux.service does)",
+        .missing.join(", ")
+    )]
+    Capabilities {
+        /// What was attempted.
+        what: String,
+        /// The capabilities the process lacks.
+        missing: Vec<&'static str>,
+    },
     /// No instance on this interface.
     #[error("port-demux is not loaded on {iface}{where_}: run `port-demux load {iface}` first")]
     NotLoaded {
@@ -78,13 +97,32 @@ pub enum Error {
     },
     /// The pins exist but the interface runs another program or none.
     #[error(
-        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` and load again"
+        "port-demux's pins for {iface} exist but its program is not attached ({detail}): `port-demux unload {iface}` (or `port-demux prune`) and load again"
     )]
     Detached {
         /// Interface.
         iface: String,
         /// What was found instead.
         detail: String,
+    },
+    /// A library handle on an instance that was unloaded since it was opened.
+    #[error(
+        "the port-demux instance opened on {iface} was unloaded since: open it again (after `port-demux load {iface}`)"
+    )]
+    Unloaded {
+        /// The interface it was opened on.
+        iface: String,
+    },
+    /// A pin folder that a new instance needs holds one whose program runs on an interface
+    /// of a namespace no process or `/run/netns` name holds open.
+    #[error(
+        "{path} holds an instance still attached to interface index {ifindex} of a namespace port-demux cannot enter: unload it from that namespace first", path = .path.display()
+    )]
+    Busy {
+        /// The folder.
+        path: PathBuf,
+        /// The interface index it runs on.
+        ifindex: u32,
     },
     /// `unload` removed the pins, but another process keeps the link, and the program, alive.
     #[error(
@@ -165,8 +203,8 @@ pub enum Error {
         "all {0} redirect targets are in use: unbind ports redirected elsewhere before adding another target"
     )]
     NoRedirectSlot(u32),
-    /// Attaching failed.
-    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    /// Attaching failed; the message carries the kernel's reason (the errno of the failed call).
+    #[error("cannot attach to {iface} in {mode} mode: {}", chain(source.as_ref()))]
     Attach {
         /// Interface.
         iface: String,
@@ -244,6 +282,22 @@ impl Error {
         }
         Self::Io { what, path, source }
     }
+}
+
+/// An error and its sources on one line, `a: b: c`: aya's call errors say which call failed,
+/// their source what the kernel answered.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = source.source();
+    }
+    line
 }
 
 /// `Result` with this crate's [`Error`].

@@ -1,15 +1,19 @@
 //! The bpffs pin layout and its lock: which folders and pins an instance has, the `META`
 //! record and its layout versions, and the one `flock` that serialises writers.
 //!
-//! Pins live in the host's bpffs, one folder per (network namespace, interface):
-//! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/` holding `prog`, `link` and the maps of
-//! [`MAPS`].
+//! Pins live in the host's bpffs, one folder per instance:
+//! `/sys/fs/bpf/port-demux/ns-<cookie>/if-<ifindex>/` holding `prog`, `link` and the maps of
+//! [`MAPS`]; main's builds used `port-demux/netns-<inode>/<iface>/`, which this build still
+//! reads, upgrades and unloads. The README's "Pinned-state contract" is the whole story.
 
 use std::{
     fs::{self, File},
     io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    path::Path,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::fs::DirBuilderExt as _,
+    },
+    path::{Path, PathBuf},
 };
 
 use bytemuck::Zeroable as _;
@@ -18,7 +22,7 @@ use port_demux_common::{
     REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeV4, ScopeV6, ScopedBinding,
 };
 
-use crate::{Error, Result, Scope, is_bpffs, spec::valid_ifname, sys};
+use crate::{Error, Result, is_bpffs, spec::valid_ifname, sys};
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -98,23 +102,258 @@ pub(crate) const MAPS_V3: usize = 6;
 pub(crate) const GLOBALS2: &str = "GLOBALS2";
 /// The devmap of redirect targets.
 pub(crate) const REDIRECT: &str = "REDIRECT";
-/// Where `load --upgrade` from v2 pins the devmap it replaces `REDIRECT` with, until the swap.
-pub(crate) const REDIRECT_V3: &str = "REDIRECT-v3";
 pub(crate) const PROG_PIN: &str = "prog";
 pub(crate) const LINK_PIN: &str = "link";
 
-/// Prefix of the folders a `load` in progress pins into (longer than any interface name).
-pub(crate) const STAGING: &str = "staging-loader-pid";
+/// port-demux's folder in the bpffs; its `flock` is the writers' lock.
+pub(crate) const ROOT: &str = "port-demux";
+/// Prefix of this build's staging folders, in [`ROOT`].
+pub(crate) const STAGING: &str = "staging-";
+/// Prefix of the staging folders main's builds left in `netns-<inode>` folders.
+const LEGACY_STAGING: &str = "staging-loader-pid";
 
-/// The pin folder name of an interface: bpffs refuses names with dots, so `.` becomes `%2E`
-/// (and `%` becomes `%25`).
-pub(crate) fn pin_name(iface: &str) -> String {
-    iface.replace('%', "%25").replace('.', "%2E")
-}
-
-/// The interface named by a pin folder.
+/// The interface named by a pin folder of main's layout.
 pub(crate) fn iface_of_pin(name: &str) -> String {
     name.replace("%2E", ".").replace("%25", "%")
+}
+
+/// `port-demux` in `bpffs`.
+pub(crate) fn root(bpffs: &Path) -> PathBuf {
+    bpffs.join(ROOT)
+}
+
+/// The folder of the instance on interface `ifindex` of the namespace with `cookie`:
+/// `port-demux/ns-<cookie>/if-<ifindex>`.
+pub(crate) fn instance_dir(bpffs: &Path, cookie: u64, ifindex: u32) -> PathBuf {
+    root(bpffs)
+        .join(format!("ns-{cookie}"))
+        .join(format!("if-{ifindex}"))
+}
+
+/// What a staging folder is for, which decides what the next writer does with it when its
+/// process died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// A `load` building a new instance: discarded (its link detaches).
+    Load,
+    /// An upgrade building the successor of a running instance: completed if the link already
+    /// runs its program, else discarded.
+    Upgrade,
+    /// An instance on its way out (unload, prune, or the predecessor of an upgrade): removed.
+    Retired,
+}
+
+impl Stage {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Upgrade => "upgrade",
+            Self::Retired => "retired",
+        }
+    }
+}
+
+/// One folder of port-demux's in the bpffs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Folder {
+    /// `ns-<cookie>/if-<ifindex>`: this build's.
+    Current {
+        dir: PathBuf,
+        cookie: u64,
+        ifindex: u32,
+    },
+    /// `netns-<inode>/<iface>`: main's layout 2 or 3.
+    Legacy {
+        dir: PathBuf,
+        ino: u64,
+        iface: String,
+    },
+    /// `staging-pid<PID>-<START>-<stage>-<n>[-ns<cookie>-if<ifindex>]`, or main's
+    /// `netns-<inode>/staging-loader-pid<PID>-<iface>`.
+    Staging {
+        dir: PathBuf,
+        owner: Owner,
+        stage: Stage,
+        target: Option<(u64, u32)>,
+    },
+}
+
+impl Folder {
+    pub(crate) fn dir(&self) -> &Path {
+        match self {
+            Self::Current { dir, .. } | Self::Legacy { dir, .. } | Self::Staging { dir, .. } => dir,
+        }
+    }
+}
+
+/// The process a staging folder belongs to: pid and start time (clock ticks since boot, field
+/// 22 of `/proc/PID/stat`), so that a reused pid is not taken for the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub pid: u32,
+    pub start: Option<u64>,
+}
+
+impl Owner {
+    /// This process.
+    pub(crate) fn me() -> Self {
+        Self {
+            pid: std::process::id(),
+            start: start_time(std::process::id()),
+        }
+    }
+
+    /// Whether the process still runs.
+    pub(crate) fn alive(self) -> bool {
+        match (self.start, start_time(self.pid)) {
+            (_, None) => false,
+            (Some(a), Some(b)) => a == b,
+            (None, Some(_)) => true,
+        }
+    }
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// A new staging folder name for `stage` of this process, in [`ROOT`].
+pub(crate) fn staging_dir(bpffs: &Path, stage: Stage, target: Option<(u64, u32)>) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let me = Owner::me();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let target = target
+        .map(|(cookie, ifindex)| format!("-ns{cookie}-if{ifindex}"))
+        .unwrap_or_default();
+    root(bpffs).join(format!(
+        "{STAGING}pid{}-{}-{}-{n}{target}",
+        me.pid,
+        me.start.unwrap_or(0),
+        stage.name()
+    ))
+}
+
+fn parse_staging(dir: PathBuf, name: &str) -> Option<Folder> {
+    let mut parts = name.strip_prefix(STAGING)?.split('-');
+    let pid = parts.next()?.strip_prefix("pid")?.parse().ok()?;
+    let start = parts.next()?.parse().ok().filter(|&s| s != 0);
+    let stage = match parts.next()? {
+        "load" => Stage::Load,
+        "upgrade" => Stage::Upgrade,
+        "retired" => Stage::Retired,
+        _ => return None,
+    };
+    let _n = parts.next()?;
+    let target = match (parts.next(), parts.next()) {
+        (Some(ns), Some(ifx)) => Some((
+            ns.strip_prefix("ns")?.parse().ok()?,
+            ifx.strip_prefix("if")?.parse().ok()?,
+        )),
+        _ => None,
+    };
+    Some(Folder::Staging {
+        dir,
+        owner: Owner { pid, start },
+        stage,
+        target,
+    })
+}
+
+/// The names in `dir`, sorted; none when it is missing, or (`tolerant`) unreadable: a reader
+/// granted one namespace's folders (see the README) lists those it may read.
+fn names_in(dir: &Path, tolerant: bool) -> Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            Ok(names)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if tolerant && e.kind() == io::ErrorKind::PermissionDenied => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot read", dir, e)),
+    }
+}
+
+fn names(dir: &Path) -> Result<Vec<String>> {
+    names_in(dir, false)
+}
+
+/// Every folder of port-demux's in `bpffs`: this build's, main's, and staging ones.
+///
+/// # Errors
+/// [`Error::NoBpffs`] when nothing is mounted there, or a folder cannot be read.
+pub(crate) fn folders(bpffs: &Path) -> Result<Vec<Folder>> {
+    let root = root(bpffs);
+    if !root.exists() && !is_bpffs(bpffs) {
+        return Err(Error::NoBpffs {
+            path: bpffs.to_owned(),
+        });
+    }
+    let mut found = Vec::new();
+    for name in names(&root)? {
+        let dir = root.join(&name);
+        if name.starts_with(STAGING) {
+            found.extend(parse_staging(dir, &name));
+        } else if let Some(cookie) = name.strip_prefix("ns-").and_then(|c| c.parse().ok()) {
+            for inner in names_in(&dir, true)? {
+                if let Some(ifindex) = inner.strip_prefix("if-").and_then(|i| i.parse().ok()) {
+                    found.push(Folder::Current {
+                        dir: dir.join(inner),
+                        cookie,
+                        ifindex,
+                    });
+                }
+            }
+        } else if let Some(ino) = name.strip_prefix("netns-").and_then(|i| i.parse().ok()) {
+            for inner in names_in(&dir, true)? {
+                let sub = dir.join(&inner);
+                if let Some(rest) = inner.strip_prefix(LEGACY_STAGING) {
+                    let pid = rest.split('-').next().and_then(|p| p.parse().ok());
+                    if let Some(pid) = pid {
+                        found.push(Folder::Staging {
+                            dir: sub,
+                            owner: Owner { pid, start: None },
+                            stage: Stage::Load,
+                            target: None,
+                        });
+                    }
+                } else {
+                    found.push(Folder::Legacy {
+                        dir: sub,
+                        ino,
+                        iface: iface_of_pin(&inner),
+                    });
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Creates `dir` and the folders above it that are missing, root's only (mode 0700; a group
+/// granted read access later gets it folder by folder, see the README).
+pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create", dir, e))
+}
+
+/// Removes the namespace folders (`ns-*`, `netns-*`) left empty.
+pub(crate) fn remove_empty_namespace_dirs(bpffs: &Path) {
+    let root = root(bpffs);
+    for name in names(&root).unwrap_or_default() {
+        if name.starts_with("ns-") || name.starts_with("netns-") {
+            // Fails, harmlessly, unless empty.
+            let _ = fs::remove_dir(root.join(name));
+        }
+    }
 }
 
 pub(crate) fn check_ifname(iface: &str) -> Result<()> {
@@ -211,37 +450,22 @@ pub(crate) fn remove_pins(dir: &Path) -> Result<()> {
     fs::remove_dir(dir).map_err(|e| Error::io("cannot remove", dir, e))
 }
 
-impl Scope {
-    /// Interfaces with port-demux loaded in this namespace, sorted.
-    ///
-    /// # Errors
-    /// When the folder exists but cannot be read.
-    pub fn loaded(&self) -> Result<Vec<String>> {
-        let dir = self.dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !is_bpffs(self.bpffs()) => {
-                return Err(Error::NoBpffs {
-                    path: self.bpffs().to_owned(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot read", dir, e)),
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|name| !name.starts_with(STAGING))
-            .map(|name| iface_of_pin(&name))
-            .collect();
-        names.sort();
-        Ok(names)
-    }
+/// An exclusive `flock` on a folder, released on drop. [`DirLock::writers`] is the one lock
+/// every writer of port-demux's pinned state takes; readers never take it, and the data path
+/// never sees it.
+#[derive(Debug)]
+pub struct DirLock {
+    /// The locked folder; `None` for a writers' lock this thread already held.
+    file: Option<File>,
+    /// Whether it is (a nesting of) the writers' lock.
+    writers: bool,
 }
 
-/// An exclusive `flock` on a folder, released on drop: it serialises writers of one
-/// namespace's or one interface's state. Readers never take it, and the data path never sees it.
-#[derive(Debug)]
-pub struct DirLock(#[expect(dead_code, reason = "held for its Drop")] File);
+thread_local! {
+    /// How many writers' locks this thread holds: the CLI takes it before it opens an
+    /// instance, and the library call it then makes takes it again.
+    static WRITERS_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 impl DirLock {
     /// Blocks until the lock on `dir` is ours.
@@ -254,6 +478,48 @@ impl DirLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(Error::io("cannot lock", dir, io::Error::last_os_error()));
         }
-        Ok(Self(file))
+        Ok(Self {
+            file: Some(file),
+            writers: false,
+        })
+    }
+
+    /// The writers' lock: the `flock` of `port-demux/` in `bpffs` (created, root's only, when
+    /// missing). Every command that changes pins or maps (load, unload, upgrade, bind, unbind,
+    /// prune) holds it from before it opens a map or pin until it is done. Taken again by the
+    /// thread that holds it, it nests (another thread or process waits).
+    ///
+    /// # Errors
+    /// [`Error::NoBpffs`] when no bpffs is mounted at `bpffs`; when the folder cannot be
+    /// created, opened or locked.
+    pub fn writers(bpffs: &Path) -> Result<Self> {
+        if WRITERS_HELD.get() == 0 {
+            if !is_bpffs(bpffs) {
+                return Err(Error::NoBpffs {
+                    path: bpffs.to_owned(),
+                });
+            }
+            let root = root(bpffs);
+            create_dirs(&root)?;
+            let mut lock = Self::exclusive(&root)?;
+            lock.writers = true;
+            WRITERS_HELD.set(1);
+            return Ok(lock);
+        }
+        WRITERS_HELD.set(WRITERS_HELD.get() + 1);
+        Ok(Self {
+            file: None,
+            writers: true,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if self.writers {
+            WRITERS_HELD.set(WRITERS_HELD.get().saturating_sub(1));
+        }
+        // The flock goes with the descriptor.
+        drop(self.file.take());
     }
 }

@@ -27,26 +27,32 @@
 pub mod cli;
 mod demux;
 mod error;
+mod instance;
 pub mod kernel;
 mod layout;
 mod lifecycle;
 mod maps;
 mod netlink;
 pub mod prefix;
+mod rates;
 mod scope;
 mod scoped;
 mod spec;
+mod staged;
 pub mod sys;
 mod types;
 
 pub use demux::PortDemux;
 pub use error::{Error, Result};
+pub use instance::{Instance, State, instances, prune};
 pub use ipnet::IpNet;
 pub use layout::DirLock;
 pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};
 pub use port_demux_common as common;
+pub use rates::{PortRate, Rates, TotalRates, delta};
 pub use scope::{BPFFS, Scope, is_bpffs};
 pub use spec::{Action, DefaultAction, PortSpec, Proto, lookup_services, service_port};
+pub use staged::Settings;
 pub use types::{
     BindOptions, BindingRange, LoadOptions, LoadReport, Mode, PortStat, Stats, Status, Totals,
     UpgradeReport,

@@ -1,5 +1,8 @@
-//! The load, upgrade and unload lifecycle: loading the object, attaching, pinning, swapping
-//! the program through the link, and removing pins.
+//! The load, upgrade and unload lifecycle. Every writer takes the writers' lock first
+//! ([`DirLock::writers`]), then completes or removes what killed writers left
+//! ([`instance::sweep`]), and changes pins only through a staging folder renamed into place
+//! ([`instance::commit`], [`instance::retire`]): a kill at any instant leaves the old instance
+//! or the new one, never half of one.
 
 use std::{
     fs, io,
@@ -9,6 +12,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapData,
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -16,15 +20,22 @@ use aya::{
     },
 };
 use bytemuck::Zeroable as _;
-use port_demux_common::{LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE, MODE_SKB, Meta, action};
+use port_demux_common::{
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, MODE_SKB, Meta,
+    action,
+};
 
 use crate::{
-    DefaultAction, Error, LoadOptions, LoadReport, Mode, Result, Scope, UpgradeReport, kernel,
+    DefaultAction, Error, LoadOptions, LoadReport, Mode, Result, Scope, UpgradeReport,
+    instance::{self, Found, attached_prog},
+    kernel,
     layout::{
-        DirLock, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, REDIRECT_V3, STAGING, check_ifname,
-        open_maps, pin_name, read_meta, remove_pins, write_meta,
+        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, Stage, check_ifname,
+        instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
-    maps, netlink, sys,
+    maps::{self, Maps},
+    netlink,
+    sys::LinkInfo,
 };
 
 /// The XDP program, built from `port-demux-ebpf` by the build script.
@@ -35,9 +46,27 @@ pub const PROGRAM: &str = "port_demux";
 /// The same program with a debug log record per demultiplexed frame (`load --debug`).
 pub const PROGRAM_DEBUG: &str = "port_demux_debug";
 
+/// The writers' lock of `scope`'s bpffs, after which what dead writers left is swept.
+fn lock(scope: &Scope) -> Result<DirLock> {
+    let lock = DirLock::writers(scope.bpffs())?;
+    instance::sweep(scope.bpffs(), &lock)?;
+    Ok(lock)
+}
+
+/// Creates a staging folder, root's only like the folders above it (a group granted read
+/// access later gets it folder by folder, see the README).
+fn create_staging(scope: &Scope, stage: Stage, target: (u64, u32)) -> Result<PathBuf> {
+    let staging = staging_dir(scope.bpffs(), stage, Some(target));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| Error::io("cannot create", &staging, e))?;
+    Ok(staging)
+}
+
 /// Loads the program, attaches it to `iface` and pins program, link and maps into a staging
-/// folder renamed into place; then `open`s the result, under the namespace's lock. All or
-/// nothing: on error no pin is left.
+/// folder renamed into place; then `open`s the result. All or nothing: on error no pin is left
+/// and nothing runs that did not run before (but a foreign program `force` detached).
 pub(crate) fn load<T>(
     scope: &Scope,
     iface: &str,
@@ -53,93 +82,119 @@ pub(crate) fn load<T>(
             where_: scope.where_(),
         })?;
     scope.ensure_bpffs()?;
-    let ns_dir = scope.create_dir()?;
-    let _lock = DirLock::exclusive(&ns_dir)?;
-    let dir = ns_dir.join(pin_name(iface));
-    let mut stale_pins_removed = false;
-    if dir.exists() {
-        if pinned_program_attached(scope, &dir, ifindex)? {
-            return Err(Error::AlreadyLoaded {
-                iface: iface.to_owned(),
-            });
-        }
-        // Pins whose program no longer runs on this interface: left by a namespace that
-        // was deleted without `unload` (the kernel reuses its inode number, which keys the
-        // folder) or by a program detached behind port-demux's back.
-        remove_pins(&dir)?;
-        stale_pins_removed = true;
-    }
-    let replaced = replace_foreign(scope, iface, ifindex, opts.force)?;
-    let tmp = ns_dir.join(format!(
-        "{STAGING}{}-{}",
-        std::process::id(),
-        pin_name(iface)
-    ));
-    remove_pins(&tmp)?;
-    // Root's only, like the folders above it: a group granted read access later gets it
-    // folder by folder (see the README).
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&tmp)
-        .map_err(|e| Error::io("cannot create", &tmp, e))?;
-    match load_into(scope, iface, ifindex, opts, &tmp) {
-        Ok((mode, fallback_reason, prog_id)) => {
-            fs::rename(&tmp, &dir).map_err(|e| {
-                let _ = remove_pins(&tmp);
-                Error::io("cannot rename pins to", &dir, e)
-            })?;
-            let this = open().inspect_err(|_| {
-                let _ = remove_pins(&dir);
-            })?;
-            Ok((
-                this,
-                LoadReport {
-                    mode,
-                    fallback_reason,
-                    prog_id,
-                    replaced,
-                    stale_pins_removed,
-                },
-            ))
-        }
-        Err(e) => {
-            let _ = remove_pins(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// Detaches the program and removes every pin of `iface`.
-pub(crate) fn unload(scope: &Scope, iface: &str) -> Result<()> {
-    check_ifname(iface)?;
-    let ns_dir = scope.dir();
-    let dir = ns_dir.join(pin_name(iface));
-    if !dir.exists() {
-        return Err(Error::NotLoaded {
+    let _lock = lock(scope)?;
+    if instance::find_running(scope, ifindex)?.is_some() {
+        return Err(Error::AlreadyLoaded {
             iface: iface.to_owned(),
-            where_: scope.where_(),
         });
     }
-    let _lock = DirLock::exclusive(&ns_dir)?;
-    let prog_id = sys::pinned_link_prog_id(&dir.join(LINK_PIN)).ok();
-    // The link first: removing its last reference detaches the program.
-    remove_pins(&dir)?;
-    if scope.loaded()?.is_empty() {
-        // The namespace's folder, then port-demux's own if no namespace is left in it.
-        let _ = fs::remove_dir(&ns_dir);
-        if let Some(root) = ns_dir.parent() {
-            let _ = fs::remove_dir(root);
+    let foreign = foreign(scope, iface, ifindex, opts.force)?;
+    let bpffs = scope.bpffs();
+    let target = instance_dir(bpffs, scope.netns_cookie(), ifindex);
+    let staging = create_staging(scope, Stage::Load, (scope.netns_cookie(), ifindex))?;
+    let loaded = foreign
+        .map(|attached| detach_foreign(scope, iface, ifindex, attached))
+        .transpose()
+        .and_then(|replaced| Ok((replaced, load_into(scope, iface, ifindex, opts, &staging)?)));
+    let (replaced, (mode, fallback_reason, prog_id)) = match loaded {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = remove_pins(&staging);
+            return Err(e);
         }
+    };
+    // A folder by the target's name runs nothing here: it is stale (removed), or its interface
+    // took the program to another namespace and this interface has its old index (it moves
+    // along).
+    let stale_pins_removed =
+        instance::commit(bpffs, &staging, None, &target).inspect_err(|_| {
+            let _ = remove_pins(&staging);
+        })?;
+    // Opening checks the pins against this build's layout; a failure must not leave a
+    // half-working instance behind.
+    let this = open().inspect_err(|_| {
+        let _ = instance::retire(bpffs, &target);
+    })?;
+    Ok((
+        this,
+        LoadReport {
+            mode,
+            fallback_reason,
+            prog_id,
+            replaced,
+            stale_pins_removed,
+        },
+    ))
+}
+
+/// The instance `scope` runs on `iface`, or why there is none: [`Error::Detached`] for a stale
+/// one of this namespace's by that name, [`Error::NotLoaded`].
+pub(crate) fn find(scope: &Scope, iface: &str) -> Result<Found> {
+    find_for(scope, iface, false)
+}
+
+/// [`find`] for a writer: one that cannot open the instance's link (a bpffs mounted
+/// read-only, missing rights) is refused with the kernel's reason.
+fn find_writable(scope: &Scope, iface: &str) -> Result<Found> {
+    find_for(scope, iface, true)
+}
+
+fn find_for(scope: &Scope, iface: &str, writer: bool) -> Result<Found> {
+    check_ifname(iface)?;
+    if !crate::is_bpffs(scope.bpffs()) {
+        return Err(Error::NoBpffs {
+            path: scope.bpffs().to_owned(),
+        });
     }
+    if let Some(ifindex) = scope.ifindex(iface)?
+        && let Some(found) = instance::find_running(scope, ifindex)?
+    {
+        if writer && found.link.id == 0 {
+            let path = found.dir().join(LINK_PIN);
+            crate::sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+        }
+        return Ok(found);
+    }
+    if let Some((_, detail)) = instance::stale_own(scope, iface)? {
+        return Err(Error::Detached {
+            iface: iface.to_owned(),
+            detail,
+        });
+    }
+    Err(Error::NotLoaded {
+        iface: iface.to_owned(),
+        where_: scope.where_(),
+    })
+}
+
+/// Detaches the program and removes every pin of the instance on `iface`: the one running
+/// there, or a stale one this namespace loaded on an interface of that name.
+pub(crate) fn unload(scope: &Scope, iface: &str) -> Result<()> {
+    check_ifname(iface)?;
+    let _lock = lock(scope)?;
+    let (dir, link) = match find_writable(scope, iface) {
+        Ok(found) => (found.dir().to_owned(), Some(found.link)),
+        Err(Error::Detached { .. }) => {
+            let (dir, _) = instance::stale_own(scope, iface)?.ok_or_else(|| Error::NotLoaded {
+                iface: iface.to_owned(),
+                where_: scope.where_(),
+            })?;
+            (dir, None)
+        }
+        Err(e) => return Err(e),
+    };
+    // The link goes first: removing its last pin detaches the program.
+    instance::retire(scope.bpffs(), &dir)?;
+    crate::layout::remove_empty_namespace_dirs(scope.bpffs());
     // The kernel may release the link, and detach, after the unlink returns: wait for it,
     // so that a `load` right after finds the interface free.
-    if let (Some(prog_id), Some(ifindex)) = (prog_id, scope.ifindex(iface)?) {
+    if let Some(link) = link {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while runs(scope, ifindex, prog_id)? {
+        while attached_prog(scope, link.ifindex)? == Some(link.prog_id) {
             if std::time::Instant::now() > deadline {
                 return Err(Error::StillAttached {
                     iface: iface.to_owned(),
-                    prog_id,
+                    prog_id: link.prog_id,
                 });
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -148,61 +203,199 @@ pub(crate) fn unload(scope: &Scope, iface: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to change an instance whose program no longer runs on its interface (the
-/// interface was deleted, or the program detached behind port-demux's back): a binding
-/// written there would report success and apply to nothing.
-pub(crate) fn check_attached(scope: &Scope, iface: &str, dir: &Path, ifindex: u32) -> Result<()> {
-    let link_path = dir.join(LINK_PIN);
-    let prog_id = sys::pinned_link_prog_id(&link_path)
-        .map_err(|e| Error::io("cannot read", &link_path, e))?;
-    let detail = match scope.run(|| netlink::xdp_query(ifindex))? {
-        Ok(Some(a)) if a.prog_id == prog_id => return Ok(()),
-        Ok(Some(a)) => format!("{iface} runs XDP program id {} instead", a.prog_id),
-        Ok(None) => format!("{iface} has no XDP program"),
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-            format!("interface index {ifindex} is gone{}", scope.where_())
+/// Replaces the running program with this build's through its `bpf_link`
+/// (`BPF_LINK_UPDATE`), keeping bindings, counters and redirect targets; migrates layout v2 and
+/// main's folders. The successor is built in a staging folder that pins the kept maps and the
+/// link a second time; the link update is the commit point, after which the staging folder
+/// takes the instance's place (completed by the next writer if this one is killed).
+pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<UpgradeReport> {
+    check_ifname(iface)?;
+    let _lock = lock(scope)?;
+    let found = find_writable(scope, iface)?;
+    let dir = found.dir().to_owned();
+    let meta = read_meta(&dir)?;
+    let from = meta.layout_version;
+    // Every map of the layout checked: v2 had the first five, v3 the first six
+    // (`MAPS_V3`, before the scope maps).
+    let had = match from {
+        LAYOUT_VERSION => MAPS.len(),
+        LAYOUT_VERSION_V3 => MAPS_V3,
+        LAYOUT_VERSION_V2 => 5,
+        found => {
+            return Err(Error::Layout {
+                path: dir,
+                found,
+                expected: LAYOUT_VERSION,
+            });
         }
-        Err(e) => return Err(Error::io("cannot query XDP on", iface, e)),
     };
-    Err(Error::Detached {
-        iface: iface.to_owned(),
-        detail,
-    })
+    for map in &MAPS[..had] {
+        open_maps(&dir, &[*map])?;
+    }
+    let cookie = scope.netns_cookie();
+    let ifindex = found.link.ifindex;
+    let staging = create_staging(scope, Stage::Upgrade, (cookie, ifindex))?;
+    let report = swap_program(
+        scope, iface, &dir, &staging, meta, found.link, from, opts, None,
+    )
+    .inspect_err(|_| {
+        // Before the commit point: the staging folder pins nothing the old one does not
+        // (or new maps nothing uses), so removing it changes nothing.
+        let _ = remove_pins(&staging);
+    })?;
+    instance::commit(
+        scope.bpffs(),
+        &staging,
+        Some(&dir),
+        &instance_dir(scope.bpffs(), cookie, ifindex),
+    )?;
+    Ok(report)
 }
 
-/// Loads this build's program with the maps pinned in `dir` (creating those missing, which
-/// are then pinned there) and swaps it in through the pinned link; writes `meta` as this
-/// layout's with `debug`.
-pub(crate) fn replace_program(
-    dir: &Path,
+/// Replaces the bindings of the instance on `iface` with those `build` returns (every port's,
+/// built under the lock from the instance's folder, where it may fill redirect slots) and its
+/// default action with `default_action`, as one change: the successor is built in a staging
+/// folder like an upgrade's, with a new `BINDINGS` map, and swapped in through the link (the
+/// commit point), so the data path and readers see the old set or the new one. Returns the
+/// report and the folder now in place.
+pub(crate) fn replace_bindings(
+    scope: &Scope,
     iface: &str,
+    default_action: u32,
+    build: impl FnOnce(&Path) -> Result<Vec<Binding>>,
+) -> Result<(UpgradeReport, PathBuf)> {
+    check_ifname(iface)?;
+    let _lock = lock(scope)?;
+    let found = find(scope, iface)?;
+    let dir = found.dir().to_owned();
+    let mut meta = read_meta(&dir)?;
+    if meta.layout_version != LAYOUT_VERSION {
+        return Err(Error::Layout {
+            path: dir,
+            found: meta.layout_version,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    open_maps(&dir, &MAPS)?;
+    let bindings = build(&dir)?;
+    meta.default_action = default_action;
+    let opts = LoadOptions {
+        debug: meta.debug != 0,
+        ..LoadOptions::default()
+    };
+    let cookie = scope.netns_cookie();
+    let ifindex = found.link.ifindex;
+    let staging = create_staging(scope, Stage::Upgrade, (cookie, ifindex))?;
+    let report = swap_program(
+        scope,
+        iface,
+        &dir,
+        &staging,
+        meta,
+        found.link,
+        LAYOUT_VERSION,
+        &opts,
+        Some(&bindings),
+    )
+    .inspect_err(|_| {
+        // Before the commit point: nothing runs what the staging folder pins.
+        let _ = remove_pins(&staging);
+    })?;
+    let target = instance_dir(scope.bpffs(), cookie, ifindex);
+    instance::commit(scope.bpffs(), &staging, Some(&dir), &target)?;
+    // Slots only the old bindings named.
+    Maps::open(&target)?.collect_slots(&bindings)?;
+    Ok((report, target))
+}
+
+/// Builds the successor of the instance pinned in `dir` in `staging` and swaps its program in
+/// through the link.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one caller; the steps read best in one place"
+)]
+fn swap_program(
+    scope: &Scope,
+    iface: &str,
+    dir: &Path,
+    staging: &Path,
     mut meta: Meta,
+    link_info: LinkInfo,
+    from: u32,
     opts: &LoadOptions,
-    v2_redirect: Option<&Scope>,
+    bindings: Option<&[Binding]>,
 ) -> Result<UpgradeReport> {
+    // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
+    // devmap and `GLOBALS2`, and (v4) the scope maps; the ones an older layout lacked are
+    // created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
+    // lets a devmap serve only programs that agree on multi-buffer support): the successor
+    // gets a new one with the same slots; bindings name slots, so they stay valid. With
+    // `bindings` (apply), a new `BINDINGS` holding them replaces the old one (with the
+    // `SCOPED` flag of the ports the kept scope maps give tables).
+    let v2 = from == LAYOUT_VERSION_V2;
+    let all: &[&str] = &[
+        "BINDINGS",
+        "PORT_STATS",
+        "GLOBALS",
+        REDIRECT,
+        GLOBALS2,
+        "SCOPES",
+        "SCOPE_V4",
+        "SCOPE_V6",
+        "SCOPED",
+        "SCOPED_STATS",
+    ];
+    let kept: &[&str] = match from {
+        LAYOUT_VERSION_V2 => &all[..3],
+        LAYOUT_VERSION_V3 => &all[..5],
+        _ => all,
+    };
+    for name in kept
+        .iter()
+        .filter(|name| bindings.is_none() || **name != "BINDINGS")
+    {
+        let (from, to) = (dir.join(name), staging.join(name));
+        MapData::from_pin(&from)
+            .map_err(|e| Error::io("cannot open", &from, io::Error::other(e)))?
+            .pin(&to)
+            .map_err(|e| Error::io("cannot pin", &to, io::Error::other(e)))?;
+    }
     let debug = opts.debug;
-    let staged = dir.join(REDIRECT_V3);
-    let mut ebpf = load_object_with(
-        dir,
+    let mut ebpf = load_object(
+        staging,
         meta.default_action,
         debug,
         opts.verifier_log.as_deref(),
-        v2_redirect.map(|_| staged.as_path()),
     )?;
-    if let Some(scope) = v2_redirect {
-        maps::copy_devmap(scope, &dir.join(REDIRECT), &staged)?;
+    if v2 {
+        maps::copy_devmap(scope, &dir.join(REDIRECT), &staging.join(REDIRECT))?;
     }
+    if let Some(bindings) = bindings {
+        Maps::open(staging)?.write_all_bindings_flagged(bindings)?;
+    }
+    meta.debug = u32::from(debug);
+    meta.layout_version = LAYOUT_VERSION;
+    meta.ifindex = link_info.ifindex;
+    meta.netns_ino = scope.netns_ino();
+    meta.ifname = [0; 16];
+    meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
+    write_meta(staging, &meta)?;
     let prog = xdp_program(&mut ebpf, debug);
+    let prog_pin = staging.join(PROG_PIN);
+    prog.pin(&prog_pin)
+        .map_err(|e| Error::io("cannot pin", &prog_pin, io::Error::other(e)))?;
     let link_path = dir.join(LINK_PIN);
+    let staged_link = staging.join(LINK_PIN);
     let link: FdLink = PinnedLink::from_pin(&link_path)
         .map_err(|e| Error::io("cannot open", &link_path, io::Error::other(e)))?
         .into();
-    let old_prog_id = link
-        .info()
-        .map_err(|e| Error::io("cannot read", &link_path, io::Error::other(e)))?
-        .program_id();
+    let link: FdLink = link
+        .pin(&staged_link)
+        .map_err(|e| Error::io("cannot pin", &staged_link, io::Error::other(e)))?
+        .into();
     let link = XdpLink::try_from(link)
         .map_err(|e| Error::io("not an XDP link:", &link_path, io::Error::other(e)))?;
+    // The commit point.
     prog.attach_to_link(link).map_err(|source| Error::Attach {
         iface: iface.to_owned(),
         mode: "upgrade".to_owned(),
@@ -212,123 +405,64 @@ pub(crate) fn replace_program(
         .info()
         .map_err(|e| Error::Ebpf(Box::new(e.into())))?
         .id();
-    if v2_redirect.is_some() {
-        // The new program runs with the new devmap: its pin takes the usual name.
-        fs::rename(&staged, dir.join(REDIRECT))
-            .map_err(|e| Error::io("cannot rename", &staged, e))?;
-    }
-    // Re-pin the program under its usual name; the link pin is the same link.
-    let next = dir.join("prog-next");
-    let _ = fs::remove_file(&next);
-    prog.pin(&next)
-        .map_err(|e| Error::io("cannot pin", &next, io::Error::other(e)))?;
-    fs::rename(&next, dir.join(PROG_PIN)).map_err(|e| Error::io("cannot rename", &next, e))?;
-    meta.debug = u32::from(debug);
-    meta.layout_version = LAYOUT_VERSION;
-    write_meta(dir, &meta)?;
     Ok(UpgradeReport {
-        old_prog_id,
+        old_prog_id: link_info.prog_id,
         new_prog_id,
     })
 }
 
-/// `load --upgrade` of pins of an older layout (`from`: v2 or v3): the maps that layout had
-/// are checked and kept as they are (bindings, per-port counters and global cells mean the
-/// same); the maps it lacked (`GLOBALS2` for v2, the scope maps for both) are created empty and
-/// pinned; from v2, the redirect targets are copied into a new devmap (see below); then the
-/// program is swapped in through the link, as for any upgrade. On a failure before the swap,
-/// the new pins are removed again: nothing changed.
-pub(crate) fn upgrade_old(
-    scope: &Scope,
-    iface: &str,
-    dir: &Path,
-    opts: &LoadOptions,
-    from: u32,
-    upgrade: impl FnOnce() -> Result<UpgradeReport>,
-) -> Result<UpgradeReport> {
-    let _lock = DirLock::exclusive(dir)?;
-    // Re-read under the lock: another upgrade may have finished meanwhile.
-    let meta = read_meta(dir)?;
-    if meta.layout_version != from {
-        return upgrade();
-    }
-    let kept = if from == LAYOUT_VERSION_V2 {
-        5
+/// Refuses to change an instance whose program no longer runs on its interface in `scope`
+/// (the interface was deleted, moved, or the program detached behind port-demux's back): a
+/// binding written there would report success and apply to nothing.
+pub(crate) fn check_attached(scope: &Scope, iface: &str, link: LinkInfo) -> Result<()> {
+    let detail = if link.ifindex == 0 {
+        format!("its interface is gone{}", scope.where_())
     } else {
-        MAPS_V3
+        match scope.run(|| netlink::xdp_query(link.ifindex))? {
+            Ok(Some(a)) if a.prog_id == link.prog_id => return Ok(()),
+            Ok(Some(a)) => format!("{iface} runs XDP program id {} instead", a.prog_id),
+            Ok(None) => format!("{iface} has no XDP program{}", scope.where_()),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => format!(
+                "interface index {} is not in this network namespace{}",
+                link.ifindex,
+                scope.where_()
+            ),
+            Err(e) => return Err(Error::io("cannot query XDP on", iface, e)),
+        }
     };
-    for map in &MAPS[..kept] {
-        open_maps(dir, &[*map])?;
-    }
-    let mut created = Vec::new();
-    for map in &MAPS[kept..] {
-        let path = dir.join(map.0);
-        if path.exists() {
-            // Left by an upgrade that stopped after creating it: reused if it is the right map.
-            open_maps(dir, &[*map])?;
-        } else {
-            created.push(path);
-        }
-    }
-    let link_path = dir.join(LINK_PIN);
-    let prog_id = sys::pinned_link_prog_id(&link_path)
-        .map_err(|e| Error::io("cannot read", &link_path, e))?;
-    if !runs(scope, meta.ifindex, prog_id)? {
-        return Err(Error::Detached {
-            iface: iface.to_owned(),
-            detail: format!("{iface} does not run the pinned program id {prog_id}"),
-        });
-    }
-    // The kernel lets a devmap serve only programs that agree on multi-buffer support
-    // (`xdp.frags`): v2's program was not frags-aware, so v2's `REDIRECT` cannot serve this
-    // build's. The upgrade gives it a new devmap with the same slots, swapped in with the
-    // program; bindings name slots, so they stay valid.
-    let v2 = from == LAYOUT_VERSION_V2;
-    let _ = fs::remove_file(dir.join(REDIRECT_V3));
-    replace_program(dir, iface, meta, opts, v2.then_some(scope)).inspect_err(|_| {
-        let _ = fs::remove_file(dir.join(REDIRECT_V3));
-        for path in &created {
-            let _ = fs::remove_file(path);
-        }
+    Err(Error::Detached {
+        iface: iface.to_owned(),
+        detail,
     })
 }
 
-/// Whether the program behind the pinned link in `dir` is the one attached to `ifindex`.
-fn pinned_program_attached(scope: &Scope, dir: &Path, ifindex: u32) -> Result<bool> {
-    let Ok(prog_id) = sys::pinned_link_prog_id(&dir.join(LINK_PIN)) else {
-        return Ok(false);
-    };
-    runs(scope, ifindex, prog_id)
-}
-
-/// Whether interface `ifindex` of `scope` runs XDP program `prog_id`; a vanished interface
-/// runs nothing.
-pub(crate) fn runs(scope: &Scope, ifindex: u32, prog_id: u32) -> Result<bool> {
-    match scope.run(|| netlink::xdp_query(ifindex))? {
-        Ok(attached) => Ok(attached.is_some_and(|a| a.prog_id == prog_id)),
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
-        Err(e) => Err(Error::io(
-            "cannot query XDP on interface index",
-            ifindex.to_string(),
-            e,
-        )),
-    }
-}
-
-/// Refuses, or with `force` detaches, an XDP program port-demux did not load.
-fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Result<Option<u32>> {
+/// The XDP program attached to `ifindex` that port-demux did not load: refused unless
+/// `force`.
+fn foreign(
+    scope: &Scope,
+    iface: &str,
+    ifindex: u32,
+    force: bool,
+) -> Result<Option<netlink::XdpAttachment>> {
     let attached = scope
         .run(|| netlink::xdp_query(ifindex))?
         .map_err(|e| Error::io("cannot query XDP on", iface, e))?;
-    let Some(attached) = attached else {
-        return Ok(None);
-    };
-    if !force {
-        return Err(Error::ForeignProgram {
+    match attached {
+        Some(attached) if !force => Err(Error::ForeignProgram {
             iface: iface.to_owned(),
             prog_id: attached.prog_id,
-        });
+        }),
+        other => Ok(other),
     }
+}
+
+/// Detaches the foreign program `attached` (`load --force`).
+fn detach_foreign(
+    scope: &Scope,
+    iface: &str,
+    ifindex: u32,
+    attached: netlink::XdpAttachment,
+) -> Result<u32> {
     scope
         .run(|| netlink::xdp_detach(ifindex, attached.mode_flags))?
         .map_err(|e| {
@@ -341,7 +475,7 @@ fn replace_foreign(scope: &Scope, iface: &str, ifindex: u32, force: bool) -> Res
                 Error::io("cannot detach the XDP program on", iface, e)
             }
         })?;
-    Ok(Some(attached.prog_id))
+    Ok(attached.prog_id)
 }
 
 /// Loads the object with its maps pinned in (or reused from) `dir` and the program verified,
@@ -353,30 +487,12 @@ fn load_object(
     debug: bool,
     verifier_log: Option<&Path>,
 ) -> Result<Ebpf> {
-    load_object_with(dir, default_action, debug, verifier_log, None)
-}
-
-/// As [`load_object`], with `REDIRECT` pinned at `redirect` instead of in `dir` (created there
-/// when missing).
-fn load_object_with(
-    dir: &Path,
-    default_action: u32,
-    debug: bool,
-    verifier_log: Option<&Path>,
-    redirect: Option<&Path>,
-) -> Result<Ebpf> {
     let log_level: u8 = if debug {
         aya_log::Level::Debug as u8
     } else {
         0
     };
-    let paths: Vec<(&str, PathBuf)> = MAPS
-        .iter()
-        .map(|m| match redirect {
-            Some(path) if m.0 == REDIRECT => (m.0, path.to_owned()),
-            _ => (m.0, dir.join(m.0)),
-        })
-        .collect();
+    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEFAULT_ACTION", &default_action, true)
@@ -400,6 +516,7 @@ fn load_object_with(
         .map_err(|e| kernel::program_load_error(e, program, verifier_log))?;
     Ok(ebpf)
 }
+
 /// The XDP program of the embedded object: the plain one, or the one that logs.
 fn xdp_program(ebpf: &mut Ebpf, debug: bool) -> &mut Xdp {
     ebpf.program_mut(if debug { PROGRAM_DEBUG } else { PROGRAM })
@@ -468,6 +585,7 @@ fn load_into(
     };
     meta.netns_ino = scope.netns_ino();
     meta.debug = u32::from(opts.debug);
+    crate::staged::record_requested_mode(&mut meta, opts.mode);
     meta.ifname[..iface.len()].copy_from_slice(iface.as_bytes());
     write_meta(tmp, &meta)?;
     prog.pin(tmp.join(PROG_PIN))

@@ -155,6 +155,13 @@ impl Maps {
         self.summed(&self.scoped_stats, "SCOPED_STATS", SCOPED_LEN)
     }
 
+    /// The id of the `BINDINGS` map opened.
+    pub(crate) fn bindings_id(&self) -> Result<u32> {
+        sys::map_info(self.bindings.as_fd())
+            .map(|info| info.id)
+            .map_err(|e| Error::io("cannot inspect", self.dir.join("BINDINGS"), e))
+    }
+
     /// `PORT_STATS`, summed over CPUs.
     pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
         self.summed(&self.port_stats, "PORT_STATS", BINDINGS_LEN)
@@ -241,6 +248,24 @@ impl Maps {
     pub(crate) fn write_raw_bindings(&self, keys: &[u32], values: &[Binding]) -> Result<()> {
         sys::update_batch(self.bindings.as_fd(), keys, bytemuck::cast_slice(values))
             .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// Writes every port's binding (`all`, indexed like the map), one batch.
+    pub(crate) fn write_all_bindings(&self, all: &[Binding]) -> Result<()> {
+        let keys: Vec<u32> = (0..BINDINGS_LEN).collect();
+        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(all))
+            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// As [`Maps::write_all_bindings`], with the `SCOPED` flag set on the ports that have
+    /// scope tables (`all` holds the bindings without the flag, as read).
+    pub(crate) fn write_all_bindings_flagged(&self, all: &[Binding]) -> Result<()> {
+        let scope = self.scope_maps()?;
+        let flagged: Vec<Binding> = (0u32..)
+            .zip(all)
+            .map(|(index, b)| flagged(*b, scope.scoped(index)))
+            .collect();
+        self.write_all_bindings(&flagged)
     }
 
     /// The ifindex in each devmap slot.

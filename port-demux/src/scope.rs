@@ -8,8 +8,8 @@ use std::{
     fs::{self, File},
     io,
     os::{
-        fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, MetadataExt as _},
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -34,6 +34,7 @@ pub struct Scope {
     bpffs: PathBuf,
     netns: Option<Arc<NetNs>>,
     ino: u64,
+    cookie: u64,
 }
 
 impl Scope {
@@ -46,10 +47,12 @@ impl Scope {
         let ino = fs::metadata(path)
             .map_err(|e| Error::io("cannot read", path, e))?
             .ino();
+        let cookie = netns_cookie().map_err(|e| Error::io("cannot read", "SO_NETNS_COOKIE", e))?;
         Ok(Self {
             bpffs: BPFFS.into(),
             netns: None,
             ino,
+            cookie,
         })
     }
 
@@ -69,15 +72,20 @@ impl Scope {
             source,
         };
         let file = File::open(&path).map_err(err)?;
-        let ino = file.metadata().map_err(err)?.ino();
-        Ok(Self {
+        let meta = file.metadata().map_err(err)?;
+        let mut this = Self {
             bpffs: BPFFS.into(),
             netns: Some(Arc::new(NetNs {
                 name: name_or_path.to_owned(),
                 file,
             })),
-            ino,
-        })
+            ino: meta.ino(),
+            cookie: 0,
+        };
+        this.cookie = this
+            .run(netns_cookie)?
+            .map_err(|e| Error::io("cannot read", "SO_NETNS_COOKIE", e))?;
+        Ok(this)
     }
 
     /// Puts the pins under another bpffs mount.
@@ -93,18 +101,42 @@ impl Scope {
         &self.bpffs
     }
 
-    /// The folder holding one sub-folder per loaded interface of this namespace.
+    /// The folder holding one sub-folder per instance loaded in this namespace:
+    /// `port-demux/ns-<cookie>` (see the README's pinned-state contract).
     #[must_use]
     pub fn dir(&self) -> PathBuf {
+        self.bpffs
+            .join("port-demux")
+            .join(format!("ns-{}", self.cookie))
+    }
+
+    /// The folder main's builds (layouts 2 and 3 before the pinned-state contract) pinned this
+    /// namespace's instances in: `port-demux/netns-<inode>`. The kernel reuses namespace
+    /// inodes, so it never identifies an instance on its own; this build still finds, upgrades
+    /// and unloads the instances pinned there.
+    #[must_use]
+    pub fn legacy_dir(&self) -> PathBuf {
         self.bpffs
             .join("port-demux")
             .join(format!("netns-{}", self.ino))
     }
 
-    /// Inode of the network namespace.
+    /// Inode of the network namespace (reused by the kernel once the namespace is gone).
     #[must_use]
     pub const fn netns_ino(&self) -> u64 {
         self.ino
+    }
+
+    /// Cookie of the network namespace (`SO_NETNS_COOKIE`): never reused while the kernel runs.
+    #[must_use]
+    pub const fn netns_cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// The name or path the namespace was opened by, `None` for the caller's own.
+    #[must_use]
+    pub fn netns_name(&self) -> Option<&str> {
+        self.netns.as_ref().map(|ns| ns.name.as_str())
     }
 
     /// `" in network namespace NAME"`, or empty for the caller's own namespace.
@@ -211,17 +243,6 @@ impl Scope {
         }
         Ok(())
     }
-
-    /// Creates the namespace folder (root only, mode 0700) and returns it.
-    pub(crate) fn create_dir(&self) -> Result<PathBuf> {
-        let dir = self.dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io("cannot create", &dir, e))?;
-        Ok(dir)
-    }
 }
 
 /// Whether `path` is the root of a mounted bpffs.
@@ -257,6 +278,98 @@ impl Drop for Restore {
             panic!("cannot return to the thread's own network namespace: {e}");
         }
     }
+}
+
+/// The cookie of the calling thread's network namespace: `SO_NETNS_COOKIE` of a socket made
+/// in it (Linux 5.14 and later).
+fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket call; the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 fits");
+    // SAFETY: getsockopt into a u64 we own, its length passed.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if ret == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A live network namespace found by [`namespaces`].
+#[derive(Clone, Debug)]
+pub(crate) struct LiveNs {
+    /// The namespace, opened.
+    pub scope: Scope,
+    /// Its name in `/run/netns`, if it has one.
+    pub name: Option<String>,
+}
+
+/// Every network namespace this process can find: the caller's own first, those named in
+/// `/run/netns`, those of every process (`/proc/*/ns/net`); one entry each.
+pub(crate) fn namespaces(bpffs: &Path) -> Vec<LiveNs> {
+    let mut found: Vec<LiveNs> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |scope: Scope, name: Option<String>| {
+        if let Some(ns) = found.iter_mut().find(|ns| ns.scope.cookie == scope.cookie) {
+            if ns.name.is_none() {
+                ns.name = name;
+            }
+        } else {
+            found.push(LiveNs { scope, name });
+        }
+    };
+    if let Ok(own) = Scope::current() {
+        seen.insert(own.ino);
+        add(own.with_bpffs(bpffs), None);
+    }
+    let mut named: Vec<String> = fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    named.sort();
+    for name in named {
+        if let Ok(scope) = Scope::netns(&name) {
+            seen.insert(scope.ino);
+            add(scope.with_bpffs(bpffs), Some(name));
+        }
+    }
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let path = format!("/proc/{pid}/ns/net");
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if !seen.insert(meta.ino()) {
+            continue;
+        }
+        if let Ok(scope) = Scope::netns(&path) {
+            add(scope.with_bpffs(bpffs), None);
+        }
+    }
+    found
 }
 
 fn setns(file: &File) -> io::Result<()> {

@@ -96,13 +96,13 @@ pub fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
 
 /// Opens a pinned object read-write, or read-only when read-write is not permitted: root
 /// writes, a group granted read access to the pins (see the README) reads, and its writes then
-/// fail with `EPERM`.
+/// fail with `EPERM`; on a bpffs mounted read-only, everyone reads.
 ///
 /// # Errors
 /// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
 pub fn obj_get_readable(path: &Path) -> io::Result<OwnedFd> {
     obj_get(path, false).or_else(|e| match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => obj_get(path, true),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => obj_get(path, true),
         _ => Err(e),
     })
 }
@@ -291,6 +291,19 @@ pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
     Ok(info)
 }
 
+/// The memory the kernel charges to the BPF map or program behind `fd` (the `memlock:` line of
+/// `/proc/self/fdinfo/FD`, in bytes): for a map its values (per-CPU ones times the number of
+/// possible CPUs), keys and bookkeeping; for a program its instructions and JIT image.
+///
+/// # Errors
+/// When the fdinfo file cannot be read or has no `memlock:` line (`InvalidData`).
+pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("memlock:")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
+}
+
 /// The id of the program behind a pinned `bpf_link`, opening the pin read-only when read-write
 /// is not permitted (readers granted by group).
 ///
@@ -409,4 +422,42 @@ impl Drop for Mapped {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` tells of an XDP `bpf_link`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Link id (never reused while the kernel runs, like program ids).
+    pub id: u32,
+    /// Id of the program the link runs now.
+    pub prog_id: u32,
+    /// Index of the interface the link is attached to; 0 once the interface is gone (the
+    /// kernel detaches the link then).
+    pub ifindex: u32,
+}
+
+/// The id, program and interface of the XDP `bpf_link` pinned at `path`.
+///
+/// # Errors
+/// The kernel's error (`ENOENT`, `EPERM`, `EACCES`, ...) as an [`io::Error`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
+pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
+    let fd = obj_get_readable(path)?;
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) { ...;
+    // struct { u32 ifindex; } xdp; ... } }: the union starts at byte 16.
+    let mut info = [0u64; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: raw(fd.as_fd()),
+        info_len: u32::try_from(size_of_val(&info)).expect("small struct"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let words: [u32; 8] = bytemuck::cast(info);
+    Ok(LinkInfo {
+        id: words[1],
+        prog_id: words[2],
+        ifindex: words[4],
+    })
 }

@@ -286,7 +286,8 @@ impl Stats {
 }
 
 /// What `status` reports of an instance; as JSON `{"interface", "ifindex", "mode",
-/// "program_id", "attached", "bound_ports", "default", "debug", "pins"}`.
+/// "program_id", "attached", "bound_ports", "default", "debug", "verified_insns",
+/// "memlock_bytes", "pins"}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Status {
@@ -312,6 +313,11 @@ pub struct Status {
     /// Instructions the kernel's verifier processed to accept the program (its margin to the
     /// 1,000,000 limit and to older verifiers), when the kernel reports it (5.16 and later).
     pub verified_insns: Option<u32>,
+    /// Kernel memory the instance holds, in bytes: the sum of what the kernel charges to each
+    /// pinned map and to the program (`memlock` in `/proc/self/fdinfo`). Per-CPU maps grow
+    /// with the number of possible CPUs. `None` when a pin cannot be opened (a reader without
+    /// access to the program pin).
+    pub memlock_bytes: Option<u64>,
     /// Pin folder.
     #[cfg_attr(feature = "serde", serde(rename = "pins"))]
     pub pin_dir: PathBuf,

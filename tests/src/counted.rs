@@ -10,7 +10,7 @@ use std::{
 
 use port_demux::{PortDemux, Proto, Stats};
 
-use crate::netns::{CLIENT_IF, Capture, Lab, Netns, poll, tcp_to};
+use crate::netns::{Capture, Lab, Netns, poll, tcp_to};
 
 /// Frames and bytes (from the Ethernet header to the end of the frame) port-demux counts for
 /// what was sent to one port.
@@ -160,7 +160,7 @@ impl Lab {
     /// When any step fails, or the capture dropped frames.
     #[must_use]
     pub fn tcp_exchange_counted(&self, port: u16, request: &[u8], reply: &[u8]) -> (Vec<u8>, Sent) {
-        let mut sent = Capture::open_sent(&self.client, CLIENT_IF);
+        let mut sent = Capture::open_sent(&self.client, self.client_if());
         let got = self.tcp_exchange(port, request, reply);
         let (packets, bytes) = tcp_to(sent.read_for(std::time::Duration::ZERO), port);
         assert_eq!(sent.take_drops(), 0, "the capture dropped frames");

@@ -150,25 +150,40 @@ impl Netns {
         Self::with_name(format!("pdt-{}-{}-{tag}", std::process::id(), unique()))
     }
 
-    /// Creates namespace `name`, IPv6 off and `lo` up.
+    /// Creates namespace `name`, IPv6 off and `lo` up. A name not of the kit's own form
+    /// (`pdt-<pid>-...`) is recorded with this process's pid (see [`crate::reap`]) before the
+    /// namespace exists, so that it is removed at the kit's next start if this process is killed.
     ///
     /// # Panics
-    /// When it cannot be created.
+    /// When it cannot be created (the name is taken, say).
     #[must_use]
     pub fn with_name(name: String) -> Self {
         crate::reap::reap_once();
-        run("ip", &["netns", "add", &name]);
+        if crate::reap::netns_pid(&name).is_none() {
+            crate::reap::record(&name);
+        }
+        if let Err(e) = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|out| {
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                }
+            })
+        {
+            crate::reap::forget(&name);
+            panic!("cannot create network namespace {name}: {e}");
+        }
         // The guard exists from here on: a failure below still deletes the namespace.
         let mut ns = Self {
             name,
             pins: PathBuf::new(),
         };
+        // Keyed by the namespace's cookie, which the kernel never reuses: nothing is there yet.
         ns.pins = ns.scope().dir();
-        // Pins are keyed by the namespace's inode, which the kernel reuses once a namespace is
-        // gone: whatever is there belongs to a dead namespace whose pins nobody removed.
-        if let Err(e) = remove_pin_tree(&ns.pins) {
-            panic!("cannot remove stale pins {}: {e}", ns.pins.display());
-        }
         // Before any interface exists: no IPv6 link-local, DAD, router solicitation or MLD.
         ns.run(|| {
             for conf in ["all", "default"] {
@@ -265,14 +280,44 @@ impl Drop for Netns {
         if let Ok(scope) = Scope::netns(&self.name) {
             crate::reap::unload_all(&scope);
         }
-        if let Err(e) = remove_pin_tree(&self.pins) {
+        // What is left in the namespace's folder and runs nowhere. An instance whose interface
+        // moved to another namespace is that namespace's to unload.
+        if let Err(e) = remove_stale_pins(&self.pins) {
             eprintln!("cannot remove pins {}: {e}", self.pins.display());
         }
-        ip_delete(
-            &["netns", "del", &self.name],
-            &format!("network namespace {}", self.name),
-        );
+        if Path::new("/run/netns").join(&self.name).exists() {
+            ip_delete(
+                &["netns", "del", &self.name],
+                &format!("network namespace {}", self.name),
+            );
+        }
+        crate::reap::forget(&self.name);
     }
+}
+
+impl Netns {
+    /// Deletes the namespace as `ip netns del` does, without unloading port-demux first (what
+    /// a careless user does): its instances' interfaces go with it, their pins stay. The guard
+    /// removes those pins when it drops.
+    pub fn delete(&self) {
+        run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Removes the instance folders under `dir` that run nowhere, then `dir` if it is empty.
+fn remove_stale_pins(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let all = port_demux::instances(Path::new(port_demux::BPFFS)).map_err(io::Error::other)?;
+    for instance in all {
+        if instance.dir.starts_with(dir) && instance.state != port_demux::State::Running {
+            remove_iface_pins(&instance.dir)?;
+        }
+    }
+    // Fails, harmlessly, while an instance that moved away is still in it.
+    let _ = fs::remove_dir(dir);
+    Ok(())
 }
 
 /// Runs `ip ARGS...`, which deletes `what`, from a destructor: never panics, says on stderr
@@ -418,76 +463,185 @@ pub(crate) fn remove_iface_pins(dir: &Path) -> io::Result<()> {
 
 /// Client and server namespaces joined by a veth pair, and optionally a sink namespace behind a
 /// second pair for redirects. Everything is removed on drop.
+///
+/// [`Lab::new`] and [`Lab::with_redirect`] choose unique names and addresses (safe for parallel
+/// tests); [`Lab::builder`] takes the caller's namespace and interface names and IPv4/IPv6
+/// addresses.
 #[derive(Debug)]
 pub struct Lab {
     // Dropped first: its pins go while its interfaces still exist.
-    /// Namespace B: [`SERVER_IF`] (and [`REDIRECT_IF`]).
+    /// Namespace B: [`Lab::server_if`] (and [`Lab::redirect_if`]).
     pub server: Netns,
-    /// Namespace A: [`CLIENT_IF`].
+    /// Namespace A: [`Lab::client_if`].
     pub client: Netns,
-    /// Namespace C: [`SINK_IF`], with [`Lab::with_redirect`].
+    /// Namespace C: [`Lab::sink_if`], with [`Lab::with_redirect`].
     pub sink: Option<Netns>,
-    prefix: String,
-    subnet: u8,
+    ifaces: Ifaces,
+    v4: Pair<Ipv4Addr>,
+    v6: Pair<Ipv6Addr>,
+    /// Distinguishes the lab's MAC addresses (and the default subnets).
+    tag: u8,
+}
+
+/// Interface names of a [`Lab`]: a0, b0, c0, c1 unless the caller chose others.
+#[derive(Clone, Debug)]
+struct Ifaces {
+    client: String,
+    server: String,
+    redirect: String,
+    sink: String,
+}
+
+/// A client and a server address, and their prefix length.
+#[derive(Clone, Copy, Debug)]
+struct Pair<A> {
+    client: A,
+    server: A,
+    prefix_len: u8,
+}
+
+/// What [`Lab::builder`] makes: every name and address the caller did not choose is the
+/// unique default of [`Lab::new`].
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until built"]
+pub struct LabBuilder {
+    netns: Option<(String, String)>,
+    sink_netns: Option<String>,
+    ifaces: Option<(String, String)>,
+    redirect_ifaces: Option<(String, String)>,
+    v4: Option<Pair<Ipv4Addr>>,
+    v6: Option<Pair<Ipv6Addr>>,
+    redirect: bool,
+}
+
+impl LabBuilder {
+    /// Names of namespaces A (client) and B (server). A name the kit did not generate is
+    /// recorded with this process's pid, so that a killed test's namespaces are removed the
+    /// next time the kit runs, as generated ones are.
+    pub fn netns(mut self, client: &str, server: &str) -> Self {
+        self.netns = Some((client.to_owned(), server.to_owned()));
+        self
+    }
+
+    /// Name of namespace C; adds the redirect pair ([`LabBuilder::redirect`]).
+    pub fn sink_netns(mut self, sink: &str) -> Self {
+        self.sink_netns = Some(sink.to_owned());
+        self.redirect = true;
+        self
+    }
+
+    /// Names of the client's and the server's ends of the pair (a0, b0 by default).
+    pub fn interfaces(mut self, client: &str, server: &str) -> Self {
+        self.ifaces = Some((client.to_owned(), server.to_owned()));
+        self
+    }
+
+    /// Names of the redirect target in B and its peer in C (c0, c1 by default); adds the
+    /// redirect pair.
+    pub fn redirect_interfaces(mut self, redirect: &str, sink: &str) -> Self {
+        self.redirect_ifaces = Some((redirect.to_owned(), sink.to_owned()));
+        self.redirect = true;
+        self
+    }
+
+    /// IPv4 addresses of the client and the server end, in one subnet of `prefix_len` bits
+    /// (`10.77.N.2` and `10.77.N.1`/24 by default).
+    pub fn ipv4(mut self, client: Ipv4Addr, server: Ipv4Addr, prefix_len: u8) -> Self {
+        self.v4 = Some(Pair {
+            client,
+            server,
+            prefix_len,
+        });
+        self
+    }
+
+    /// IPv6 addresses of the client and the server end, in one subnet of `prefix_len` bits,
+    /// and IPv6 turned on as [`Lab::enable_ipv6`] does (`fd77:N::2` and `fd77:N::1`/64 by
+    /// default, only with that call).
+    pub fn ipv6(mut self, client: Ipv6Addr, server: Ipv6Addr, prefix_len: u8) -> Self {
+        self.v6 = Some(Pair {
+            client,
+            server,
+            prefix_len,
+        });
+        self
+    }
+
+    /// Adds namespace C behind a second veth pair, as [`Lab::with_redirect`].
+    pub fn redirect(mut self) -> Self {
+        self.redirect = true;
+        self
+    }
+
+    /// Creates the lab.
+    ///
+    /// # Panics
+    /// When the set-up fails (a name already taken, an address `ip` refuses, client and
+    /// server given the same address); what was created by then is removed.
+    #[must_use]
+    pub fn build(self) -> Lab {
+        let n = unique();
+        let tag = u8::try_from(n % 250 + 1).expect("below 251");
+        let prefix = format!("pdt-{}-{n}", std::process::id());
+        let default_v4 = Pair {
+            client: Ipv4Addr::new(10, 77, tag, 2),
+            server: Ipv4Addr::new(10, 77, tag, 1),
+            prefix_len: 24,
+        };
+        let default_v6 = Pair {
+            client: Ipv6Addr::new(0xfd77, u16::from(tag), 0, 0, 0, 0, 0, 2),
+            server: Ipv6Addr::new(0xfd77, u16::from(tag), 0, 0, 0, 0, 0, 1),
+            prefix_len: 64,
+        };
+        let v4 = self.v4.unwrap_or(default_v4);
+        let v6 = self.v6.unwrap_or(default_v6);
+        assert_ne!(v4.client, v4.server, "client and server need two addresses");
+        assert_ne!(v6.client, v6.server, "client and server need two addresses");
+        let (client_ns, server_ns) = self
+            .netns
+            .unwrap_or_else(|| (format!("{prefix}-a"), format!("{prefix}-b")));
+        let (client_if, server_if) = self
+            .ifaces
+            .unwrap_or_else(|| (CLIENT_IF.to_owned(), SERVER_IF.to_owned()));
+        let (redirect_if, sink_if) = self
+            .redirect_ifaces
+            .unwrap_or_else(|| (REDIRECT_IF.to_owned(), SINK_IF.to_owned()));
+        let server = Netns::with_name(server_ns);
+        let client = Netns::with_name(client_ns);
+        let mut lab = Lab {
+            server,
+            client,
+            sink: None,
+            ifaces: Ifaces {
+                client: client_if,
+                server: server_if,
+                redirect: redirect_if,
+                sink: sink_if,
+            },
+            v4,
+            v6,
+            tag,
+        };
+        lab.join_client_and_server();
+        if self.redirect {
+            let sink = Netns::with_name(self.sink_netns.unwrap_or_else(|| format!("{prefix}-c")));
+            lab.join_sink(sink);
+        }
+        if self.v6.is_some() {
+            lab.enable_ipv6();
+        }
+        lab
+    }
 }
 
 impl Lab {
-    /// A and B joined by a0 <-> b0, with addresses and permanent neighbours.
+    /// A and B joined by a0 <-> b0, with addresses and permanent neighbours; unique names.
     ///
     /// # Panics
     /// When the set-up fails.
     #[must_use]
     pub fn new() -> Self {
-        let n = unique();
-        let prefix = format!("pdt-{}-{n}", std::process::id());
-        let server = Netns::with_name(format!("{prefix}-b"));
-        let client = Netns::with_name(format!("{prefix}-a"));
-        let subnet = u8::try_from(n % 250 + 1).expect("below 251");
-        let lab = Self {
-            server,
-            client,
-            sink: None,
-            prefix,
-            subnet,
-        };
-        let (client_mac, server_mac) = (lab.mac(2), lab.mac(1));
-        lab.client.ip(&[
-            "link",
-            "add",
-            CLIENT_IF,
-            "address",
-            &client_mac,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            SERVER_IF,
-            "address",
-            &server_mac,
-            "netns",
-            lab.server.name(),
-        ]);
-        for (ns, iface, own, peer, peer_mac) in [
-            (&lab.client, CLIENT_IF, 2, 1, &server_mac),
-            (&lab.server, SERVER_IF, 1, 2, &client_mac),
-        ] {
-            let own = format!("10.77.{subnet}.{own}/24");
-            let peer = format!("10.77.{subnet}.{peer}");
-            ns.ip(&["addr", "add", &own, "dev", iface]);
-            ns.ip(&["link", "set", iface, "up"]);
-            ns.ip(&[
-                "neigh",
-                "add",
-                &peer,
-                "lladdr",
-                peer_mac,
-                "dev",
-                iface,
-                "nud",
-                "permanent",
-            ]);
-        }
-        lab
+        Self::builder().build()
     }
 
     /// [`Lab::new`] plus namespace C: c0 in B <-> c1 in C, both up, GRO on c1 (without it, or
@@ -497,54 +651,171 @@ impl Lab {
     /// When the set-up fails.
     #[must_use]
     pub fn with_redirect() -> Self {
-        let mut lab = Self::new();
-        let sink = Netns::with_name(format!("{}-c", lab.prefix));
-        let (c0_mac, c1_mac) = (lab.mac(3), lab.mac(4));
-        lab.server.ip(&[
+        Self::builder().redirect().build()
+    }
+
+    /// A lab with names and addresses of the caller's choosing:
+    ///
+    /// ```no_run
+    /// # use port_demux_testkit::Lab;
+    /// let lab = Lab::builder()
+    ///     .netns("shop-client", "shop-server")
+    ///     .interfaces("eth0", "eth1")
+    ///     .ipv4("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), 24)
+    ///     .ipv6("2001:db8::2".parse().unwrap(), "2001:db8::1".parse().unwrap(), 64)
+    ///     .build();
+    /// ```
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// The client/server pair: addresses, both ends up, permanent neighbours.
+    fn join_client_and_server(&self) {
+        let (client_mac, server_mac) = (self.mac(2), self.mac(1));
+        let (client_if, server_if) = (self.client_if(), self.server_if());
+        self.client.ip(&[
             "link",
             "add",
-            REDIRECT_IF,
+            client_if,
             "address",
-            &c0_mac,
+            &client_mac,
             "type",
             "veth",
             "peer",
             "name",
-            SINK_IF,
+            server_if,
             "address",
-            &c1_mac,
+            &server_mac,
+            "netns",
+            self.server.name(),
+        ]);
+        let len = self.v4.prefix_len;
+        for (ns, iface, own, peer, peer_mac) in [
+            (
+                &self.client,
+                client_if,
+                self.v4.client,
+                self.v4.server,
+                &server_mac,
+            ),
+            (
+                &self.server,
+                server_if,
+                self.v4.server,
+                self.v4.client,
+                &client_mac,
+            ),
+        ] {
+            ns.ip(&["addr", "add", &format!("{own}/{len}"), "dev", iface]);
+            ns.ip(&["link", "set", iface, "up"]);
+            ns.ip(&[
+                "neigh",
+                "add",
+                &peer.to_string(),
+                "lladdr",
+                peer_mac,
+                "dev",
+                iface,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+
+    /// The redirect pair into `sink`, GRO on its far end.
+    fn join_sink(&mut self, sink: Netns) {
+        let (redirect_mac, sink_mac) = (self.mac(3), self.mac(4));
+        let (redirect_if, sink_if) = (self.ifaces.redirect.as_str(), self.ifaces.sink.as_str());
+        self.server.ip(&[
+            "link",
+            "add",
+            redirect_if,
+            "address",
+            &redirect_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            sink_if,
+            "address",
+            &sink_mac,
             "netns",
             sink.name(),
         ]);
-        lab.server.ip(&["link", "set", REDIRECT_IF, "up"]);
-        sink.ip(&["link", "set", SINK_IF, "up"]);
-        sink.exec(&["ethtool", "-K", SINK_IF, "gro", "on"]);
-        lab.sink = Some(sink);
-        lab
+        self.server.ip(&["link", "set", redirect_if, "up"]);
+        sink.ip(&["link", "set", sink_if, "up"]);
+        sink.exec(&["ethtool", "-K", sink_if, "gro", "on"]);
+        self.sink = Some(sink);
     }
 
     fn mac(&self, host: u8) -> String {
-        format!("02:77:00:00:{:02x}:{host:02x}", self.subnet)
+        let bytes: Vec<String> = self
+            .mac_bytes(host)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        bytes.join(":")
     }
 
-    /// The MAC address of a0 (`host` 2) or b0 (`host` 1).
+    /// The MAC address of the client end (`host` 2), the server end (1), the redirect target
+    /// (3) or its peer (4).
     #[must_use]
     pub fn mac_bytes(&self, host: u8) -> [u8; 6] {
-        [0x02, 0x77, 0, 0, self.subnet, host]
+        [0x02, 0x77, 0, 0, self.tag, host]
     }
 
-    /// Dual stack: IPv6 on a0 and b0 as well, with ULA addresses ([`Lab::server_addr6`],
-    /// [`Lab::client_addr6`]) and link-local ones (`fe80::1`, `fe80::2`), no duplicate address
-    /// detection, no router solicitation, no automatic addresses, permanent neighbours. The
-    /// only IPv6 frames the stack sends by itself are MLD reports for the addresses' multicast
-    /// groups (`ICMPv6`: `not_tcp_udp`).
+    /// The client's end of the pair (a0 unless chosen), in A.
+    #[must_use]
+    pub fn client_if(&self) -> &str {
+        &self.ifaces.client
+    }
+
+    /// The server's end of the pair (b0 unless chosen), in B: port-demux runs here.
+    #[must_use]
+    pub fn server_if(&self) -> &str {
+        &self.ifaces.server
+    }
+
+    /// The redirect target in B (c0 unless chosen).
+    #[must_use]
+    pub fn redirect_if(&self) -> &str {
+        &self.ifaces.redirect
+    }
+
+    /// The redirect target's peer in C (c1 unless chosen): redirected frames arrive here.
+    #[must_use]
+    pub fn sink_if(&self) -> &str {
+        &self.ifaces.sink
+    }
+
+    /// Dual stack: IPv6 on both ends as well, with the lab's IPv6 addresses
+    /// ([`Lab::server_addr6`], [`Lab::client_addr6`]) and link-local ones (`fe80::1`,
+    /// `fe80::2`), no duplicate address detection, no router solicitation, no automatic
+    /// addresses, permanent neighbours. The only IPv6 frames the stack sends by itself are MLD
+    /// reports for the addresses' multicast groups (`ICMPv6`: `not_tcp_udp`).
+    /// [`LabBuilder::ipv6`] calls it.
     ///
     /// # Panics
     /// When the set-up fails.
     pub fn enable_ipv6(&self) {
-        for (ns, iface, own, peer, peer_mac) in [
-            (&self.client, CLIENT_IF, 2, 1, self.mac(1)),
-            (&self.server, SERVER_IF, 1, 2, self.mac(2)),
+        let len = self.v6.prefix_len;
+        for (ns, iface, own, peer, host, peer_host) in [
+            (
+                &self.client,
+                self.client_if(),
+                self.v6.client,
+                self.v6.server,
+                2,
+                1,
+            ),
+            (
+                &self.server,
+                self.server_if(),
+                self.v6.server,
+                self.v6.client,
+                1,
+                2,
+            ),
         ] {
             ns.run(|| {
                 for (key, value) in [
@@ -559,19 +830,12 @@ impl Lab {
                     fs::write(&path, value).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
                 }
             });
+            let peer_mac = self.mac(peer_host);
             for (addr, peer_addr) in [
-                (self.addr6(own).to_string(), self.addr6(peer).to_string()),
-                (format!("fe80::{own}"), format!("fe80::{peer}")),
+                (format!("{own}/{len}"), peer.to_string()),
+                (format!("fe80::{host}/64"), format!("fe80::{peer_host}")),
             ] {
-                ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{addr}/64"),
-                    "dev",
-                    iface,
-                    "nodad",
-                ]);
+                ns.ip(&["-6", "addr", "add", &addr, "dev", iface, "nodad"]);
                 ns.ip(&[
                     "-6",
                     "neigh",
@@ -588,21 +852,16 @@ impl Lab {
         }
     }
 
-    /// `fd77:<subnet>::<host>`.
-    fn addr6(&self, host: u16) -> Ipv6Addr {
-        Ipv6Addr::new(0xfd77, u16::from(self.subnet), 0, 0, 0, 0, 0, host)
+    /// The server end's IPv6 address, with [`Lab::enable_ipv6`].
+    #[must_use]
+    pub const fn server_addr6(&self) -> Ipv6Addr {
+        self.v6.server
     }
 
-    /// b0's ULA address, with [`Lab::enable_ipv6`].
+    /// The client end's IPv6 address, with [`Lab::enable_ipv6`].
     #[must_use]
-    pub fn server_addr6(&self) -> Ipv6Addr {
-        self.addr6(1)
-    }
-
-    /// a0's ULA address, with [`Lab::enable_ipv6`].
-    #[must_use]
-    pub fn client_addr6(&self) -> Ipv6Addr {
-        self.addr6(2)
+    pub const fn client_addr6(&self) -> Ipv6Addr {
+        self.v6.client
     }
 
     /// Namespace C.
@@ -616,16 +875,16 @@ impl Lab {
             .expect("a lab made with Lab::with_redirect")
     }
 
-    /// b0's address.
+    /// The server end's IPv4 address.
     #[must_use]
     pub const fn server_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 1)
+        self.v4.server
     }
 
-    /// a0's address.
+    /// The client end's IPv4 address.
     #[must_use]
     pub const fn client_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 2)
+        self.v4.client
     }
 
     /// A UDP socket in A on a0's address.

@@ -3,7 +3,9 @@
 //! is removed the next time the kit creates anything, port-demux unloaded from it first.
 //!
 //! Names: namespaces `pdt-<pid>-<n>-<tag>` (decimal pid), host veths `pdr<pid>x<n>a` and
-//! `...b` (hexadecimal pid: an interface name has at most 15 bytes).
+//! `...b` (hexadecimal pid: an interface name has at most 15 bytes). Namespaces named by the
+//! caller carry no pid: each is recorded as an empty file `<RECORDS>/<pid>/<name>` before it is
+//! created, and the file is removed with the namespace.
 
 use std::{fs, path::Path, process::Command, sync::Once};
 
@@ -16,7 +18,49 @@ pub const NETNS_PREFIX: &str = "pdt-";
 /// Prefix of the host veths the kit names.
 pub const HOST_VETH_PREFIX: &str = "pdr";
 
+/// Where namespaces named by the caller are recorded, one folder per process.
+pub const RECORDS: &str = "/run/port-demux-testkit";
+
 static ONCE: Once = Once::new();
+
+/// Records namespace `name`, named by the caller, as this process's.
+///
+/// # Panics
+/// When the record cannot be written: a namespace the kit could not reap is not created.
+pub(crate) fn record(name: &str) {
+    let dir = Path::new(RECORDS).join(std::process::id().to_string());
+    if let Err(e) = fs::create_dir_all(&dir).and_then(|()| fs::write(dir.join(name), b"")) {
+        panic!("cannot record namespace {name} in {}: {e}", dir.display());
+    }
+}
+
+/// Forgets namespace `name` (once deleted); nothing when it was not recorded.
+pub(crate) fn forget(name: &str) {
+    let dir = Path::new(RECORDS).join(std::process::id().to_string());
+    let _ = fs::remove_file(dir.join(name));
+    // Only once empty: other namespaces of this process may still be recorded.
+    let _ = fs::remove_dir(&dir);
+}
+
+/// Names in folder `dir` (none when it cannot be read).
+fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Unloads port-demux from namespace `name`, removes its pins, deletes it.
+fn remove_netns(name: &str) {
+    eprintln!("port-demux-testkit: removing namespace {name} of a dead test process");
+    if let Ok(scope) = Scope::netns(name) {
+        unload_all(&scope);
+        let _ = remove_pin_tree(&scope.dir());
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+}
 
 /// Reaps once per process: called before the kit creates its first namespace or veth.
 pub fn reap_once() {
@@ -48,28 +92,24 @@ pub fn host_veth_pid(name: &str) -> Option<u32> {
 /// Removes every namespace and host veth the kit created in a process that is gone, with
 /// port-demux unloaded from it and its pins removed first. Says on stderr what it removed.
 pub fn reap() {
-    let netns = fs::read_dir("/run/netns")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for name in netns {
+    for name in names_in(Path::new("/run/netns")) {
         if netns_pid(&name).is_some_and(|pid| !alive(pid)) {
-            eprintln!("port-demux-testkit: removing namespace {name} of a dead test process");
-            if let Ok(scope) = Scope::netns(&name) {
-                unload_all(&scope);
-                let _ = remove_pin_tree(&scope.dir());
-            }
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            remove_netns(&name);
         }
     }
-    let links = fs::read_dir("/sys/class/net")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    for pid in names_in(Path::new(RECORDS)) {
+        if pid.parse().is_ok_and(|pid| !alive(pid)) {
+            let dir = Path::new(RECORDS).join(&pid);
+            for name in names_in(&dir) {
+                if Path::new("/run/netns").join(&name).exists() {
+                    remove_netns(&name);
+                }
+                let _ = fs::remove_file(dir.join(&name));
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    let links = names_in(Path::new("/sys/class/net"));
     let Ok(host) = Scope::current() else { return };
     for name in links {
         if host_veth_pid(&name).is_some_and(|pid| !alive(pid)) {

@@ -12,11 +12,7 @@ use std::{
 };
 
 use port_demux::{Action, BindOptions, LoadOptions, PortDemux, Scope};
-use port_demux_testkit::{
-    HostVeth, Lab,
-    netns::{SERVER_IF, poll},
-    reap,
-};
+use port_demux_testkit::{HostVeth, Lab, netns::poll, reap};
 
 /// What a test leaves if its guards do not run: namespaces, the host veth, the pin folders,
 /// and the XDP program (by id).
@@ -31,7 +27,8 @@ struct Traces {
 /// A lab and a host veth, port-demux loaded on b0 and bound; what they would leave.
 fn set_up(lab: &Lab, veth: &HostVeth) -> Traces {
     let scope = lab.server.scope();
-    let (demux, report) = PortDemux::load(&scope, SERVER_IF, &LoadOptions::default()).unwrap();
+    let (demux, report) =
+        PortDemux::load(&scope, lab.server_if(), &LoadOptions::default()).unwrap();
     demux
         .bind(
             "udp/7777".parse().unwrap(),
@@ -122,17 +119,44 @@ fn tests_panicking_anywhere_leave_nothing() {
         }),
         ("on the test's thread", |_| panic!("on the test's thread")),
     ];
-    for (point, fail) in points {
+    // Each with the kit's unique names, then with names the test chose.
+    for ((point, fail), named) in points.into_iter().flat_map(|p| [(p, false), (p, true)]) {
         let mut traces = None;
         let caught = panic::catch_unwind(AssertUnwindSafe(|| {
-            let lab = Lab::new();
+            let lab = if named {
+                named_lab(&format!("kitpanic{}", std::process::id()))
+            } else {
+                Lab::new()
+            };
             let veth = HostVeth::new();
             traces = Some(set_up(&lab, &veth));
             fail(&lab);
         }));
-        assert!(caught.is_err(), "{point}: the test panicked");
+        assert!(
+            caught.is_err(),
+            "{point} (named {named}): the test panicked"
+        );
         assert_gone(&traces.expect("set up before the panic"));
     }
+}
+
+/// A lab with namespace, interface names and addresses chosen here: none carries the kit's
+/// `pdt-<pid>-` form.
+fn named_lab(base: &str) -> Lab {
+    Lab::builder()
+        .netns(&format!("{base}-cl"), &format!("{base}-srv"))
+        .interfaces("cl0", "srv0")
+        .ipv4(
+            "198.51.100.2".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+            24,
+        )
+        .ipv6(
+            "2001:db8:5::2".parse().unwrap(),
+            "2001:db8:5::1".parse().unwrap(),
+            64,
+        )
+        .build()
 }
 
 /// Run as a child process by `a_killed_test_leaves_nothing_once_the_kit_runs_again`: sets up,
@@ -145,13 +169,20 @@ fn killed_child() {
     let lab = Lab::new();
     let veth = HostVeth::new();
     let traces = set_up(&lab, &veth);
+    // A second lab with names of the test's choosing (no pid in them), port-demux loaded too.
+    let named = named_lab(&std::env::var("PORT_DEMUX_KIT_CHILD").unwrap());
+    let named_traces = set_up(&named, &veth);
     println!(
-        "TRACES {} {} {} {} {}",
+        "TRACES {} {} {} {} {} {} {} {} {}",
         traces.netns[0],
         traces.netns[1],
         traces.host_veth,
         traces.pin_dirs[0].display(),
-        traces.prog_id
+        traces.prog_id,
+        named_traces.netns[0],
+        named_traces.netns[1],
+        named_traces.pin_dirs[0].display(),
+        named_traces.prog_id,
     );
     loop {
         thread::park();
@@ -163,7 +194,10 @@ fn a_killed_test_leaves_nothing_once_the_kit_runs_again() {
     use std::io::{BufRead as _, BufReader};
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "killed_child", "--nocapture", "--test-threads=1"])
-        .env("PORT_DEMUX_KIT_CHILD", "1")
+        .env(
+            "PORT_DEMUX_KIT_CHILD",
+            format!("kitkill{}", std::process::id()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -181,13 +215,24 @@ fn a_killed_test_leaves_nothing_once_the_kit_runs_again() {
         pin_dirs: vec![PathBuf::from(fields[3])],
         prog_id: fields[4].parse().unwrap(),
     };
+    let named = Traces {
+        netns: vec![fields[5].to_owned(), fields[6].to_owned()],
+        host_veth: fields[2].to_owned(),
+        pin_dirs: vec![PathBuf::from(fields[7])],
+        prog_id: fields[8].parse().unwrap(),
+    };
     child.kill().unwrap(); // SIGKILL: no destructor runs
     child.wait().unwrap();
     assert!(
         Path::new("/run/netns").join(&traces.netns[0]).exists(),
         "the killed child left its lab"
     );
+    assert!(
+        Path::new("/run/netns").join(&named.netns[0]).exists(),
+        "the killed child left its named lab"
+    );
     // What the kit does before it creates anything in a new test process.
     reap::reap();
     assert_gone(&traces);
+    assert_gone(&named);
 }

@@ -100,6 +100,22 @@ fn state_outlives_every_cli_process() {
     assert_eq!(instance["interface"], "b0");
     assert_eq!(instance["attached"], true);
     assert_eq!(instance["bound_ports"], 2);
+    // The kernel memory it holds: at least the two 131,072-entry arrays (BINDINGS' 24-byte
+    // values; PORT_STATS' 16 bytes per possible CPU and a pointer to them per entry), at most
+    // 2 MiB on top: bookkeeping, small maps and program, and before Linux 6.4 (whose maps
+    // report what they allocated) an estimate from key and value sizes (9.0 MiB on 6.1 with
+    // 2 CPUs, against 8.0 MiB on 6.18).
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let values = (1u64 << 17) * (24 + 8 + 16 * cpus as u64);
+    let memlock = instance["memlock_bytes"].as_u64().expect("memlock_bytes");
+    assert!(
+        (values..values + (1 << 21)).contains(&memlock),
+        "memlock_bytes {memlock}, arrays' values {values} on {cpus} possible CPUs"
+    );
+    let text = pd_ok(ns, &["status"]);
+    let tenths = (memlock * 10 + (1 << 19)) >> 20;
+    let mib = format!("{}.{} MiB", tenths / 10, tenths % 10);
+    assert!(text.contains(&mib), "{mib} not in {text}");
     let prog_id = program_id(instance);
     assert!(program_exists(prog_id), "program {prog_id} is not loaded");
     assert_eq!(ns.xdp_prog(SERVER_IF), Some(prog_id), "attached to b0");

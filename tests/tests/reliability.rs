@@ -973,7 +973,7 @@ fn readers_never_block(lab: &Lab, demux: &PortDemux) {
     let ns = &lab.server;
     let server = lab.udp_server(6001);
     let client = lab.udp_client();
-    let lock = DirLock::exclusive(demux.pin_dir()).expect("locking");
+    let lock = DirLock::writers(demux.scope().bpffs()).expect("locking");
     let writer = command(ns, &["bind", "udp/6600", "pass"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1087,8 +1087,12 @@ fn vanished_instance(ns: &Netns) -> PathBuf {
         ns,
         &["bind", "-i", "v0", "udp/5100", "drop", "--owner", "gone"],
     );
+    let dir = PortDemux::open(&ns.scope(), "v0")
+        .expect("v0 loaded")
+        .pin_dir()
+        .to_owned();
     ns.ip(&["link", "del", "v0"]);
-    ns.scope().dir().join("v0")
+    dir
 }
 
 const ROOT: &str = "needs root";
@@ -1206,7 +1210,10 @@ fn hostile_users_change_nothing() {
     pd_ok(ns, &["load", SERVER_IF]);
     pd_ok(ns, &["bind", "udp/5001", "pass", "--owner", "alpha"]);
     pd_ok(ns, &["bind", "tcp/8000-8099", "drop"]);
-    let b0 = ns.scope().dir().join(SERVER_IF);
+    let b0 = PortDemux::open(&ns.scope(), SERVER_IF)
+        .expect("b0 loaded")
+        .pin_dir()
+        .to_owned();
     let v0 = vanished_instance(ns);
 
     let mut state = State::read(ns, &[&b0, &v0]);
@@ -1221,12 +1228,19 @@ fn hostile_users_change_nothing() {
         "the host lost its bpffs"
     );
 
-    // What still works on the vanished interface: reading, and removing it.
-    let v0_stats = pd_json(ns, &["stats", "-i", "v0", "--json"]);
-    assert_eq!(v0_stats["ports"][0]["port"], 5100, "{v0_stats}");
-    assert_eq!(v0_stats["ports"][0]["action"], "drop", "{v0_stats}");
-    let bindings = pd_json(ns, &["bindings", "-i", "v0", "--json"]);
-    assert_eq!(bindings["bindings"][0]["owner"], "gone", "{bindings}");
+    // The vanished interface's instance is stale: never listed or read as a running one
+    // (`status` of the namespace shows b0 alone), `status --all` shows it with what to do,
+    // and `unload v0` (or `prune`) removes it.
+    for args in [
+        &["stats", "-i", "v0", "--json"][..],
+        &["bindings", "-i", "v0", "--json"],
+    ] {
+        assert_refused(
+            &pd(ns, args),
+            &args.join(" "),
+            &["v0", "not attached", "gone"],
+        );
+    }
     let listed = pd_json(ns, &["status", "--json"]);
     let attached: Vec<_> = listed["interfaces"]
         .as_array()
@@ -1234,10 +1248,18 @@ fn hostile_users_change_nothing() {
         .iter()
         .map(|i| (i["interface"].clone(), i["attached"].clone()))
         .collect();
-    assert_eq!(
-        attached,
-        [("b0".into(), true.into()), ("v0".into(), false.into())]
-    );
+    assert_eq!(attached, [("b0".into(), true.into())]);
+    let all = pd_json(ns, &["status", "--all", "--json"]);
+    let v0_entry = all["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["dir"] == v0.to_str().expect("UTF-8"))
+        .unwrap_or_else(|| panic!("v0 in {all}"))
+        .clone();
+    assert_eq!(v0_entry["state"], "interface-gone", "{all}");
+    assert_eq!(v0_entry["iface"], "v0", "{all}");
+    assert_eq!(v0_entry["netns"], ns.name(), "{all}");
     pd_ok(ns, &["unload", "v0"]);
     assert!(!v0.exists(), "{} left behind", v0.display());
     state.instances.truncate(1);

@@ -958,3 +958,69 @@ fn unbind_hands_addresses_to_the_subnet(
         (all.packets + sent.packets, all.bytes + sent.bytes)
     );
 }
+
+/// A lab with the caller's namespace and interface names and IPv4/IPv6 addresses (documentation
+/// prefixes): real UDP and TCP over both families through port-demux on the chosen server end,
+/// counted exactly; everything gone after the drop.
+#[test]
+fn a_lab_with_chosen_names_and_addresses() {
+    use std::{
+        net::{Ipv4Addr, SocketAddr},
+        path::Path,
+    };
+
+    use port_demux_testkit::{send_udp, wait_counted as counted};
+
+    let pid = std::process::id();
+    let (client_ns, server_ns) = (format!("shop{pid}-cl"), format!("shop{pid}-srv"));
+    let (v4_client, v4_server) = (Ipv4Addr::new(192, 0, 2, 20), Ipv4Addr::new(192, 0, 2, 10));
+    let v6_client: Ipv6Addr = "2001:db8:77::20".parse().unwrap();
+    let v6_server: Ipv6Addr = "2001:db8:77::10".parse().unwrap();
+    let lab = Lab::builder()
+        .netns(&client_ns, &server_ns)
+        .interfaces("shop-out", "shop-in")
+        .ipv4(v4_client, v4_server, 27)
+        .ipv6(v6_client, v6_server, 64)
+        .build();
+    assert_eq!(
+        (lab.client.name(), lab.server.name()),
+        (client_ns.as_str(), server_ns.as_str())
+    );
+    assert_eq!(
+        (lab.client_addr(), lab.server_addr()),
+        (v4_client, v4_server)
+    );
+    assert_eq!(
+        (lab.client_addr6(), lab.server_addr6()),
+        (v6_client, v6_server)
+    );
+    let (demux, _) = PortDemux::load(&lab.server.scope(), "shop-in", &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("load: {e}"));
+    bind(&demux, "udp/5353", "drop");
+    bind(&demux, "udp/5000", "pass");
+    let dropped = lab.server.udp_socket(SocketAddr::from((v4_server, 5353)));
+    let passed6 = lab.server.udp_socket(SocketAddr::from((v6_server, 5000)));
+    let client = lab.udp_client();
+    assert_eq!(client.local_addr().unwrap().ip(), v4_client);
+    let client6 = lab.client.udp_socket(SocketAddr::from((v6_client, 0)));
+    let to_drop = send_udp(&client, SocketAddr::from((v4_server, 5353)), 6, 50);
+    let to_pass = send_udp(&client6, SocketAddr::from((v6_server, 5000)), 4, 70);
+    let (reply, tcp) = lab.tcp_exchange_counted(8080, b"ping", b"pong");
+    assert_eq!(reply, b"pong");
+    let stats = counted(
+        &demux,
+        &[
+            (Proto::Udp, 5353, to_drop),
+            (Proto::Udp, 5000, to_pass),
+            (Proto::Tcp, 8080, tcp),
+        ],
+    );
+    assert_eq!(recv_datagrams(&passed6, 4), [70; 4]);
+    assert_eq!(count_datagrams(&dropped, SILENCE), 0);
+    assert_eq!(stats.totals.demuxed_ipv6, to_pass.packets);
+    drop(demux);
+    drop(lab);
+    for ns in [client_ns, server_ns] {
+        assert!(!Path::new("/run/netns").join(&ns).exists(), "{ns} left");
+    }
+}

@@ -77,7 +77,8 @@ fn fixture(name: &str) -> Vec<u8> {
     fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Loads the v2 object on b0 as v2's `port-demux load b0` did; returns the pin folder.
+/// Loads the v2 object on b0 as v2's `port-demux load b0` did, in main's folder layout
+/// (`netns-<inode>/<iface>`); returns the pin folder.
 fn load_v2(lab: &Lab) -> PathBuf {
     load_old(
         lab,
@@ -91,7 +92,7 @@ fn load_v2(lab: &Lab) -> PathBuf {
 /// and writing `META` of layout `version`; returns the pin folder.
 fn load_old(lab: &Lab, object: &[u8], maps: &[&str], version: u32) -> PathBuf {
     let scope = lab.server.scope();
-    let ns_dir = scope.dir();
+    let ns_dir = scope.legacy_dir();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -159,12 +160,16 @@ fn bind_v2(dir: &Path, port: u16, act: u32) {
         .expect("binding");
 }
 
-/// Packets counted on UDP `port`, read from the pinned `PORT_STATS` (any layout).
-fn counted(dir: &Path, port: u16) -> u64 {
-    let stats: PerCpuArray<MapData, PortCounters> = PerCpuArray::try_from(
-        aya::maps::Map::PerCpuArray(MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS")),
-    )
-    .expect("a per-CPU array");
+/// The pinned `PORT_STATS` (any layout), held open: the map outlives the folder's moves.
+fn port_stats(dir: &Path) -> PerCpuArray<MapData, PortCounters> {
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+        MapData::from_pin(dir.join("PORT_STATS")).expect("PORT_STATS"),
+    ))
+    .expect("a per-CPU array")
+}
+
+/// Packets counted on UDP `port` in `stats`.
+fn counted(stats: &PerCpuArray<MapData, PortCounters>, port: u16) -> u64 {
     stats
         .get(&port_index(PROTO_UDP, port), 0)
         .expect("PORT_STATS entry")
@@ -240,9 +245,10 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let before_drop =
         lab.send_udp(&client, DROP_PORT, 50, PAYLOAD) / (UDP_OVERHEAD + PAYLOAD as u64);
     assert_eq!(recv_datagrams(&passed, 100).len(), 100);
+    let stats = port_stats(&dir);
     poll(
         "v2 counts 150",
-        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+        || counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT),
         |&n| n == 150,
     );
 
@@ -270,7 +276,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
                     let total = 150 + 2 * n;
                     poll(
                         "counters catching up",
-                        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+                        || counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT),
                         |&c| c + 128 >= total,
                     );
                     thread::sleep(Duration::from_micros(200));
@@ -366,18 +372,25 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     }
     let after = pd_json(ns, &["status", "--json"]);
     assert_eq!(after["interfaces"][0]["attached"], true, "{after}");
-    assert!(dir.join("GLOBALS2").exists());
+    // Migrated to this build's folder, keyed by the namespace's cookie and the ifindex; main's
+    // folder is gone.
+    let new_dir = ns
+        .scope()
+        .dir()
+        .join(format!("if-{}", lab.server.ifindex(SERVER_IF)));
+    assert!(new_dir.join("GLOBALS2").exists());
+    assert!(!dir.exists(), "{} left", dir.display());
     for map in SCOPE_MAPS {
-        assert!(dir.join(map).exists(), "{map}");
+        assert!(new_dir.join(map).exists(), "{map}");
     }
     assert_eq!(
         PortDemux::open(&ns.scope(), SERVER_IF)
             .expect("v4 now")
             .pin_dir(),
-        dir
+        new_dir
     );
     pd_ok(ns, &["unload", SERVER_IF]);
-    assert!(!dir.exists());
+    assert!(!new_dir.exists());
 }
 
 #[test]
@@ -471,13 +484,20 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     assert_eq!(recv_datagrams(&passed, 20).len(), 20);
     poll(
         "v3 counts 30",
-        || counted(&dir, PASS_PORT) + counted(&dir, DROP_PORT),
+        || {
+            let stats = port_stats(&dir);
+            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
+        },
         |&n| n == 30,
     );
     let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
+    let new_dir = PortDemux::open(&ns.scope(), SERVER_IF)
+        .expect("v4 now")
+        .pin_dir()
+        .to_owned();
     for map in SCOPE_MAPS {
-        assert!(dir.join(map).exists(), "{map}");
+        assert!(new_dir.join(map).exists(), "{map}");
     }
     let stats = pd_json(ns, &["stats", "--json"]);
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
@@ -519,5 +539,5 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     assert_eq!(stats["scoped"][0]["dst"], format!("{server}/32"), "{stats}");
     assert_eq!(json_port(&stats, "udp", PASS_PORT).0, 25, "{stats}");
     pd_ok(ns, &["unload", SERVER_IF]);
-    assert!(!dir.exists());
+    assert!(!new_dir.exists());
 }

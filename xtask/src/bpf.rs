@@ -1,4 +1,5 @@
-//! The raw `bpf(2)` calls the benchmarks need, so that xtask does not depend on port-demux.
+//! The raw `bpf(2)` calls the benchmarks need beyond the library: the floor program, pins,
+//! `BPF_PROG_TEST_RUN` with the repeat count and flags the bench sets.
 
 use std::{
     ffi::CString,
@@ -50,22 +51,32 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
 }
 
-/// Loads the floor: an XDP program that only returns `XDP_PASS` (`r0 = 2; exit`).
-pub fn load_pass_program() -> io::Result<OwnedFd> {
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`.
+pub const XDP_TX: u32 = 3;
+
+/// Loads an XDP program that only returns `action` (`r0 = action; exit`), named `name`: the
+/// floor (`XDP_PASS`), the drop-only receiver and the live-traffic sender (`XDP_TX`).
+pub fn load_return_program(action: u32, name: &str) -> io::Result<OwnedFd> {
     // struct bpf_insn { u8 code; u8 dst:4, src:4; s16 off; s32 imm; }
+    let [a0, a1, a2, a3] = action.to_le_bytes();
     let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0x00, 0, 0, 2, 0, 0, 0]), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 2
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),    // BPF_JMP | BPF_EXIT
+        u64::from_le_bytes([0xb7, 0x00, 0, 0, a0, a1, a2, a3]), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = action
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),        // BPF_JMP | BPF_EXIT
     ];
     let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..10].copy_from_slice(b"bench_pass");
+    let mut prog_name = [0u8; 16];
+    let len = name.len().min(15);
+    prog_name[..len].copy_from_slice(&name.as_bytes()[..len]);
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_name: name,
+        prog_name,
         ..ProgLoadAttr::default()
     };
     bpf(BPF_PROG_LOAD, &mut attr).map(owned)
@@ -153,4 +164,44 @@ pub fn test_run(prog: &OwnedFd, frame: &[u8], repeat: u32) -> io::Result<(u32, u
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok((attr.retval, attr.duration))
+}
+
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18): the frames a test run's program returns
+/// `XDP_TX` or `XDP_REDIRECT` for are really sent.
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+/// `struct xdp_md`, the context a test run takes.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` in live-frames mode: runs `prog` `repeat` times on `frame` as if it
+/// arrived on interface `ifindex` (looked up in the calling thread's network namespace), and
+/// really sends what it returns `XDP_TX` for, out of that interface (in batches of 64, the
+/// kernel's default). Its peer's XDP program runs on them in the softirq that follows each
+/// batch, on this CPU, so the call's wall time covers both ends.
+pub fn test_run_live(prog: &OwnedFd, frame: &[u8], repeat: u32, ifindex: u32) -> io::Result<()> {
+    let ctx = XdpMd {
+        data_end: u32::try_from(frame.len()).expect("small frame"),
+        ingress_ifindex: ifindex,
+        ..XdpMd::default()
+    };
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(prog.as_raw_fd()).expect("fd"),
+        data_size_in: u32::try_from(frame.len()).expect("small frame"),
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: u32::try_from(size_of::<XdpMd>()).expect("small struct"),
+        ctx_in: std::ptr::from_ref(&ctx) as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
 }

@@ -6,18 +6,17 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
     process::Command,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use port_demux_testkit::{Capture, Lab, netns::udp_to};
 
-use crate::net::{Namespaces, ensure_bpffs, in_ns, spawn_in};
-
-const SERVER: &str = "10.99.0.1";
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 /// (port, datagrams, binding shown in the plan)
 const UDP_PLAN: [(u16, u32, &str); 4] = [
     (7777, 100, "drop"),
@@ -50,25 +49,23 @@ fn step(bin: &Path, args: &[&str]) -> Result<()> {
 }
 
 pub fn demo(bin: &Path) -> Result<()> {
-    ensure_bpffs()?;
-    let _namespaces = Namespaces::create(&["pdemo-client", "pdemo-server", "pdemo-tap"])?;
-    Namespaces::veth(
-        "pdemo-client",
-        "cli0",
-        "10.99.0.2/24",
-        "pdemo-server",
-        "srv0",
-        "10.99.0.1/24",
-    )?;
-    Namespaces::veth("pdemo-server", "mirror0", "", "pdemo-tap", "tap0", "")?;
-    // A veth drops frames redirected into it unless its peer runs XDP or has GRO on.
-    in_ns("pdemo-tap", &["ethtool", "-K", "tap0", "gro", "on"])?;
-    let result = run_demo(bin);
+    port_demux::Scope::current()?.ensure_bpffs()?;
+    // The test kit's lab with the demo's names: removed on drop (port-demux unloaded first),
+    // and reaped by the kit's next run if the demo is killed. GRO is on for tap0: a veth drops
+    // frames redirected into it unless its peer runs XDP or has GRO on.
+    let lab = Lab::builder()
+        .netns("pdemo-client", "pdemo-server")
+        .sink_netns("pdemo-tap")
+        .interfaces("cli0", "srv0")
+        .redirect_interfaces("mirror0", "tap0")
+        .ipv4(CLIENT, SERVER, 24)
+        .build();
+    let result = run_demo(bin, &lab);
     let _ = pd(bin, &["unload", "srv0"]);
     result
 }
 
-fn run_demo(bin: &Path) -> Result<()> {
+fn run_demo(bin: &Path, lab: &Lab) -> Result<()> {
     step(bin, &["load", "srv0"])?;
     step(bin, &["bind", "udp/7777", "drop", "--owner", "demo"])?;
     step(bin, &["bind", "udp/7000-7099", "pass"])?;
@@ -78,24 +75,13 @@ fn run_demo(bin: &Path) -> Result<()> {
     step(bin, &["bindings"])?;
 
     // Server sockets, created inside the server namespace.
-    let udp: Vec<UdpSocket> = UDP_PLAN
+    let udp: Vec<_> = UDP_PLAN
         .iter()
-        .map(|&(port, _, _)| {
-            spawn_in("pdemo-server", move || UdpSocket::bind((SERVER, port)))?
-                .join()
-                .expect("socket thread")
-                .with_context(|| format!("bind udp/{port}"))
-        })
-        .collect::<Result<_>>()?;
-    let http = spawn_in("pdemo-server", || TcpListener::bind((SERVER, 80)))?
-        .join()
-        .expect("socket thread")?;
-    let _tls = spawn_in("pdemo-server", || TcpListener::bind((SERVER, 8443)))?
-        .join()
-        .expect("socket thread")?;
-    let tap = spawn_in("pdemo-tap", || packet_socket("tap0"))?
-        .join()
-        .expect("socket thread")?;
+        .map(|&(port, _, _)| lab.server.udp_socket(SocketAddr::from((SERVER, port))))
+        .collect();
+    let http = lab.server.tcp_listener(SocketAddr::from((SERVER, 80)));
+    let _tls = lab.server.tcp_listener(SocketAddr::from((SERVER, 8443)));
+    let mut tap = Capture::open(lab.sink(), lab.sink_if());
     let http_server = std::thread::spawn(move || -> Result<()> {
         let (mut conn, _) = http.accept()?;
         let mut request = [0u8; 512];
@@ -106,28 +92,24 @@ fn run_demo(bin: &Path) -> Result<()> {
     });
 
     println!("\nsending from pdemo-client:");
-    let client = spawn_in("pdemo-client", || -> Result<(String, bool)> {
-        let socket = UdpSocket::bind("10.99.0.2:0")?;
+    let client = lab.client.run(|| -> Result<(String, bool)> {
+        let socket = std::net::UdpSocket::bind((CLIENT, 0))?;
         for (port, count, _) in UDP_PLAN {
             for i in 0..count {
                 socket.send_to(format!("datagram {i}").as_bytes(), (SERVER, port))?;
             }
         }
-        let mut conn = TcpStream::connect_timeout(
-            &SocketAddr::from(([10, 99, 0, 1], 80)),
-            Duration::from_secs(2),
-        )?;
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((SERVER, 80)), Duration::from_secs(2))?;
         conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
         let mut reply = String::new();
         conn.read_to_string(&mut reply)?;
         let tls = TcpStream::connect_timeout(
-            &SocketAddr::from(([10, 99, 0, 1], 8443)),
+            &SocketAddr::from((SERVER, 8443)),
             Duration::from_millis(300),
         );
         Ok((reply.lines().next().unwrap_or("").to_owned(), tls.is_ok()))
-    })?
-    .join()
-    .expect("client thread")?;
+    })?;
     http_server.join().expect("http thread")?;
 
     let mut failures = Vec::new();
@@ -143,7 +125,7 @@ fn run_demo(bin: &Path) -> Result<()> {
             failures.push(format!("udp/{port}: received {got}, expected {want}"));
         }
     }
-    let mirrored = count_udp_frames(&tap, 9999);
+    let (mirrored, _) = udp_to(tap.read_for(Duration::from_millis(300)), 9999);
     println!("  udp/9999 frames seen on tap0 (peer of mirror0): {mirrored}");
     if mirrored != 20 {
         failures.push(format!("redirect: {mirrored} frames on tap0, expected 20"));
@@ -219,7 +201,7 @@ fn run_demo(bin: &Path) -> Result<()> {
 }
 
 /// Datagrams waiting on `socket`.
-fn drain_udp(socket: &UdpSocket) -> Result<u32> {
+fn drain_udp(socket: &std::net::UdpSocket) -> Result<u32> {
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut buf = [0u8; 2048];
     let mut n = 0;
@@ -227,74 +209,4 @@ fn drain_udp(socket: &UdpSocket) -> Result<u32> {
         n += 1;
     }
     Ok(n)
-}
-
-/// An `AF_PACKET` socket receiving every frame on `iface`.
-fn packet_socket(iface: &str) -> Result<OwnedFd> {
-    let protocol = u16::try_from(libc::ETH_P_ALL)?.to_be();
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-    ensure!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(ifindex != 0, "no interface {iface}");
-    // SAFETY: zeroed sockaddr_ll, filled below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = u16::try_from(libc::AF_PACKET)?;
-    addr.sll_protocol = protocol;
-    addr.sll_ifindex = i32::try_from(ifindex)?;
-    // SAFETY: binding to a valid sockaddr_ll of the right length.
-    let ret = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            u32::try_from(size_of::<libc::sockaddr_ll>())?,
-        )
-    };
-    ensure!(
-        ret == 0,
-        "bind AF_PACKET: {}",
-        std::io::Error::last_os_error()
-    );
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 300_000,
-    };
-    // SAFETY: setting SO_RCVTIMEO with a timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            u32::try_from(size_of::<libc::timeval>())?,
-        );
-    }
-    Ok(fd)
-}
-
-/// Frames queued on a packet socket that are IPv4 UDP to `port`.
-fn count_udp_frames(fd: &OwnedFd, port: u16) -> u32 {
-    let mut buf = [0u8; 2048];
-    let mut n = 0;
-    loop {
-        // SAFETY: receiving into a buffer we own.
-        let len = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let Ok(len) = usize::try_from(len) else { break };
-        let frame = &buf[..len];
-        if frame.len() >= 38 && frame[12..14] == [0x08, 0x00] && frame[23] == 17 {
-            let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
-            if frame.len() >= l4 + 4 && u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]) == port {
-                n += 1;
-            }
-        }
-    }
-    n
 }

@@ -12,7 +12,6 @@ mod bench;
 mod bpf;
 mod demo;
 mod ebpf;
-mod net;
 mod setup;
 mod user_test;
 mod vm;
@@ -32,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install what is missing: nightly rust-src, llvm-22-dev, bpf-linker, iproute2, ethtool,
-    /// bpftool, xdp-tools, netsniff-ng, and for `vm-test` qemu, busybox-static, xz-utils, zstd.
+    /// bpftool, xdp-tools, and for `vm-test` qemu, busybox-static, xz-utils, zstd.
     Setup,
     /// Set up, then build the XDP program and the CLI.
     Build {
@@ -86,7 +85,7 @@ fn main() -> Result<()> {
             ebpf::ebpf(check)
         }
         Cmd::UserTest => {
-            net::ensure_bpffs()?;
+            ensure_bpffs()?;
             user_test::in_place()?;
             user_test::hidden_toolchain()
         }
@@ -178,6 +177,12 @@ fn build(release: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Mounts bpffs at /sys/fs/bpf when it is not mounted.
+fn ensure_bpffs() -> Result<()> {
+    port_demux::Scope::current()?.ensure_bpffs()?;
+    Ok(())
+}
+
 fn test() -> Result<()> {
     run(nightly_cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
@@ -208,7 +213,7 @@ fn test() -> Result<()> {
         ]))?;
     ebpf::ebpf(true)?;
     build(false)?;
-    net::ensure_bpffs()?;
+    ensure_bpffs()?;
     let mut cmd = cargo_test();
     cmd.arg("--no-fail-fast");
     run_counting(&mut cmd)?;

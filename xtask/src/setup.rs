@@ -8,7 +8,8 @@ use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), the tools the demo,
 /// tests and benchmarks drive, and for `vm-test` qemu, a static busybox for the VM's userspace
-/// and the decompressors of kernel modules (`.ko.xz`, `.ko.zst`).
+/// and the decompressors of kernel modules (`.ko.xz`, `.ko.zst`); Prometheus, which the
+/// exporter's test runs to scrape it, and zsh and fish, whose parsers check the completions.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,11 +19,13 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "xdp-tools",
-    "netsniff-ng",
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
     "zstd",
+    "prometheus",
+    "zsh",
+    "fish",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 

@@ -6,7 +6,7 @@ use clap::Args;
 use ipnet::IpNet;
 
 use super::{Failure, check_privileges, open};
-use crate::{Action, BindOptions, PortSpec, Scope, prefix::parse_prefix};
+use crate::{Action, BindOptions, DirLock, PortSpec, Scope, prefix::parse_prefix};
 
 /// Arguments of `bind`.
 #[derive(Debug, Args)]
@@ -68,6 +68,9 @@ pub fn bind(scope: &Scope, args: &BindArgs, out: &mut dyn Write) -> Result<(), F
     let action: Action = args.action.parse()?;
     let dst = prefixes(&args.dst)?;
     check_privileges("port-demux bind")?;
+    // The writers' lock before the instance is opened: no load, unload or other bind changes
+    // which instance `-i` names, or its maps, until this one is done.
+    let _lock = DirLock::writers(scope.bpffs())?;
     let demux = open(scope, args.iface.as_deref())?;
     let opts = BindOptions {
         replace: args.replace,
@@ -87,6 +90,7 @@ pub fn unbind(scope: &Scope, args: &UnbindArgs, out: &mut dyn Write) -> Result<(
     let ports: PortSpec = args.ports.parse()?;
     let dst = prefixes(&args.dst)?;
     check_privileges("port-demux unbind")?;
+    let _lock = DirLock::writers(scope.bpffs())?;
     let demux = open(scope, args.iface.as_deref())?;
     demux.unbind_dst(ports, &dst)?;
     writeln!(out, "unbound {ports}{} on {}", for_dst(&dst), demux.iface())?;

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{Failure, check_privileges};
+use super::{Failure, check_load_privileges, check_privileges};
 use crate::{DefaultAction, LoadOptions, Mode, PortDemux, Scope};
 
 /// Arguments of `load`.
@@ -41,7 +41,7 @@ pub struct UnloadArgs {
 }
 
 pub fn load(scope: &Scope, args: &LoadArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    check_privileges("port-demux load")?;
+    check_load_privileges("port-demux load")?;
     let opts = LoadOptions {
         mode: args.mode,
         default_action: args.default_action,

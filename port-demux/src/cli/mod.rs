@@ -2,12 +2,16 @@
 //!
 //! Each verb writes its output to the writer it is given, so tests can run it in-process.
 
+mod apply;
 mod bind;
 mod bindings;
+mod exporter;
+mod generate;
 mod load;
 mod log;
 mod stats;
 mod status;
+mod watch;
 
 use std::{ffi::OsString, io::Write};
 
@@ -47,10 +51,24 @@ pub enum Command {
     Bindings(bindings::BindingsArgs),
     /// Per-port packets and bytes, busiest first, and the global counters.
     Stats(stats::StatsArgs),
-    /// Interfaces with port-demux, attach mode, program id, bindings.
+    /// Interfaces with port-demux, attach mode, program id, bindings; `--all`: every instance
+    /// in the bpffs, whatever its state.
     Status(status::StatusArgs),
+    /// Remove every instance that does not run (its namespace or interface gone, or half
+    /// written), detaching any program it still holds.
+    Prune(status::PruneArgs),
     /// Follow the debug log of an instance loaded with `--debug`.
     Log(log::LogArgs),
+    /// Make the interfaces named in a TOML file as it says: load options and every binding,
+    /// each interface's bindings switching as one change.
+    Apply(apply::ApplyArgs),
+    /// Print the running state of every interface as a TOML file that apply takes back.
+    Export(apply::ExportArgs),
+    /// Serve every instance's counters as Prometheus metrics on http://ADDR:PORT/metrics.
+    Exporter(exporter::ExporterArgs),
+    /// Write shell completions and man pages generated from these definitions.
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// A failed command: the one-line message and the exit code.
@@ -152,7 +170,14 @@ pub async fn run(
         Command::Bindings(args) => bindings::bindings(&scope, &args, out),
         Command::Stats(args) => stats::stats(&scope, &args, out),
         Command::Status(args) => status::status(&scope, &args, out),
+        Command::Prune(args) => status::prune_stale(&scope, &args, out),
         Command::Log(args) => log::log(&scope, &args, out).await,
+        Command::Apply(args) => apply::apply(&scope, &args, out),
+        Command::Export(args) => apply::export(&scope, &args, out),
+        Command::Exporter(args) => {
+            exporter::exporter(&scope, cli.netns.as_deref(), &args, out).await
+        }
+        Command::Generate(args) => generate::generate(&args, out),
     }
 }
 
@@ -186,25 +211,60 @@ fn open(scope: &Scope, iface: Option<&str>) -> Result<PortDemux, Error> {
     }
 }
 
-/// Whether the process has the capabilities that changing XDP state needs.
-fn check_privileges(what: &str) -> Result<(), Error> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
-    let effective = std::fs::read_to_string("/proc/self/status")
+/// Capabilities, by number (`linux/capability.h`) and name.
+const CAP_NET_ADMIN: (u32, &str) = (12, "CAP_NET_ADMIN");
+const CAP_SYS_ADMIN: (u32, &str) = (21, "CAP_SYS_ADMIN");
+const CAP_PERFMON: (u32, &str) = (38, "CAP_PERFMON");
+const CAP_BPF: (u32, &str) = (39, "CAP_BPF");
+
+/// The process's effective capabilities.
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
+        .unwrap_or(0)
+}
+
+/// Whether the process has the capabilities that changing XDP state needs.
+fn check_privileges(what: &str) -> Result<(), Error> {
+    let effective = effective_capabilities();
+    let has = |(cap, _): (u32, &str)| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
         Ok(())
     } else {
         Err(Error::Privileges {
             what: what.to_owned(),
+        })
+    }
+}
+
+/// Whether the process has what loading the program needs, each capability proven needed by
+/// the kernel (`tests/tests/nonroot.rs`): `CAP_BPF` to create maps and load (or `CAP_SYS_ADMIN`),
+/// `CAP_NET_ADMIN` to create the redirect devmap and attach to an interface, `CAP_PERFMON` (or
+/// `CAP_SYS_ADMIN`) for the verifier to accept the program's pointer arithmetic; the refusal
+/// names those missing, where the kernel's own errors would not.
+fn check_load_privileges(what: &str) -> Result<(), Error> {
+    let effective = effective_capabilities();
+    let has = |(cap, _): (u32, &str)| effective & (1 << cap) != 0;
+    let missing: Vec<&'static str> = [
+        (CAP_BPF, has(CAP_BPF) || has(CAP_SYS_ADMIN)),
+        (CAP_NET_ADMIN, has(CAP_NET_ADMIN)),
+        (CAP_PERFMON, has(CAP_PERFMON) || has(CAP_SYS_ADMIN)),
+    ]
+    .into_iter()
+    .filter(|&(_, held)| !held)
+    .map(|((_, name), _)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Capabilities {
+            what: what.to_owned(),
+            missing,
         })
     }
 }

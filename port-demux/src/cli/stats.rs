@@ -30,9 +30,19 @@ pub struct StatsArgs {
     /// Only the scoped bindings of this destination prefix, and their ports.
     #[arg(long, value_name = "PREFIX")]
     pub dst: Option<String>,
+    /// Live rates (packets/s, bits/s) beside the totals, redrawn every interval, fastest
+    /// first; q quits. With --json: one JSON object per interval.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between readings with --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
 }
 
 pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    if args.watch {
+        return super::watch::watch(scope, args, out);
+    }
     let filter = super::bind::prefixes(args.dst.as_slice())?;
     let demux = open(scope, args.iface.as_deref())?;
     let mut stats = demux.stats()?;
@@ -112,31 +122,39 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
 
 /// The ports `stats` lists, and how many ports with traffic it leaves out: every port with
 /// traffic with `all`; else the bound ports (all of them up to [`BOUND_LISTED`], past it those
-/// with traffic) and the [`BUSIEST_UNBOUND`] busiest unbound ones. `ports` is busiest first.
-fn select(ports: &[PortStat], all: bool) -> (Vec<&PortStat>, usize) {
+/// with traffic) and the [`BUSIEST_UNBOUND`] busiest unbound ones. `ports` is busiest first;
+/// `key` gives a port's (bound, packets).
+pub(super) fn select_by<T>(
+    ports: &[T],
+    all: bool,
+    key: impl Fn(&T) -> (bool, u64),
+) -> (Vec<&T>, usize) {
     let mut unbound_shown = 0;
     let mut hidden = 0;
-    let bound = ports.iter().filter(|p| p.action.is_some()).count();
+    let bound = ports.iter().filter(|p| key(p).0).count();
     let listed = ports
         .iter()
         .filter(|p| {
-            if all && p.packets > 0
-                || p.action.is_some() && (p.packets > 0 || bound <= BOUND_LISTED)
-            {
+            let (is_bound, packets) = key(p);
+            if all && packets > 0 || is_bound && (packets > 0 || bound <= BOUND_LISTED) {
                 return true;
             }
-            if p.action.is_some() {
+            if is_bound {
                 return false;
             }
-            if p.packets > 0 && unbound_shown < BUSIEST_UNBOUND {
+            if packets > 0 && unbound_shown < BUSIEST_UNBOUND {
                 unbound_shown += 1;
                 return true;
             }
-            hidden += usize::from(p.packets > 0);
+            hidden += usize::from(packets > 0);
             false
         })
         .collect();
     (listed, hidden)
+}
+
+fn select(ports: &[PortStat], all: bool) -> (Vec<&PortStat>, usize) {
+    select_by(ports, all, |p| (p.action.is_some(), p.packets))
 }
 
 #[cfg(test)]
