@@ -50,17 +50,18 @@ pub(crate) fn change(
             capacity: maps_len(),
         });
     }
+    let removed: std::collections::HashSet<u32> = remove.iter().copied().collect();
     let mut ports: Vec<u32> = add.iter().map(|b| b.index).collect();
     ports.extend(
         live.iter()
-            .filter(|(id, _)| remove.contains(id))
+            .filter(|(id, _)| removed.contains(id))
             .map(|(_, b)| b.index),
     );
     ports.sort_unstable();
     ports.dedup();
     let rules: Vec<ScopedRule> = live
         .iter()
-        .filter(|(id, _)| !remove.contains(id))
+        .filter(|(id, _)| !removed.contains(id))
         .map(|(id, b)| rule_of(*id, b))
         .chain(new_ids.iter().zip(add).map(|(id, b)| rule_of(*id, b)))
         .collect();
@@ -69,8 +70,15 @@ pub(crate) fn change(
     let mut free4 = Regions::used_by(&sm, false);
     let mut free6 = Regions::used_by(&sm, true);
     let mut plan = Vec::new();
+    let mut by_port: std::collections::HashMap<u32, Vec<ScopedRule>> =
+        std::collections::HashMap::new();
+    for r in &rules {
+        if ports.binary_search(&r.index).is_ok() {
+            by_port.entry(r.index).or_default().push(*r);
+        }
+    }
     for &index in &ports {
-        let mine: Vec<ScopedRule> = rules.iter().filter(|r| r.index == index).copied().collect();
+        let mine = by_port.remove(&index).unwrap_or_default();
         let t = PortTables::build(&mine);
         let w4 = free4.place(t.v4.len(), "IPv4 interval records")?;
         let w6 = free6.place(t.v6.len(), "IPv6 interval records")?;
