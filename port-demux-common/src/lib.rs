@@ -13,11 +13,15 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
 /// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
 /// moves to a new devmap: see `port-demux`'s upgrade).
 pub const LAYOUT_VERSION_V2: u32 = 2;
+/// The layout before address-scoped bindings: every map of v4 but the scope maps
+/// (`SCOPES`, `SCOPE_V4`, `SCOPE_V6`, `SCOPED`, `SCOPED_STATS`), which `load --upgrade`
+/// creates empty.
+pub const LAYOUT_VERSION_V3: u32 = 3;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -49,6 +53,13 @@ pub mod action {
     pub const DROP: u32 = 2;
     /// Redirect the frame through the `REDIRECT` devmap slot in [`super::Binding::slot`].
     pub const REDIRECT: u32 = 3;
+    /// Flag in [`super::Binding::action`]: the port has address-scoped bindings, so the data
+    /// path searches its intervals (`SCOPES`) before it applies the rest of the value (the
+    /// binding without a prefix, or [`UNBOUND`]). A bit of the second byte: setting or
+    /// clearing it changes one byte of the value, which no copy can tear.
+    pub const SCOPED: u32 = 0x100;
+    /// The bits of [`super::Binding::action`] that hold the action.
+    pub const MASK: u32 = 0xff;
 }
 
 /// Global outcome of a frame: every frame is counted under exactly one.
@@ -278,10 +289,125 @@ pub const MODE_NATIVE: u32 = 1;
 /// `Meta::mode` for generic (skb) XDP.
 pub const MODE_SKB: u32 = 2;
 
+/// Interval records per address family (`SCOPE_V4`, `SCOPE_V6`), shared by every scoped
+/// port: a port with `n` prefixes of a family uses at most `2n + 1` records of it (the address
+/// space cut into intervals, each mapped to its most specific prefix or to none), and a
+/// replaced table is written beside the old one before the port switches to it.
+pub const SCOPE_RECORDS: u32 = 1 << 16;
+/// Address-scoped bindings (`SCOPED`, `SCOPED_STATS`): one per (protocol, port, prefix).
+pub const SCOPED_LEN: u32 = 1 << 15;
+/// Steps of the data path's binary search: enough for any table of [`SCOPE_RECORDS`].
+pub const SEARCH_STEPS: u32 = 17;
+const _: () = assert!(1 << SEARCH_STEPS >= SCOPE_RECORDS);
+
+/// Value of the `SCOPES` array, one per (protocol, port): where the port's interval table of
+/// each family lies in `SCOPE_V4`/`SCOPE_V6`, as [`PortScope::pack`]ed `start | count << 32`
+/// (count 0: no table of that family). Each half is one aligned 8-byte word, which the loader
+/// stores atomically (the map is memory-mapped) once the table it points to is complete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortScope {
+    /// IPv4 table.
+    pub v4: u64,
+    /// IPv6 table.
+    pub v6: u64,
+}
+const _: () = assert!(size_of::<PortScope>() == 16);
+
+impl PortScope {
+    /// `start | count << 32`.
+    #[inline]
+    #[must_use]
+    pub const fn pack(start: u32, count: u32) -> u64 {
+        start as u64 | (count as u64) << 32
+    }
+
+    /// `(start, count)` of a packed word.
+    #[inline]
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "the halves of a u64")]
+    pub const fn unpack(word: u64) -> (u32, u32) {
+        (word as u32, (word >> 32) as u32)
+    }
+}
+
+/// What an interval maps to, in one `u32` so that the search's last read gives the action:
+/// `id << 8 | slot << 2 | action`; action [`action::UNBOUND`] (target 0) when no prefix covers
+/// the interval.
+#[inline]
+#[must_use]
+pub const fn target(id: u32, act: u32, slot: u32) -> u32 {
+    id << 8 | (slot & 0x3f) << 2 | (act & 3)
+}
+
+/// `(id, action, slot)` of a [`target`].
+#[inline]
+#[must_use]
+pub const fn untarget(t: u32) -> (u32, u32, u32) {
+    (t >> 8, t & 3, (t >> 2) & 0x3f)
+}
+
+/// One interval of a port's IPv4 table: addresses from `start` (host order) up to the next
+/// record's start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScopeV4 {
+    /// First address, as a number.
+    pub start: u32,
+    /// [`target`].
+    pub target: u32,
+}
+const _: () = assert!(size_of::<ScopeV4>() == 8);
+
+/// One interval of a port's IPv6 table: the first address as two numbers (`hi`, the first 8
+/// bytes, compared first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScopeV6 {
+    /// First address, bytes 0..8.
+    pub hi: u64,
+    /// First address, bytes 8..16.
+    pub lo: u64,
+    /// [`target`].
+    pub target: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<ScopeV6>() == 24);
+
+/// Value of the `SCOPED` array: one address-scoped binding, as the loader records it (the data
+/// path never reads it; it reads the [`target`]s built from these). Free when `action` is
+/// [`action::UNBOUND`]. Its counters are `SCOPED_STATS` at the same index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScopedBinding {
+    /// `port_index(proto, port)`.
+    pub index: u32,
+    /// [`action::PASS`], [`action::DROP`] or [`action::REDIRECT`].
+    pub action: u32,
+    /// `REDIRECT` devmap slot for [`action::REDIRECT`].
+    pub slot: u32,
+    /// [`family`].
+    pub family: u8,
+    /// Prefix length.
+    pub len: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 2],
+    /// The prefix's address, network order (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Who bound it, as [`Binding::owner`].
+    pub owner: [u8; OWNER_LEN],
+}
+const _: () = assert!(size_of::<ScopedBinding>() == 48);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: each type is `bytemuck::Pod` (checked by the derive): `repr(C)`, no padding, any
     // bit pattern valid.
+    unsafe impl aya::Pod for super::PortScope {}
+    unsafe impl aya::Pod for super::ScopeV4 {}
+    unsafe impl aya::Pod for super::ScopeV6 {}
+    unsafe impl aya::Pod for super::ScopedBinding {}
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::PortCounters {}
     unsafe impl aya::Pod for super::GlobalCounters {}

@@ -5,6 +5,53 @@
 
 use crate::{Binding, PROTO_TCP, PROTO_UDP, action, family, outcome, port_index, taken};
 
+/// An address-scoped binding as the model sees it: a prefix of one family on one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopedRule {
+    /// `port_index(proto, port)`.
+    pub index: u32,
+    /// [`crate::family`].
+    pub family: u8,
+    /// The prefix's address as a number (IPv4 in the low 32 bits), host bits zero.
+    pub addr: u128,
+    /// Prefix length: 0-32 (IPv4) or 0-128 (IPv6).
+    pub len: u8,
+    /// [`action::PASS`], [`action::DROP`] or [`action::REDIRECT`].
+    pub action: u32,
+    /// `REDIRECT` devmap slot.
+    pub slot: u32,
+    /// Its `SCOPED`/`SCOPED_STATS` index.
+    pub id: u32,
+}
+
+impl ScopedRule {
+    /// Whether the prefix covers address `addr` of `family`.
+    #[must_use]
+    pub const fn covers(&self, family: u8, addr: u128) -> bool {
+        let bits: u32 = if family == family::IPV4 { 32 } else { 128 };
+        if family != self.family || self.len as u32 > bits {
+            return false;
+        }
+        let host = bits - self.len as u32;
+        host == 128 || addr >> host == self.addr >> host
+    }
+}
+
+/// The most specific rule of port `index` covering `addr` of `family` (tubular's rule): a
+/// plain scan, the statement the data path's interval search is held to.
+#[must_use]
+pub fn most_specific(
+    rules: &[ScopedRule],
+    index: u32,
+    family: u8,
+    addr: u128,
+) -> Option<&ScopedRule> {
+    rules
+        .iter()
+        .filter(|r| r.index == index && r.covers(family, addr))
+        .max_by_key(|r| r.len)
+}
+
 /// `XDP_DROP`.
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
@@ -76,6 +123,8 @@ pub struct Verdict {
     pub family: u8,
     /// The bytes counted under the port, for demultiplexed frames, else 0.
     pub bytes: u64,
+    /// The address-scoped binding (its id) that matched and counted the frame too.
+    pub scoped: Option<u32>,
 }
 
 /// A demultiplexed frame as the parse found it.
@@ -91,6 +140,8 @@ pub struct Parsed {
     /// reaches past the first buffer (a multi-buffer frame: the data path then asks the
     /// kernel for the whole length, on that path only).
     pub bytes: u64,
+    /// Destination address as a number (IPv4 in the low 32 bits).
+    pub dst: u128,
 }
 
 /// The (protocol index, destination port) of a single-buffer frame, or the outcome that
@@ -128,6 +179,13 @@ impl Bounds<'_> {
 
     fn be16(&self, off: usize) -> u16 {
         u16::from_be_bytes([self.frame[off], self.frame[off + 1]])
+    }
+
+    /// `n` (4 or 16) bytes at `off` as a big-endian number.
+    fn addr(&self, off: usize, n: usize) -> u128 {
+        self.frame[off..off + n]
+            .iter()
+            .fold(0, |a, &b| a << 8 | u128::from(b))
     }
 
     /// Bytes counted for a datagram ending at `ip_end`.
@@ -220,6 +278,7 @@ fn ipv4(b: &Bounds<'_>, l3: usize) -> Result<Parsed, usize> {
         port: b.be16(ports + 2),
         family: family::IPV4,
         bytes: b.bytes(ip_end),
+        dst: b.addr(l3 + 16, 4),
     })
 }
 
@@ -243,6 +302,7 @@ fn ipv6(b: &Bounds<'_>, l3: usize) -> Result<Parsed, usize> {
                 port: b.be16(off + 2),
                 family: family::IPV6,
                 bytes: b.bytes(ip_end),
+                dst: b.addr(l3 + 24, 16),
             });
         }
         let len = match next {
@@ -300,6 +360,25 @@ pub fn classify_buffers(
     default_action: u32,
     slot_filled: impl Fn(u32) -> bool,
 ) -> Verdict {
+    classify_scoped(frame, linear, binding, &[], default_action, slot_filled)
+}
+
+/// As [`classify_buffers`], with address-scoped bindings `rules`: for a demultiplexed frame,
+/// the most specific prefix of its family on its port that covers its destination address
+/// wins (its action; the frame also counts under that binding), then the port's binding
+/// without a prefix, then `default_action`. The [`action::SCOPED`] flag in `binding`'s values
+/// is ignored: the rules alone say which ports are scoped.
+///
+/// # Panics
+/// When `linear > frame.len()`.
+pub fn classify_scoped(
+    frame: &[u8],
+    linear: usize,
+    binding: impl Fn(u32) -> Binding,
+    rules: &[ScopedRule],
+    default_action: u32,
+    slot_filled: impl Fn(u32) -> bool,
+) -> Verdict {
     let parsed = match parse_buffers(frame, linear) {
         Ok(found) => found,
         Err(outcome) => {
@@ -310,19 +389,26 @@ pub fn classify_buffers(
                 port_index: None,
                 family: 0,
                 bytes: 0,
+                scoped: None,
             };
         }
     };
     let index = port_index(parsed.proto, parsed.port);
-    let bound = binding(index);
-    let act = if bound.action == action::UNBOUND {
+    let matched = most_specific(rules, index, parsed.family, parsed.dst);
+    let (act, slot) = if let Some(rule) = matched {
+        (rule.action, rule.slot)
+    } else {
+        let bound = binding(index);
+        (bound.action & action::MASK, bound.slot)
+    };
+    let act = if act == action::UNBOUND {
         default_action
     } else {
-        bound.action
+        act
     };
     let (xdp_action, taken) = match act {
         action::DROP => (XDP_DROP, taken::DROP),
-        action::REDIRECT if slot_filled(bound.slot) => (XDP_REDIRECT, taken::REDIRECT),
+        action::REDIRECT if slot_filled(slot) => (XDP_REDIRECT, taken::REDIRECT),
         action::REDIRECT => (XDP_PASS, taken::REDIRECT_FALLBACK),
         _ => (XDP_PASS, taken::PASS),
     };
@@ -333,6 +419,7 @@ pub fn classify_buffers(
         port_index: Some(index),
         family: parsed.family,
         bytes: parsed.bytes,
+        scoped: matched.map(|r| r.id),
     }
 }
 

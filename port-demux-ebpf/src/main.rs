@@ -29,8 +29,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, REDIRECT_SLOTS, action,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
+    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeV4, ScopeV6, ScopedBinding, action,
+    model::ETH_LEN, untarget,
 };
+
+/// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
+/// port's switch to a new table is one atomic 8-byte store.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Bindings, indexed by `port_index(proto, port)`.
 #[map]
@@ -54,6 +60,27 @@ static GLOBALS2: PerCpuArray<Globals> = PerCpuArray::with_max_entries(1, 0);
 /// Redirect targets; a binding's `slot` indexes it.
 #[map]
 static REDIRECT: DevMap = DevMap::with_max_entries(REDIRECT_SLOTS, 0);
+
+/// Per (protocol, port): where its interval tables lie in `SCOPE_V4` and `SCOPE_V6`. Read
+/// only for ports whose binding has the `action::SCOPED` flag.
+#[map]
+static SCOPES: Array<PortScope> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
+
+/// IPv4 interval records of every scoped port, each port's sorted by start.
+#[map]
+static SCOPE_V4: Array<ScopeV4> = Array::with_max_entries(SCOPE_RECORDS, BPF_F_MMAPABLE);
+
+/// IPv6 interval records of every scoped port, each port's sorted by start.
+#[map]
+static SCOPE_V6: Array<ScopeV6> = Array::with_max_entries(SCOPE_RECORDS, BPF_F_MMAPABLE);
+
+/// The address-scoped bindings as the loader recorded them; never read here.
+#[map]
+static SCOPED: Array<ScopedBinding> = Array::with_max_entries(SCOPED_LEN, 0);
+
+/// Packets and bytes per address-scoped binding (`SCOPED`'s index), per CPU.
+#[map]
+static SCOPED_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(SCOPED_LEN, 0);
 
 /// What the loader recorded about this instance; never read here.
 #[map]
@@ -86,17 +113,28 @@ pub fn port_demux_debug(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
     if let Some(index) = parse::fast(ctx) {
         // The frame length from the pointers the parse already loaded, before the map
         // lookups: after them, the context would have to be kept and read again.
-        return apply::<LOG>(ctx, index, (ctx.data_end() - ctx.data()) as u64);
+        let at = Ip {
+            frame: Some((start, end)),
+            l3: ETH_LEN,
+            ipv6: false,
+        };
+        return apply::<LOG>(ctx, index, (end - start) as u64, &at);
     }
     match parse::full(ctx) {
         Ok(found) => {
             if found.ipv6 {
                 count(Globals::DEMUXED_IPV6);
             }
-            apply::<LOG>(ctx, found.index, found.len)
+            let at = Ip {
+                frame: None,
+                l3: found.l3,
+                ipv6: found.ipv6,
+            };
+            apply::<LOG>(ctx, found.index, found.len, &at)
         }
         Err(outcome) => {
             count(Globals::outcome_cell(outcome));
@@ -105,9 +143,24 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Counts a demultiplexed frame of `len` bytes under its port and applies its binding.
+/// Where a demultiplexed frame's IP header is, for a scoped port's search.
+struct Ip {
+    /// The fast path's `(ctx.data(), ctx.data_end())`, kept in registers from the parse on (a
+    /// map lookup does not invalidate packet pointers): it keeps no context on the stack for
+    /// them. `None` on the full path, which reads them from the context again: there the
+    /// pointers come out of many parse paths with different proven lengths, which the verifier
+    /// would then walk through the search one by one.
+    frame: Option<(usize, usize)>,
+    /// Offset of the IP header.
+    l3: usize,
+    /// IPv6 (else IPv4).
+    ipv6: bool,
+}
+
+/// Counts a demultiplexed frame of `len` bytes under its port and applies its binding; a
+/// scoped port's frame goes to [`scoped`] first.
 #[inline(always)]
-fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64) -> u32 {
+fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u32 {
     if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
         // reentrant.
@@ -134,9 +187,123 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64) -> u32 {
     match act {
         action::DROP => XDP_DROP,
         action::REDIRECT => redirect(slot),
-        // PASS, and any value this program does not know.
+        action::PASS => XDP_PASS,
+        // The `SCOPED` flag (with the action without a prefix in the low byte), or a value
+        // this program does not know, which passes: the one test unscoped ports do not need,
+        // and only on their pass path.
+        _ => scoped(ctx, index, len, at, act, slot),
+    }
+}
+
+/// A scoped port's frame: the most specific prefix covering its destination, found by a
+/// binary search of the port's intervals, decides and counts it; with none, the binding
+/// without a prefix (the low byte of `act`, and `slot`) or the default action.
+#[inline(always)]
+fn scoped(ctx: &XdpContext, index: u32, len: u64, at: &Ip, act: u32, slot: u32) -> u32 {
+    let (start, end) = at.frame.unwrap_or_else(|| (ctx.data(), ctx.data_end()));
+    let target = match SCOPES.get(index) {
+        Some(scope) if at.ipv6 => search_v6(start, end, at.l3, scope.v6),
+        Some(scope) => search_v4(start, end, at.l3, scope.v4),
+        None => 0,
+    };
+    let (mut act, mut slot) = match untarget(target) {
+        (_, action::UNBOUND, _) => (act & action::MASK, slot),
+        (id, act, slot) => {
+            if let Some(counters) = SCOPED_STATS.get_ptr_mut(id) {
+                // SAFETY: as for PORT_STATS.
+                let counters = unsafe { &mut *counters };
+                counters.packets += 1;
+                counters.bytes += len;
+            }
+            (act, slot)
+        }
+    };
+    if act == action::UNBOUND {
+        act = DEFAULT_ACTION.load();
+        slot = 0;
+    }
+    match act {
+        action::DROP => XDP_DROP,
+        action::REDIRECT => redirect(slot),
         _ => XDP_PASS,
     }
+}
+
+/// Repeats a search step [`SEARCH_STEPS`] (17) times, unrolled: in a loop the verifier would
+/// walk the code after it once per iteration (the iteration count tells the exits apart),
+/// unrolled the exits are alike and pruned.
+macro_rules! unrolled {
+    ($step:block) => {
+        $step $step $step $step $step $step $step $step $step
+        $step $step $step $step $step $step $step $step
+    };
+}
+const _: () = assert!(SEARCH_STEPS == 17);
+
+/// The target of the IPv4 interval (of the table `word` packs) holding the destination of the
+/// IPv4 header at `l3`: the last record whose start is at most the address. A binary search
+/// of at most [`SEARCH_STEPS`] steps over an array the verifier inlines.
+#[inline(always)]
+#[expect(
+    unused_assignments,
+    reason = "the last unrolled step's count is not read"
+)]
+fn search_v4(start: usize, end: usize, l3: usize, word: u64) -> u32 {
+    let (mut lo, mut n) = PortScope::unpack(word);
+    if n == 0 {
+        return 0;
+    }
+    let addr = parse::dst_v4(start, end, l3);
+    'search: {
+        unrolled!({
+            if n <= 1 {
+                break 'search;
+            }
+            let half = n >> 1;
+            let Some(r) = SCOPE_V4.get(lo + half) else {
+                return 0;
+            };
+            if addr >= r.start {
+                lo += half;
+                n -= half;
+            } else {
+                n = half;
+            }
+        });
+    }
+    SCOPE_V4.get(lo).map_or(0, |r| r.target)
+}
+
+/// As [`search_v4`], for IPv6: addresses compare as (bytes 0..8, bytes 8..16).
+#[inline(always)]
+#[expect(
+    unused_assignments,
+    reason = "the last unrolled step's count is not read"
+)]
+fn search_v6(start: usize, end: usize, l3: usize, word: u64) -> u32 {
+    let (mut lo, mut n) = PortScope::unpack(word);
+    if n == 0 {
+        return 0;
+    }
+    let (hi, low) = parse::dst_v6(start, end, l3);
+    'search: {
+        unrolled!({
+            if n <= 1 {
+                break 'search;
+            }
+            let half = n >> 1;
+            let Some(r) = SCOPE_V6.get(lo + half) else {
+                return 0;
+            };
+            if hi > r.hi || (hi == r.hi && low >= r.lo) {
+                lo += half;
+                n -= half;
+            } else {
+                n = half;
+            }
+        });
+    }
+    SCOPE_V6.get(lo).map_or(0, |r| r.target)
 }
 
 /// Redirects through devmap `slot`; passes the frame when the slot is empty.

@@ -9,9 +9,10 @@ use std::{
 
 use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
+use ipnet::IpNet;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_SKB, Meta, OWNER_LEN, REDIRECT_SLOTS, action,
-    port_index,
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta, OWNER_LEN,
+    REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -21,8 +22,66 @@ use crate::{
     layout::{self, DirLock, LINK_PIN, PROG_PIN},
     lifecycle,
     maps::{self, Maps},
-    sys,
+    prefix::{addr_bytes, prefix_key, prefix_of},
+    scoped, sys,
 };
+
+/// `dst` without repeats, in order.
+fn dedup(dst: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(dst.len());
+    let mut seen = std::collections::HashSet::new();
+    for net in dst {
+        if seen.insert(*net) {
+            out.push(*net);
+        }
+    }
+    out
+}
+
+/// Each (port, prefix) of `ports` times `dst`, with its live scoped binding if it has one
+/// (looked up in a map of the live ones: a batch of 10,000 prefixes against as many bound).
+fn pairs<'a>(
+    live: &'a [(u32, ScopedBinding)],
+    ports: PortSpec,
+    dst: &'a [IpNet],
+) -> impl Iterator<Item = (u16, &'a IpNet, Option<(u32, ScopedBinding)>)> + 'a {
+    let by_key: std::rc::Rc<std::collections::HashMap<(u32, IpNet), (u32, ScopedBinding)>> =
+        std::rc::Rc::new(
+            live.iter()
+                .map(|&(id, b)| ((b.index, prefix_of(&b)), (id, b)))
+                .collect(),
+        );
+    ports.ports().flat_map(move |port| {
+        let index = port_index(ports.proto.index(), port);
+        let by_key = std::rc::Rc::clone(&by_key);
+        dst.iter()
+            .map(move |net| (port, net, by_key.get(&(index, *net)).copied()))
+    })
+}
+
+/// The `SCOPED` entry of (`index`, `net`) with `value`'s action, slot and owner.
+fn scoped_value(index: u32, net: &IpNet, value: &Binding) -> ScopedBinding {
+    let (family, _, len) = prefix_key(net);
+    ScopedBinding {
+        index,
+        action: value.action,
+        slot: value.slot,
+        family,
+        len,
+        pad: [0; 2],
+        addr: addr_bytes(net),
+        owner: value.owner,
+    }
+}
+
+/// A scoped binding's action, slot and owner as a [`Binding`].
+fn as_binding(b: &ScopedBinding) -> Binding {
+    Binding {
+        action: b.action,
+        slot: b.slot,
+        owner: b.owner,
+    }
+}
 
 /// One instance of port-demux on one interface, opened through its pins.
 #[derive(Debug)]
@@ -62,6 +121,12 @@ impl PortDemux {
         let meta = layout::read_meta(&dir)?;
         if meta.layout_version == LAYOUT_VERSION_V2 {
             return Err(Error::LayoutV2 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V3 {
+            return Err(Error::LayoutV3 {
                 path: dir,
                 iface: iface.to_owned(),
             });
@@ -175,28 +240,76 @@ impl PortDemux {
                     last,
                 },
                 action: maps::describe(&b, &self.slot_names()?),
+                dst: None,
                 owner: (!owner.is_empty()).then_some(owner),
             });
         }
-        let mut value = Binding::zeroed();
-        value.owner[..opts.owner.len()].copy_from_slice(opts.owner.as_bytes());
-        value.action = match act {
-            Action::Pass => action::PASS,
-            Action::Drop => action::DROP,
-            Action::Redirect(target) => {
-                value.slot = self.redirect_slot(target, &current)?;
-                action::REDIRECT
-            }
-        };
+        let value = self.value_of(act, opts)?;
         self.maps.write_bindings(ports, &value)?;
         if opts.replace {
-            let after = self.maps.read_bindings()?;
-            self.maps.collect_slots(&after)?;
+            self.maps.collect_slots(&self.slot_users()?)?;
         }
         Ok(())
     }
 
+    /// Binds every (port, prefix) of `ports` times `dst` to `action` in one batch: a frame of a
+    /// prefix's family whose destination address the prefix covers takes the most specific
+    /// such binding of its port, before the port's binding without a prefix ([`bind`]). All or
+    /// nothing: the same (protocol, prefix, port) bound already is a conflict unless
+    /// `opts.replace` (which resets its counters); different prefixes on one port coexist.
+    /// `dst` empty is [`bind`].
+    ///
+    /// [`bind`]: Self::bind
+    ///
+    /// # Errors
+    /// [`Error::Conflict`], [`Error::Capacity`], [`Error::BadRedirectTarget`],
+    /// [`Error::NoRedirectSlot`], [`Error::Detached`].
+    pub fn bind_dst(
+        &self,
+        ports: PortSpec,
+        dst: &[IpNet],
+        act: &Action,
+        opts: &BindOptions,
+    ) -> Result<()> {
+        if dst.is_empty() {
+            return self.bind(ports, act, opts);
+        }
+        check_owner(&opts.owner)?;
+        let dst = dedup(dst);
+        let _lock = self.lock_writers()?;
+        let live = scoped::live(&self.maps)?;
+        let mut remove = Vec::new();
+        for (port, net, found) in pairs(&live, ports, &dst) {
+            if let Some((id, b)) = found {
+                if !opts.replace {
+                    return Err(self.conflict(
+                        PortSpec::single(ports.proto, port),
+                        *net,
+                        &as_binding(&b),
+                    )?);
+                }
+                remove.push(id);
+            }
+        }
+        let value = self.value_of(act, opts)?;
+        let add: Vec<ScopedBinding> = ports
+            .ports()
+            .flat_map(|port| {
+                let index = port_index(ports.proto.index(), port);
+                dst.iter().map(move |net| scoped_value(index, net, &value))
+            })
+            .collect();
+        let done = scoped::change(&self.maps, &live, &remove, &add);
+        if done.is_err() || opts.replace {
+            // A redirect slot filled for a change that did not happen, or one no binding
+            // uses any more.
+            self.maps.collect_slots(&self.slot_users()?)?;
+        }
+        done
+    }
+
     /// Removes the bindings of every port of `ports`; all or nothing: every one must be bound.
+    /// Scoped bindings of these ports stay ([`unbind_dst`](Self::unbind_dst) removes those).
     ///
     /// # Errors
     /// [`Error::NotBound`], [`Error::Detached`].
@@ -216,11 +329,35 @@ impl PortDemux {
                     first,
                     last,
                 },
+                dst: None,
             });
         }
         self.maps.write_bindings(ports, &Binding::zeroed())?;
-        let after = self.maps.read_bindings()?;
-        self.maps.collect_slots(&after)
+        self.maps.collect_slots(&self.slot_users()?)
+    }
+
+    /// Removes the binding of every (port, prefix) of `ports` times `dst`, in one batch; all or
+    /// nothing: every one must be bound. `dst` empty is [`unbind`](Self::unbind).
+    ///
+    /// # Errors
+    /// [`Error::NotBound`], [`Error::Detached`].
+    pub fn unbind_dst(&self, ports: PortSpec, dst: &[IpNet]) -> Result<()> {
+        if dst.is_empty() {
+            return self.unbind(ports);
+        }
+        let dst = dedup(dst);
+        let _lock = self.lock_writers()?;
+        let live = scoped::live(&self.maps)?;
+        let mut remove = Vec::new();
+        for (port, net, found) in pairs(&live, ports, &dst) {
+            let (id, _) = found.ok_or_else(|| Error::NotBound {
+                ports: PortSpec::single(ports.proto, port),
+                dst: Some(*net),
+            })?;
+            remove.push(id);
+        }
+        scoped::change(&self.maps, &live, &remove, &[])?;
+        self.maps.collect_slots(&self.slot_users()?)
     }
 
     /// Every binding, as runs of consecutive ports with the same action and owner.
@@ -241,8 +378,45 @@ impl PortDemux {
                 },
                 action: maps::describe(&b, &slot_names),
                 owner: maps::owner_str(&b),
+                dst: None,
             })
+            .chain(self.scoped_ranges(&slot_names)?)
             .collect())
+    }
+
+    /// The scoped bindings as runs of consecutive ports with the same prefix, action and
+    /// owner, by protocol, first port and prefix.
+    fn scoped_ranges(&self, slot_names: &[Option<String>]) -> Result<Vec<BindingRange>> {
+        let mut live: Vec<(u32, ScopedBinding)> = scoped::live(&self.maps)?;
+        live.sort_by_key(|(_, b)| (prefix_of(b), b.index));
+        let mut out: Vec<BindingRange> = Vec::new();
+        for (_, b) in &live {
+            let (net, action, owner) = (
+                prefix_of(b),
+                maps::describe(&as_binding(b), slot_names),
+                maps::owner_str(&as_binding(b)),
+            );
+            let proto = Proto::from_index(b.index);
+            let port = maps::low16(b.index);
+            if let Some(last) = out.last_mut()
+                && last.dst == Some(net)
+                && last.ports.proto == proto
+                && u32::from(last.ports.last) + 1 == u32::from(port)
+                && last.action == action
+                && last.owner == owner
+            {
+                last.ports.last = port;
+                continue;
+            }
+            out.push(BindingRange {
+                ports: PortSpec::single(proto, port),
+                action,
+                owner,
+                dst: Some(net),
+            });
+        }
+        out.sort_by_key(|r| (r.ports.proto, r.ports.first, r.dst));
+        Ok(out)
     }
 
     /// Per-port and global counters, summed over CPUs.
@@ -267,15 +441,34 @@ impl PortDemux {
                 packets: c.packets,
                 bytes: c.bytes,
                 action: (b.action != action::UNBOUND).then(|| maps::describe(b, &slot_names)),
+                dst: None,
             });
         }
-        ports.sort_by(|a, b| {
+        let by_traffic = |a: &PortStat, b: &PortStat| {
             (b.packets, b.bytes)
                 .cmp(&(a.packets, a.bytes))
-                .then((a.proto, a.port).cmp(&(b.proto, b.port)))
-        });
+                .then((a.proto, a.port, a.dst).cmp(&(b.proto, b.port, b.dst)))
+        };
+        ports.sort_by(by_traffic);
+        let scoped_counters = self.maps.scoped_counters()?;
+        let mut scoped: Vec<PortStat> = scoped::live(&self.maps)?
+            .iter()
+            .map(|(id, b)| {
+                let c = scoped_counters[*id as usize];
+                PortStat {
+                    proto: Proto::from_index(b.index),
+                    port: maps::low16(b.index),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    action: Some(maps::describe(&as_binding(b), &slot_names)),
+                    dst: Some(prefix_of(b)),
+                }
+            })
+            .collect();
+        scoped.sort_by(by_traffic);
         Ok(Stats {
             ports,
+            scoped,
             totals: maps::totals(&counters, &globals),
         })
     }
@@ -389,6 +582,39 @@ impl PortDemux {
     /// The `META` record it was opened with.
     pub(crate) const fn meta(&self) -> Meta {
         self.meta
+    }
+
+    /// Every binding that may hold a redirect slot: the ports' and the scoped ones.
+    fn slot_users(&self) -> Result<Vec<Binding>> {
+        let mut all = self.maps.read_bindings()?;
+        all.extend(scoped::live(&self.maps)?.iter().map(|(_, b)| as_binding(b)));
+        Ok(all)
+    }
+
+    /// The binding value of `act` and `opts`' owner (filling a redirect slot if needed).
+    fn value_of(&self, act: &Action, opts: &BindOptions) -> Result<Binding> {
+        let mut value = Binding::zeroed();
+        value.owner[..opts.owner.len()].copy_from_slice(opts.owner.as_bytes());
+        value.action = match act {
+            Action::Pass => action::PASS,
+            Action::Drop => action::DROP,
+            Action::Redirect(target) => {
+                value.slot = self.redirect_slot(target, &self.slot_users()?)?;
+                action::REDIRECT
+            }
+        };
+        Ok(value)
+    }
+
+    /// The conflict with binding `b` of `what` (a port, or a port and prefix).
+    fn conflict(&self, ports: PortSpec, dst: IpNet, b: &Binding) -> Result<Error> {
+        let owner = maps::owner_str(b);
+        Ok(Error::Conflict {
+            ports,
+            dst: Some(dst),
+            action: maps::describe(b, &self.slot_names()?),
+            owner: (!owner.is_empty()).then_some(owner),
+        })
     }
 
     /// The devmap slot that redirects to `target`, filling a free one if needed.

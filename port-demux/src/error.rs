@@ -182,7 +182,7 @@ pub enum Error {
     },
     /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 3: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 4: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
     )]
     LayoutV2 {
         /// Pin folder.
@@ -190,9 +190,20 @@ pub enum Error {
         /// Interface.
         iface: String,
     },
+    /// Pins of layout v3 (before address-scoped bindings), which `load --upgrade` migrates.
+    #[error(
+        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version 4: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+    )]
+    LayoutV3 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
     /// Ports of the range are bound already.
     #[error(
-        "{ports} {is} already bound to {action}{owner}: nothing changed; unbind {it} first or replace the binding",
+        "{ports}{to} {is} already bound to {action}{owner}: nothing changed; unbind {it} first or replace the binding",
+        to = .dst.map(|net| format!(" to {net}")).unwrap_or_default(),
         is = if .ports.len() == 1 { "is" } else { "are" },
         it = if .ports.len() == 1 { "it" } else { "them" },
         owner = .owner.as_ref().map(|o| format!(" (owner {})", o.escape_debug())).unwrap_or_default()
@@ -201,19 +212,38 @@ pub enum Error {
         /// The first run of conflicting ports of the range (same action and owner), like
         /// `udp/53` or `tcp/9050-9099`.
         ports: PortSpec,
+        /// The destination prefix of a scoped binding; `None` for the ports' own binding.
+        dst: Option<crate::IpNet>,
         /// Their binding.
         action: Action,
         /// Their owner label, if they have one.
         owner: Option<String>,
     },
+    /// Scoped bindings that do not fit in the tables.
+    #[error(
+        "no room: this needs {need} {what} together, {free} of {capacity} are free: nothing changed; unbind scoped bindings, or bind fewer prefixes or ports at once"
+    )]
+    Capacity {
+        /// What ran out: scoped bindings, or interval records of a family.
+        what: &'static str,
+        /// How many this change needs (records: in one run, for one port's table).
+        need: usize,
+        /// How many are free (records: in all).
+        free: usize,
+        /// How many the table holds.
+        capacity: usize,
+    },
     /// Unbind of ports that are not bound.
     #[error(
-        "{ports} {is} not bound: nothing changed",
+        "{ports}{to} {is} not bound: nothing changed",
+        to = .dst.map(|net| format!(" to {net}")).unwrap_or_default(),
         is = if .ports.len() == 1 { "is" } else { "are" }
     )]
     NotBound {
         /// The first run of unbound ports of the range, like `tcp/9100-9110`.
         ports: PortSpec,
+        /// The destination prefix of a scoped binding; `None` for the ports' own binding.
+        dst: Option<crate::IpNet>,
     },
     /// Every devmap slot is in use.
     #[error(

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::programs::ProgramInfo;
-use port_demux_common::{LAYOUT_VERSION_V2, Meta};
+use port_demux_common::{LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, Meta};
 
 use crate::{
     Error, Result, Scope,
@@ -277,8 +277,8 @@ fn running_hint(ns: &LiveNs, iface: Option<&str>, layout: Option<u32>) -> String
         (None, Some(path)) => format!(" --netns {path}"),
     };
     let iface = iface.unwrap_or("IFACE");
-    if layout == Some(LAYOUT_VERSION_V2) {
-        format!("running, layout 2: `port-demux{netns} load {iface} --upgrade` migrates it")
+    if let Some(old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3)) = layout {
+        format!("running, layout {old}: `port-demux{netns} load {iface} --upgrade` migrates it")
     } else {
         format!("running: `port-demux{netns} status` shows it")
     }

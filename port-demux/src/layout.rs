@@ -18,8 +18,8 @@ use std::{
 
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PortCounters,
-    REDIRECT_SLOTS,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PortCounters, PortScope,
+    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeV4, ScopeV6, ScopedBinding,
 };
 
 use crate::{Error, Result, is_bpffs, spec::valid_ifname, sys};
@@ -30,9 +30,10 @@ const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// Devmap values: `struct bpf_devmap_val { u32 ifindex; union { int fd; u32 id; } }`.
 pub(crate) const DEVMAP_VALUE: u32 = 8;
 
-/// The pinned maps: name, type, value size, entries. Layout v2 had all but the last.
+/// The pinned maps: name, type, value size, entries. Layout v2 had the first five, v3 the
+/// first six ([`MAPS_V3`]); v4 added the scope maps.
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
-pub(crate) const MAPS: [(&str, u32, u32, u32); 6] = [
+pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
     (
         "BINDINGS",
         BPF_MAP_TYPE_ARRAY,
@@ -64,7 +65,39 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 6] = [
         size_of::<Globals>() as u32,
         1,
     ),
+    (
+        "SCOPES",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<PortScope>() as u32,
+        BINDINGS_LEN,
+    ),
+    (
+        "SCOPE_V4",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<ScopeV4>() as u32,
+        SCOPE_RECORDS,
+    ),
+    (
+        "SCOPE_V6",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<ScopeV6>() as u32,
+        SCOPE_RECORDS,
+    ),
+    (
+        "SCOPED",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<ScopedBinding>() as u32,
+        SCOPED_LEN,
+    ),
+    (
+        "SCOPED_STATS",
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        size_of::<PortCounters>() as u32,
+        SCOPED_LEN,
+    ),
 ];
+/// The maps of layout v3, which `load --upgrade` from v3 keeps (and creates the rest).
+pub(crate) const MAPS_V3: usize = 6;
 /// The map layout v3 added; `load --upgrade` from v2 creates it.
 pub(crate) const GLOBALS2: &str = "GLOBALS2";
 /// The devmap of redirect targets.

@@ -21,7 +21,8 @@ use aya::{
 };
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, MODE_NATIVE, MODE_SKB, Meta, action,
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, MODE_SKB, Meta,
+    action,
 };
 
 use crate::{
@@ -29,8 +30,8 @@ use crate::{
     instance::{self, Found, attached_prog},
     kernel,
     layout::{
-        DirLock, GLOBALS2, LINK_PIN, MAPS, PROG_PIN, REDIRECT, Stage, check_ifname, instance_dir,
-        open_maps, read_meta, remove_pins, staging_dir, write_meta,
+        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, Stage, check_ifname,
+        instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
     maps::{self, Maps},
     netlink,
@@ -218,9 +219,13 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     let found = find_writable(scope, iface)?;
     let dir = found.dir().to_owned();
     let meta = read_meta(&dir)?;
-    let v2 = match meta.layout_version {
-        LAYOUT_VERSION => false,
-        LAYOUT_VERSION_V2 => true,
+    let from = meta.layout_version;
+    // Every map of the layout checked: v2 had the first five, v3 the first six
+    // (`MAPS_V3`, before the scope maps).
+    let had = match from {
+        LAYOUT_VERSION => MAPS.len(),
+        LAYOUT_VERSION_V3 => MAPS_V3,
+        LAYOUT_VERSION_V2 => 5,
         found => {
             return Err(Error::Layout {
                 path: dir,
@@ -229,17 +234,14 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
             });
         }
     };
-    // Every map of the layout checked; v2 had all but `GLOBALS2`.
-    if v2 {
-        open_maps(&dir, &[MAPS[0], MAPS[1], MAPS[2], MAPS[3], MAPS[4]])?;
-    } else {
-        open_maps(&dir, &MAPS)?;
+    for map in &MAPS[..had] {
+        open_maps(&dir, &[*map])?;
     }
     let cookie = scope.netns_cookie();
     let ifindex = found.link.ifindex;
     let staging = create_staging(scope, Stage::Upgrade, (cookie, ifindex))?;
     let report = swap_program(
-        scope, iface, &dir, &staging, meta, found.link, v2, opts, None,
+        scope, iface, &dir, &staging, meta, found.link, from, opts, None,
     )
     .inspect_err(|_| {
         // Before the commit point: the staging folder pins nothing the old one does not
@@ -296,7 +298,7 @@ pub(crate) fn replace_bindings(
         &staging,
         meta,
         found.link,
-        false,
+        LAYOUT_VERSION,
         &opts,
         Some(&bindings),
     )
@@ -324,19 +326,34 @@ fn swap_program(
     staging: &Path,
     mut meta: Meta,
     link_info: LinkInfo,
-    v2: bool,
+    from: u32,
     opts: &LoadOptions,
     bindings: Option<&[Binding]>,
 ) -> Result<UpgradeReport> {
-    // The maps that carry over, pinned a second time: bindings, counters, and (v3) the redirect
-    // devmap and `GLOBALS2`. v2's devmap cannot serve this build's frags-aware program (the
-    // kernel lets a devmap serve only programs that agree on multi-buffer support): the
-    // successor gets a new one with the same slots; bindings name slots, so they stay valid.
-    // With `bindings` (apply), a new `BINDINGS` holding them replaces the old one.
-    let kept: &[&str] = if v2 {
-        &["BINDINGS", "PORT_STATS", "GLOBALS"]
-    } else {
-        &["BINDINGS", "PORT_STATS", "GLOBALS", REDIRECT, GLOBALS2]
+    // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
+    // devmap and `GLOBALS2`, and (v4) the scope maps; the ones an older layout lacked are
+    // created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
+    // lets a devmap serve only programs that agree on multi-buffer support): the successor
+    // gets a new one with the same slots; bindings name slots, so they stay valid. With
+    // `bindings` (apply), a new `BINDINGS` holding them replaces the old one (with the
+    // `SCOPED` flag of the ports the kept scope maps give tables).
+    let v2 = from == LAYOUT_VERSION_V2;
+    let all: &[&str] = &[
+        "BINDINGS",
+        "PORT_STATS",
+        "GLOBALS",
+        REDIRECT,
+        GLOBALS2,
+        "SCOPES",
+        "SCOPE_V4",
+        "SCOPE_V6",
+        "SCOPED",
+        "SCOPED_STATS",
+    ];
+    let kept: &[&str] = match from {
+        LAYOUT_VERSION_V2 => &all[..3],
+        LAYOUT_VERSION_V3 => &all[..5],
+        _ => all,
     };
     for name in kept
         .iter()
@@ -359,7 +376,7 @@ fn swap_program(
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staging.join(REDIRECT))?;
     }
     if let Some(bindings) = bindings {
-        Maps::open(staging)?.write_all_bindings(bindings)?;
+        Maps::open(staging)?.write_all_bindings_flagged(bindings)?;
     }
     meta.debug = u32::from(debug);
     meta.layout_version = LAYOUT_VERSION;

@@ -8,8 +8,9 @@ use std::{
 
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PortCounters, REDIRECT_SLOTS,
-    action, outcome, port_index,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PortCounters, PortScope,
+    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeV4, ScopeV6, ScopedBinding, action, outcome,
+    port_index,
 };
 
 use crate::{
@@ -27,12 +28,61 @@ pub(crate) struct Maps {
     globals: OwnedFd,
     globals2: OwnedFd,
     redirect: OwnedFd,
+    scopes: OwnedFd,
+    scope_v4: OwnedFd,
+    scope_v6: OwnedFd,
+    scoped: OwnedFd,
+    scoped_stats: OwnedFd,
+}
+
+/// The memory-mapped scope maps, for writing tables and switching ports to them.
+#[derive(Debug)]
+pub(crate) struct ScopeMaps {
+    /// `SCOPES`.
+    pub(crate) scopes: sys::Mapped,
+    /// `SCOPE_V4`.
+    pub(crate) v4: sys::Mapped,
+    /// `SCOPE_V6`.
+    pub(crate) v6: sys::Mapped,
+}
+
+impl ScopeMaps {
+    /// The `SCOPES` word of port `index` for the IPv4 (`v6` false) or IPv6 table.
+    pub(crate) fn word(&self, index: u32, v6: bool) -> u64 {
+        self.scopes.load_u64(Self::offset(index, v6))
+    }
+
+    /// Points port `index`'s table of one family at `word` (one atomic store).
+    pub(crate) fn set_word(&self, index: u32, v6: bool, word: u64) {
+        self.scopes.store_u64(Self::offset(index, v6), word);
+    }
+
+    /// Whether port `index` has a table of either family.
+    pub(crate) fn scoped(&self, index: u32) -> bool {
+        self.word(index, false) != 0 || self.word(index, true) != 0
+    }
+
+    fn offset(index: u32, v6: bool) -> usize {
+        index as usize * size_of::<PortScope>() + if v6 { 8 } else { 0 }
+    }
 }
 
 impl Maps {
     /// Opens every map of [`MAPS`] pinned in `dir`, checking each one's type and sizes.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let [bindings, port_stats, globals, redirect, _meta, globals2] = open_maps(dir, &MAPS)?;
+        let [
+            bindings,
+            port_stats,
+            globals,
+            redirect,
+            _meta,
+            globals2,
+            scopes,
+            scope_v4,
+            scope_v6,
+            scoped_entries,
+            scoped_stats,
+        ] = open_maps(dir, &MAPS)?;
         Ok(Self {
             dir: dir.to_owned(),
             bindings,
@@ -40,7 +90,69 @@ impl Maps {
             globals,
             globals2,
             redirect,
+            scopes,
+            scope_v4,
+            scope_v6,
+            scoped: scoped_entries,
+            scoped_stats,
         })
+    }
+
+    /// Maps `SCOPES`, `SCOPE_V4` and `SCOPE_V6` read-write.
+    pub(crate) fn scope_maps(&self) -> Result<ScopeMaps> {
+        let map = |fd: &OwnedFd, name: &str, len: usize| {
+            sys::Mapped::new(fd.as_fd(), len)
+                .map_err(|e| Error::io("cannot map", self.dir.join(name), e))
+        };
+        Ok(ScopeMaps {
+            scopes: map(
+                &self.scopes,
+                "SCOPES",
+                BINDINGS_LEN as usize * size_of::<PortScope>(),
+            )?,
+            v4: map(
+                &self.scope_v4,
+                "SCOPE_V4",
+                SCOPE_RECORDS as usize * size_of::<ScopeV4>(),
+            )?,
+            v6: map(
+                &self.scope_v6,
+                "SCOPE_V6",
+                SCOPE_RECORDS as usize * size_of::<ScopeV6>(),
+            )?,
+        })
+    }
+
+    /// Every `SCOPED` entry (free ones have action `UNBOUND`), by id.
+    pub(crate) fn read_scoped(&self) -> Result<Vec<ScopedBinding>> {
+        let mut all = vec![ScopedBinding::zeroed(); SCOPED_LEN as usize];
+        sys::lookup_array_batch(
+            self.scoped.as_fd(),
+            SCOPED_LEN,
+            size_of::<ScopedBinding>(),
+            bytemuck::cast_slice_mut(&mut all),
+        )
+        .map_err(|e| Error::io("cannot read", self.dir.join("SCOPED"), e))?;
+        Ok(all)
+    }
+
+    /// Writes `SCOPED` entries at `ids`, one batch.
+    pub(crate) fn write_scoped(&self, ids: &[u32], values: &[ScopedBinding]) -> Result<()> {
+        sys::update_batch(self.scoped.as_fd(), ids, bytemuck::cast_slice(values))
+            .map_err(|e| Error::io("cannot write", self.dir.join("SCOPED"), e))
+    }
+
+    /// Zeroes the counters of `ids` on every CPU, one batch.
+    pub(crate) fn zero_scoped_stats(&self, ids: &[u32]) -> Result<()> {
+        let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
+        let zeros = vec![0u8; ids.len() * cpus * size_of::<PortCounters>()];
+        sys::update_batch(self.scoped_stats.as_fd(), ids, &zeros)
+            .map_err(|e| Error::io("cannot write", self.dir.join("SCOPED_STATS"), e))
+    }
+
+    /// `SCOPED_STATS`, summed over CPUs, by id.
+    pub(crate) fn scoped_counters(&self) -> Result<Vec<PortCounters>> {
+        self.summed(&self.scoped_stats, "SCOPED_STATS", SCOPED_LEN)
     }
 
     /// The id of the `BINDINGS` map opened.
@@ -52,11 +164,16 @@ impl Maps {
 
     /// `PORT_STATS`, summed over CPUs.
     pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
+        self.summed(&self.port_stats, "PORT_STATS", BINDINGS_LEN)
+    }
+
+    /// A per-CPU array of `len` [`PortCounters`], summed over CPUs.
+    fn summed(&self, fd: &OwnedFd, name: &str, len: u32) -> Result<Vec<PortCounters>> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
         let stride = size_of::<PortCounters>() * cpus;
-        let mut raw = vec![0u8; BINDINGS_LEN as usize * stride];
-        sys::lookup_array_batch(self.port_stats.as_fd(), BINDINGS_LEN, stride, &mut raw)
-            .map_err(|e| Error::io("cannot read", self.dir.join("PORT_STATS"), e))?;
+        let mut raw = vec![0u8; len as usize * stride];
+        sys::lookup_array_batch(fd.as_fd(), len, stride, &mut raw)
+            .map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
         Ok(raw
             .chunks_exact(stride)
             .map(|per_cpu| {
@@ -105,17 +222,31 @@ impl Maps {
             bytemuck::cast_slice_mut(&mut all),
         )
         .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))?;
+        // The data path's flag is the scope maps' business, not the binding's.
+        for b in &mut all {
+            b.action &= !action::SCOPED;
+        }
         Ok(all)
     }
 
-    /// Writes `value` at every port of `ports`, one batch.
+    /// Writes `value` at every port of `ports`, one batch, keeping the `SCOPED` flag of the
+    /// ports that have scoped bindings.
     pub(crate) fn write_bindings(&self, ports: PortSpec, value: &Binding) -> Result<()> {
+        let scope = self.scope_maps()?;
         let keys: Vec<u32> = ports
             .ports()
             .map(|p| port_index(ports.proto.index(), p))
             .collect();
-        let values = vec![*value; keys.len()];
-        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(&values))
+        let values: Vec<Binding> = keys
+            .iter()
+            .map(|&index| flagged(*value, scope.scoped(index)))
+            .collect();
+        self.write_raw_bindings(&keys, &values)
+    }
+
+    /// Writes `BINDINGS` values as they are, flag included.
+    pub(crate) fn write_raw_bindings(&self, keys: &[u32], values: &[Binding]) -> Result<()> {
+        sys::update_batch(self.bindings.as_fd(), keys, bytemuck::cast_slice(values))
             .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
     }
 
@@ -124,6 +255,17 @@ impl Maps {
         let keys: Vec<u32> = (0..BINDINGS_LEN).collect();
         sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(all))
             .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// As [`Maps::write_all_bindings`], with the `SCOPED` flag set on the ports that have
+    /// scope tables (`all` holds the bindings without the flag, as read).
+    pub(crate) fn write_all_bindings_flagged(&self, all: &[Binding]) -> Result<()> {
+        let scope = self.scope_maps()?;
+        let flagged: Vec<Binding> = (0u32..)
+            .zip(all)
+            .map(|(index, b)| flagged(*b, scope.scoped(index)))
+            .collect();
+        self.write_all_bindings(&flagged)
     }
 
     /// The ifindex in each devmap slot.
@@ -163,6 +305,16 @@ impl Maps {
         }
         Ok(())
     }
+}
+
+/// `b` with the data path's `SCOPED` flag set when `scoped`.
+pub(crate) fn flagged(mut b: Binding, scoped: bool) -> Binding {
+    if scoped {
+        b.action |= action::SCOPED;
+    } else {
+        b.action &= !action::SCOPED;
+    }
+    b
 }
 
 /// Totals from the per-port counters and the global ones.

@@ -193,8 +193,10 @@ mod tests {
                     packets,
                     bytes: packets * 100,
                     action: None,
+                    dst: None,
                 })
                 .collect(),
+            scoped: Vec::new(),
             totals,
         }
     }

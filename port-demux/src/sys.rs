@@ -400,6 +400,105 @@ pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
 }
 
+/// A shared memory mapping of a `BPF_F_MMAPABLE` array map, unmapped on drop. Writes through
+/// it are the data path's memory: an aligned 8-byte store is seen whole or not at all.
+#[derive(Debug)]
+pub struct Mapped {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl Mapped {
+    /// Maps the first `len` bytes of the array map `fd`, read-write.
+    ///
+    /// # Errors
+    /// The kernel's error (`EPERM` for a read-only descriptor, `EINVAL` past the map).
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel checks the length.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                raw(fd).cast_signed(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Copies `bytes` in at byte `offset`.
+    ///
+    /// # Panics
+    /// When they do not fit.
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.len, "write inside the mapping");
+        // SAFETY: inside the mapping (checked); the data path reads it concurrently, which
+        // is why only regions no port points at yet are written this way.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// The `u64` at byte `offset` (8-aligned), read atomically.
+    ///
+    /// # Panics
+    /// When it is outside the mapping or not aligned.
+    #[must_use]
+    pub fn load_u64(&self, offset: usize) -> u64 {
+        self.atomic(offset)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stores `value` at byte `offset` (8-aligned) in one atomic store, after every write
+    /// before it (release).
+    ///
+    /// # Panics
+    /// When it is outside the mapping or not aligned.
+    pub fn store_u64(&self, offset: usize, value: u64) {
+        self.atomic(offset)
+            .store(value, std::sync::atomic::Ordering::Release);
+    }
+
+    fn atomic(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len,
+            "aligned, inside"
+        );
+        // SAFETY: aligned (the mapping is page-aligned, the offset a multiple of 8) and
+        // inside it; AtomicU64 has the layout of u64.
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "page-aligned mapping, offset checked above"
+        )]
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(offset)
+                .cast::<std::sync::atomic::AtomicU64>()
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
 /// What `BPF_OBJ_GET_INFO_BY_FD` tells of an XDP `bpf_link`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LinkInfo {

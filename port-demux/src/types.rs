@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use port_demux_common::outcome;
 
 use crate::{Action, DefaultAction, PortSpec, Proto};
@@ -95,6 +96,9 @@ pub struct BindingRange {
     pub action: Action,
     /// Owner label, may be empty.
     pub owner: String,
+    /// The destination prefix of an address-scoped binding; `None` (JSON `null`): every
+    /// address of both families.
+    pub dst: Option<IpNet>,
 }
 
 /// Counters of one (protocol, port); as JSON `{"proto", "port", "packets", "bytes", "action"}`.
@@ -111,6 +115,9 @@ pub struct PortStat {
     pub bytes: u64,
     /// The binding, if bound.
     pub action: Option<Action>,
+    /// `None` (JSON `null`) for a port's counters (every frame of the port); the prefix for
+    /// an address-scoped binding's (the frames it decided, also counted under the port).
+    pub dst: Option<IpNet>,
 }
 
 /// Totals over all ports and CPUs; as JSON `{"packets", "demuxed_bytes", "outcomes": {NAME:
@@ -242,6 +249,8 @@ impl serde::Serialize for Totals {
 pub struct Stats {
     /// Every port with a non-zero counter or a binding, busiest first.
     pub ports: Vec<PortStat>,
+    /// Every address-scoped binding's counters, busiest first.
+    pub scoped: Vec<PortStat>,
     /// Global counters.
     pub totals: Totals,
 }
@@ -261,7 +270,18 @@ impl Stats {
                 packets: 0,
                 bytes: 0,
                 action: None,
+                dst: None,
             })
+    }
+
+    /// The counters and binding of the address-scoped binding (`proto`, `port`, `dst`), if
+    /// bound.
+    #[must_use]
+    pub fn scoped(&self, proto: Proto, port: u16, dst: IpNet) -> Option<PortStat> {
+        self.scoped
+            .iter()
+            .find(|p| p.proto == proto && p.port == port && p.dst == Some(dst))
+            .cloned()
     }
 }
 
@@ -315,6 +335,7 @@ mod tests {
             packets: 3,
             bytes: 300,
             action: Some(Action::Drop),
+            dst: None,
         };
         let mut totals = Totals {
             packets: 10,
@@ -324,6 +345,7 @@ mod tests {
         totals.outcomes[outcome::NOT_IP] = 7;
         let stats = Stats {
             ports: vec![udp.clone()],
+            scoped: Vec::new(),
             totals,
         };
         assert_eq!(stats.port(Proto::Udp, 7777), udp);

@@ -13,10 +13,11 @@ use aya::{
     maps::{Array, DevMap, IterableMap as _, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, pinned};
+use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, pinned, prefix::Tables};
 use port_demux_common::{
-    Binding, GlobalCounters, Globals, PortCounters, REDIRECT_SLOTS, action, family,
-    model::{self, Verdict},
+    Binding, GlobalCounters, Globals, PortCounters, PortScope, REDIRECT_SLOTS, ScopeV4, ScopeV6,
+    action, family,
+    model::{self, ScopedRule, Verdict},
     outcome,
 };
 
@@ -149,6 +150,12 @@ pub struct Harness {
     globals: PerCpuArray<MapData, GlobalCounters>,
     globals2: PerCpuArray<MapData, Globals>,
     redirect: DevMap<MapData>,
+    scopes: Array<MapData, PortScope>,
+    scope_v4: Array<MapData, ScopeV4>,
+    scope_v6: Array<MapData, ScopeV6>,
+    scoped_stats: PerCpuArray<MapData, PortCounters>,
+    /// Scoped bindings written through [`Harness::set_scoped`].
+    shadow_rules: Vec<ScopedRule>,
     default_action: u32,
     cpus: usize,
     /// Non-empty bindings written, by index.
@@ -208,6 +215,10 @@ impl Harness {
         let globals = PerCpuArray::try_from(take("GLOBALS")?)?;
         let globals2 = PerCpuArray::try_from(take("GLOBALS2")?)?;
         let redirect = DevMap::try_from(take("REDIRECT")?)?;
+        let scopes = Array::try_from(take("SCOPES")?)?;
+        let scope_v4 = Array::try_from(take("SCOPE_V4")?)?;
+        let scope_v6 = Array::try_from(take("SCOPE_V6")?)?;
+        let scoped_stats = PerCpuArray::try_from(take("SCOPED_STATS")?)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow!("cannot count the possible CPUs ({what}): {e}"))?;
         Ok(Self {
@@ -217,6 +228,11 @@ impl Harness {
             globals,
             globals2,
             redirect,
+            scopes,
+            scope_v4,
+            scope_v6,
+            scoped_stats,
+            shadow_rules: Vec::new(),
             default_action,
             cpus,
             shadow_bindings: HashMap::new(),
@@ -280,8 +296,12 @@ impl Harness {
     /// # Panics
     /// When the map update fails.
     pub fn set_binding(&mut self, index: u32, value: Binding) {
+        let mut stored = value;
+        if self.shadow_rules.iter().any(|r| r.index == index) {
+            stored.action |= action::SCOPED;
+        }
         self.bindings
-            .set(index, value, 0)
+            .set(index, stored, 0)
             .unwrap_or_else(|e| panic!("cannot set binding {index}: {e}"));
         if value == unbound() {
             self.shadow_bindings.remove(&index);
@@ -296,6 +316,59 @@ impl Harness {
         for index in indices {
             self.set_binding(index, unbound());
         }
+    }
+
+    /// Replaces every address-scoped binding with `rules` (ids are `SCOPED_STATS` indices): the
+    /// interval tables as the library builds them (`port_demux::prefix::Tables`), laid out
+    /// from record 0, and the `SCOPED` flag in the bindings of the ports that have rules.
+    ///
+    /// # Panics
+    /// When a map update fails.
+    pub fn set_scoped(&mut self, rules: Vec<ScopedRule>) {
+        let old: Vec<u32> = self.shadow_rules.iter().map(|r| r.index).collect();
+        for index in &old {
+            self.scopes
+                .set(*index, PortScope::default(), 0)
+                .expect("cannot clear SCOPES");
+        }
+        let tables = Tables::build(&rules);
+        for (i, r) in (0u32..).zip(&tables.v4) {
+            self.scope_v4.set(i, *r, 0).expect("cannot write SCOPE_V4");
+        }
+        for (i, r) in (0u32..).zip(&tables.v6) {
+            self.scope_v6.set(i, *r, 0).expect("cannot write SCOPE_V6");
+        }
+        for (index, scope) in &tables.scopes {
+            self.scopes
+                .set(*index, *scope, 0)
+                .expect("cannot write SCOPES");
+        }
+        self.shadow_rules = rules;
+        let mut touched: Vec<u32> = old;
+        touched.extend(self.shadow_rules.iter().map(|r| r.index));
+        touched.sort_unstable();
+        touched.dedup();
+        for index in touched {
+            let value = self
+                .shadow_bindings
+                .get(&index)
+                .copied()
+                .unwrap_or_else(unbound);
+            self.set_binding(index, value);
+        }
+    }
+
+    /// `SCOPED_STATS[id]`, summed over CPUs.
+    ///
+    /// # Panics
+    /// When the map lookup fails.
+    #[must_use]
+    pub fn scoped(&self, id: u32) -> PortCounters {
+        let per_cpu = self
+            .scoped_stats
+            .get(&id, 0)
+            .unwrap_or_else(|e| panic!("cannot read SCOPED_STATS[{id}]: {e}"));
+        sum_ports(per_cpu.iter().copied())
     }
 
     /// The binding at `index`, read from the map.
@@ -393,7 +466,7 @@ impl Harness {
     /// through this harness and its default action.
     #[must_use]
     pub fn model(&self, frame: &[u8]) -> Verdict {
-        model::classify_buffers(
+        model::classify_scoped(
             frame,
             frame.len().min(TEST_RUN_LINEAR),
             |index| {
@@ -402,6 +475,7 @@ impl Harness {
                     .copied()
                     .unwrap_or_else(unbound)
             },
+            &self.shadow_rules,
             self.default_action,
             |slot| self.slot_filled(slot),
         )
@@ -418,6 +492,10 @@ impl Harness {
         let verdict = self.model(frame);
         let mut m = Box::<Mismatch>::default();
         let globals_before = self.globals();
+        // Every scoped binding's counters: the one the model names must move by the frame,
+        // the others not at all.
+        let ids: Vec<u32> = self.shadow_rules.iter().map(|r| r.id).collect();
+        let scoped_before: Vec<PortCounters> = ids.iter().map(|&id| self.scoped(id)).collect();
         let ports_before = if all_ports {
             self.ports()
         } else {
@@ -464,6 +542,17 @@ impl Harness {
                 m.ports.push((i, d, port_want));
             }
         }
+        for (&id, before) in ids.iter().zip(&scoped_before) {
+            let d = port_delta(&self.scoped(id), before);
+            let w = if verdict.scoped == Some(id) {
+                port_want
+            } else {
+                PortCounters::default()
+            };
+            if d != w {
+                m.scoped.push((id, d, w));
+            }
+        }
         if *m == Mismatch::default() {
             Ok(verdict)
         } else {
@@ -483,6 +572,8 @@ pub struct Mismatch {
     pub globals: Option<(Globals, Globals)>,
     /// `PORT_STATS` entries whose delta differs: index, delta, the model's delta.
     pub ports: Vec<(u32, PortCounters, PortCounters)>,
+    /// `SCOPED_STATS` entries whose delta differs: id, delta, the model's delta.
+    pub scoped: Vec<(u32, PortCounters, PortCounters)>,
 }
 
 impl Mismatch {
@@ -494,6 +585,7 @@ impl Mismatch {
             | u8::from(self.action.is_some()) << 1
             | u8::from(self.globals.is_some()) << 2
             | u8::from(!self.ports.is_empty()) << 3
+            | u8::from(!self.scoped.is_empty()) << 4
     }
 }
 
@@ -515,6 +607,9 @@ impl std::fmt::Display for Mismatch {
         }
         for (i, got, want) in &self.ports {
             parts.push(format!("PORT_STATS[{i}] delta {got:?}, model {want:?}"));
+        }
+        for (id, got, want) in &self.scoped {
+            parts.push(format!("SCOPED_STATS[{id}] delta {got:?}, model {want:?}"));
         }
         f.write_str(&parts.join("; "))
     }

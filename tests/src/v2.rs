@@ -15,7 +15,7 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use port_demux::common::{
-    Binding, LAYOUT_VERSION_V2, MODE_NATIVE, Meta, PROTO_UDP, action, port_index,
+    Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, Meta, PROTO_UDP, action, port_index,
 };
 
 use crate::netns::Netns;
@@ -31,8 +31,23 @@ pub const V2_PINS: [&str; 7] = [
     "link",
 ];
 
-fn v2_object() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/port-demux-v2.o");
+/// The v3 pins (main at 9b4f76c, before address-scoped bindings; its object is kept as
+/// `tests/fixtures/port-demux-v3.o`): v2's and `GLOBALS2`.
+pub const V3_PINS: [&str; 8] = [
+    "BINDINGS",
+    "PORT_STATS",
+    "GLOBALS",
+    "REDIRECT",
+    "META",
+    "GLOBALS2",
+    "prog",
+    "link",
+];
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -55,6 +70,35 @@ pub fn netns_inode(ns: &str) -> u64 {
 /// When any step fails.
 #[must_use]
 pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
+    load_old(
+        ns,
+        iface,
+        "port-demux-v2.o",
+        &V2_PINS[..5],
+        LAYOUT_VERSION_V2,
+    )
+}
+
+/// Loads the v3 object on `iface` of `ns` in native mode, as main's `port-demux load IFACE`
+/// did before address-scoped bindings; returns the pin folder.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v3(ns: &Netns, iface: &str) -> PathBuf {
+    load_old(
+        ns,
+        iface,
+        "port-demux-v3.o",
+        &V3_PINS[..6],
+        LAYOUT_VERSION_V3,
+    )
+}
+
+/// Loads an older release's object (`fixture` in `tests/fixtures`) on `iface` of `ns`, pinning
+/// `maps` and writing `META` of layout `version` in main's folder layout
+/// (`netns-<inode>/<iface>`); returns the pin folder.
+fn load_old(ns: &Netns, iface: &str, fixture_name: &str, maps: &[&str], version: u32) -> PathBuf {
     let scope = ns.scope();
     // Made under the writers' lock, as v2's loader made it under its own: a writer sweeping
     // meanwhile would take the half-made folder for a dead writer's.
@@ -74,8 +118,8 @@ pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
         .mode(0o700)
         .create(&dir)
         .expect("creating the pin folder");
-    let object = v2_object();
-    let paths: Vec<(&str, PathBuf)> = V2_PINS[..5].iter().map(|m| (*m, dir.join(m))).collect();
+    let object = fixture(fixture_name);
+    let paths: Vec<(&str, PathBuf)> = maps.iter().map(|m| (*m, dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEFAULT_ACTION", &action::PASS, true)
@@ -83,18 +127,19 @@ pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(&object).expect("the v2 object loads");
+    let mut ebpf = loader.load(&object).expect("the old object loads");
     let prog: &mut Xdp = ebpf
         .program_mut("port_demux")
         .expect("port_demux")
         .try_into()
         .expect("XDP");
-    prog.load().expect("the host verifier takes the v2 program");
+    prog.load()
+        .expect("the host verifier takes the old program");
     let ifindex = ns.ifindex(iface);
     let link_id = scope
         .run(|| prog.attach_to_if_index(ifindex, XdpMode::Driver))
         .expect("entering the namespace")
-        .expect("attaching the v2 program");
+        .expect("attaching the old program");
     prog.pin(dir.join("prog")).expect("pinning prog");
     let link: FdLink = prog
         .take_link(link_id)
@@ -103,7 +148,7 @@ pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
         .expect("an fd link");
     link.pin(dir.join("link")).expect("pinning link");
     let mut meta: Meta = bytemuck::Zeroable::zeroed();
-    meta.layout_version = LAYOUT_VERSION_V2;
+    meta.layout_version = version;
     meta.ifindex = ifindex;
     meta.default_action = action::PASS;
     meta.mode = MODE_NATIVE;

@@ -512,7 +512,8 @@ fn main_folders_are_found_upgraded_and_unloaded() {
     assert!(
         found
             .iter()
-            .all(|i| i.state == State::Running && i.layout == Some(3))
+            .all(|i| i.state == State::Running
+                && i.layout == Some(port_demux::common::LAYOUT_VERSION))
     );
     let names: Vec<String> = interfaces(&ns).into_iter().map(|i| i.0).collect();
     assert_eq!(names, ["o0", "o1"]);

@@ -913,6 +913,7 @@ fn concurrent_binds() {
             ports: format!("udp/{}", 6000 + i).parse().expect("spec"),
             action: Action::Pass,
             owner: format!("p{i}"),
+            dst: None,
         })
         .collect();
     assert_eq!(demux.bindings().expect("bindings"), expected);
@@ -948,6 +949,7 @@ fn concurrent_binds() {
             ports: "udp/6500".parse().expect("spec"),
             action: Action::Drop,
             owner: winner.clone(),
+            dst: None,
         })
     );
     eprintln!(
@@ -1018,6 +1020,7 @@ fn readers_never_block(lab: &Lab, demux: &PortDemux) {
         ports: "udp/6600".parse().expect("spec"),
         action: Action::Pass,
         owner: String::new(),
+        dst: None,
     }));
 }
 
@@ -1392,7 +1395,7 @@ fn pins_are_root_only_and_group_readable_when_granted() {
         .expect("pins")
         .map(|e| e.expect("pin").path())
         .collect();
-    assert_eq!(pins.len(), 8, "{pins:?}");
+    assert_eq!(pins.len(), 13, "11 maps, prog and link: {pins:?}");
     for pin in &pins {
         assert_root_only(pin, 0o600);
     }
@@ -1494,7 +1497,7 @@ fn assert_reader_reads(iface: &str, bytes: u64) {
     assert_eq!(
         bindings["bindings"],
         serde_json::json!([
-            {"proto": "udp", "first": 7001, "last": 7001, "action": "drop", "owner": "granted"}
+            {"proto": "udp", "first": 7001, "last": 7001, "action": "drop", "owner": "granted", "dst": null}
         ])
     );
 }

@@ -1273,3 +1273,145 @@ fn multi_buffer_frames() {
     );
     c.finish();
 }
+
+/// An address-scoped rule for the harness.
+fn rule(
+    index: u32,
+    net: &str,
+    act: u32,
+    slot: u32,
+    id: u32,
+) -> port_demux_common::model::ScopedRule {
+    let net = port_demux::prefix::parse_prefix(net).expect("a prefix");
+    let (family, addr, len) = port_demux::prefix::prefix_key(&net);
+    port_demux_common::model::ScopedRule {
+        index,
+        family,
+        addr,
+        len,
+        action: act,
+        slot,
+        id,
+    }
+}
+
+/// An IPv4 UDP frame to `dst:dport`, with `tags` VLAN tags (0: the fast path).
+fn udp4_to(dst: [u8; 4], dport: u16, tags: usize) -> Vec<u8> {
+    let mut frame = FrameBuilder::udp(dport, 16).build();
+    frame[30..34].copy_from_slice(&dst);
+    for _ in 0..tags {
+        frame = tagged(&frame, ETH_P_8021Q, 5);
+    }
+    frame
+}
+
+/// An IPv6 UDP frame to `dst:dport`, with `tags` VLAN tags.
+fn udp6_to(dst: std::net::Ipv6Addr, dport: u16, tags: usize) -> Vec<u8> {
+    let mut b = Ipv6Builder::udp(dport, 16);
+    b.dst = dst.octets();
+    for _ in 0..tags {
+        b = b.tag(ETH_P_8021Q, 5);
+    }
+    b.build()
+}
+
+#[test]
+fn scoped_bindings_at_prefix_boundaries() {
+    let mut h = Harness::new(PASS).expect("load");
+    let port = port_index(PROTO_UDP, 53);
+    h.set_slot(0, LO_IFINDEX);
+    // The port's binding without a prefix drops; prefixes nest three deep in each family.
+    h.set_binding(port, binding(DROP, 0));
+    h.set_scoped(vec![
+        rule(port, "192.0.2.0/24", PASS, 0, 0),
+        rule(port, "192.0.2.128/25", DROP, 0, 1),
+        rule(port, "192.0.2.200", REDIRECT, 0, 2),
+        rule(port, "2001:db8::/32", PASS, 0, 3),
+        rule(port, "2001:db8:1::/48", DROP, 0, 4),
+        rule(port, "2001:db8:1::5", REDIRECT, 1, 5),
+        // Another port's prefix covering everything: never this port's.
+        rule(port_index(PROTO_TCP, 53), "0.0.0.0/0", REDIRECT, 0, 6),
+    ]);
+    // (destination, tags, XDP action written out from the spec, scoped id counted).
+    let v4 = |a: u8, b: u8, c: u8, d: u8| [a, b, c, d];
+    let cases4 = [
+        (v4(192, 0, 1, 255), XDP_DROP, None),
+        (v4(192, 0, 2, 0), XDP_PASS, Some(0)),
+        (v4(192, 0, 2, 127), XDP_PASS, Some(0)),
+        (v4(192, 0, 2, 128), XDP_DROP, Some(1)),
+        (v4(192, 0, 2, 199), XDP_DROP, Some(1)),
+        (v4(192, 0, 2, 200), XDP_REDIRECT, Some(2)),
+        (v4(192, 0, 2, 201), XDP_DROP, Some(1)),
+        (v4(192, 0, 2, 255), XDP_DROP, Some(1)),
+        (v4(192, 0, 3, 0), XDP_DROP, None),
+        (v4(0, 0, 0, 0), XDP_DROP, None),
+        (v4(255, 255, 255, 255), XDP_DROP, None),
+    ];
+    for tags in 0..=2 {
+        for (dst, want, id) in cases4 {
+            let frame = udp4_to(dst, 53, tags);
+            let verdict = h
+                .check(&frame, false)
+                .unwrap_or_else(|m| panic!("{dst:?} with {tags} tags: {m}"));
+            assert_eq!((verdict.xdp_action, verdict.scoped), (want, id), "{dst:?}");
+        }
+    }
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("an address");
+    let cases6 = [
+        (v6("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff"), XDP_DROP, None),
+        (v6("2001:db8::"), XDP_PASS, Some(3)),
+        (v6("2001:db8:0:ffff:ffff:ffff:ffff:ffff"), XDP_PASS, Some(3)),
+        (v6("2001:db8:1::"), XDP_DROP, Some(4)),
+        (v6("2001:db8:1::4"), XDP_DROP, Some(4)),
+        // Slot 1 is empty: the redirect falls back to pass.
+        (v6("2001:db8:1::5"), XDP_PASS, Some(5)),
+        (v6("2001:db8:1::6"), XDP_DROP, Some(4)),
+        (v6("2001:db8:1:ffff:ffff:ffff:ffff:ffff"), XDP_DROP, Some(4)),
+        (v6("2001:db8:2::"), XDP_PASS, Some(3)),
+        (
+            v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
+            XDP_PASS,
+            Some(3),
+        ),
+        (v6("2001:db9::"), XDP_DROP, None),
+        (v6("::"), XDP_DROP, None),
+        (
+            v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            XDP_DROP,
+            None,
+        ),
+    ];
+    for tags in 0..=2 {
+        for (dst, want, id) in cases6 {
+            let frame = udp6_to(dst, 53, tags);
+            let verdict = h
+                .check(&frame, false)
+                .unwrap_or_else(|m| panic!("{dst} with {tags} tags: {m}"));
+            assert_eq!((verdict.xdp_action, verdict.scoped), (want, id), "{dst}");
+        }
+    }
+    // A port with prefixes of one family only and no binding without a prefix: the other
+    // family's frames take the default action, counted under the port only.
+    let only4 = port_index(PROTO_UDP, 54);
+    let mut rules = vec![rule(only4, "198.51.100.0/24", DROP, 0, 7)];
+    rules.push(rule(port, "192.0.2.0/24", PASS, 0, 0));
+    h.set_scoped(rules);
+    for (frame, want, id) in [
+        (udp4_to([198, 51, 100, 9], 54, 0), XDP_DROP, Some(7)),
+        (udp4_to([198, 51, 101, 9], 54, 0), XDP_PASS, None),
+        (udp6_to(v6("2001:db8::1"), 54, 0), XDP_PASS, None),
+        // Port 53 lost its nested prefixes: the /24 passes what the /25 dropped.
+        (udp4_to([192, 0, 2, 130], 53, 0), XDP_PASS, Some(0)),
+        (udp6_to(v6("2001:db8:1::5"), 53, 0), XDP_DROP, None),
+    ] {
+        let verdict = h.check(&frame, false).unwrap_or_else(|m| panic!("{m}"));
+        assert_eq!((verdict.xdp_action, verdict.scoped), (want, id));
+    }
+    // Unscoped again: the port's own binding only.
+    h.set_scoped(Vec::new());
+    assert_eq!(h.binding(port).action, DROP);
+    let verdict = h
+        .check(&udp4_to([192, 0, 2, 200], 53, 0), false)
+        .unwrap_or_else(|m| panic!("{m}"));
+    assert_eq!((verdict.xdp_action, verdict.scoped), (XDP_DROP, None));
+}

@@ -85,6 +85,16 @@ fn assert_consistent(stats: &Stats) {
     assert!(t.redirected + t.redirect_fallback <= per_port, "{t:?}");
 }
 
+/// The binding range of `ports` without a prefix.
+fn range(ports: &str, action: Action, owner: &str) -> BindingRange {
+    BindingRange {
+        ports: ports.parse().expect("a port spec"),
+        action,
+        owner: owner.into(),
+        dst: None,
+    }
+}
+
 fn unload(lab: &Lab, demux: PortDemux) {
     let dir = demux.pin_dir().to_owned();
     drop(demux);
@@ -229,6 +239,7 @@ fn drop_pass_redirect_and_unbind() {
             ports: "udp/7102".parse().expect("spec"),
             action: Action::Pass,
             owner: String::new(),
+            dst: None,
         }]
     );
     let more_drop = lab.send_udp(&client, 7101, 5, 64);
@@ -278,10 +289,6 @@ fn redirect_to_a_vanished_interface_falls_back_to_pass() {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: every kind of conflict on one instance, each checked to change nothing"
-)]
 fn conflicts_are_refused_and_change_nothing() {
     let lab = Lab::new();
     let demux = load(&lab);
@@ -306,10 +313,12 @@ fn conflicts_are_refused_and_change_nothing() {
     match &err {
         Error::Conflict {
             ports,
+            dst,
             action,
             owner,
         } => {
             assert_eq!(ports.to_string(), "udp/7777");
+            assert_eq!(*dst, None);
             assert_eq!(*action, Action::Drop);
             assert_eq!(owner.as_deref(), Some("alpha"));
         }
@@ -330,14 +339,7 @@ fn conflicts_are_refused_and_change_nothing() {
     // Ranges are all or nothing.
     bind(&demux, "tcp/9000-9099", "drop");
     // Listed by (protocol, port): after tcp/7777, before udp/7777.
-    before.insert(
-        1,
-        BindingRange {
-            ports: "tcp/9000-9099".parse().expect("spec"),
-            action: Action::Drop,
-            owner: String::new(),
-        },
-    );
+    before.insert(1, range("tcp/9000-9099", Action::Drop, ""));
     assert_eq!(demux.bindings().expect("bindings"), before);
     // The conflict names the first run of bound ports in the range.
     for (ports, conflict) in [
@@ -360,18 +362,21 @@ fn conflicts_are_refused_and_change_nothing() {
         assert_eq!(demux.bindings().expect("bindings"), before, "after {ports}");
     }
     match demux.unbind("tcp/9090-9110".parse().expect("spec")) {
-        Err(Error::NotBound { ports }) => assert_eq!(ports.to_string(), "tcp/9100-9110"),
+        Err(Error::NotBound { ports, dst: None }) => {
+            assert_eq!(ports.to_string(), "tcp/9100-9110");
+        }
         other => panic!("unbind: {other:?}"),
     }
     assert_eq!(demux.bindings().expect("bindings"), before, "after unbind");
 
     // Service names.
     bind(&demux, "tcp/http", "pass");
-    assert!(demux.bindings().expect("bindings").contains(&BindingRange {
-        ports: PortSpec::single(Proto::Tcp, 80),
-        action: Action::Pass,
-        owner: String::new(),
-    }));
+    assert!(
+        demux
+            .bindings()
+            .expect("bindings")
+            .contains(&range("tcp/80", Action::Pass, ""))
+    );
 
     // --replace changes the action, also over a range that covers the old binding.
     demux
@@ -390,14 +395,7 @@ fn conflicts_are_refused_and_change_nothing() {
         .into_iter()
         .filter(|b| b.ports.proto == Proto::Udp)
         .collect();
-    assert_eq!(
-        udp,
-        vec![BindingRange {
-            ports: "udp/7770-7779".parse().expect("spec"),
-            action: Action::Pass,
-            owner: "beta".into(),
-        }]
-    );
+    assert_eq!(udp, vec![range("udp/7770-7779", Action::Pass, "beta")]);
     unload(&lab, demux);
 }
 
@@ -816,6 +814,160 @@ fn mtu_9000_in_native_mode_counts_jumbo_datagrams_whole() {
     assert_eq!(s.totals.outcomes[outcome::MALFORMED], 0, "{:?}", s.totals);
     drop(demux);
     PortDemux::unload(&lab.server.scope(), SERVER_IF).expect("unload");
+}
+
+/// Address-scoped bindings on real traffic: b0 has two IPv4 and two IPv6 addresses with a UDP
+/// socket on each, all on one port. The subnet (/24, /64) drops, the second address of each
+/// family (/32, /128, more specific) passes: each socket receives exactly what its binding
+/// passes, the port counts every frame, and each scoped binding exactly the frames it decided.
+#[test]
+fn scoped_bindings_drop_one_address_and_pass_another() {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use port_demux::IpNet;
+    use port_demux_testkit::{Sent, send_udp};
+
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let [a, b, c, _] = lab.server_addr().octets();
+    let v4_pass = Ipv4Addr::new(a, b, c, 3);
+    let mut seg = lab.server_addr6().segments();
+    seg[7] = 3;
+    let v6_pass = Ipv6Addr::from(seg);
+    lab.server.add_addr(SERVER_IF, &format!("{v4_pass}/24"));
+    lab.server.add_addr(SERVER_IF, &format!("{v6_pass}/64"));
+    let demux = load(&lab);
+    let net = |s: &str| -> IpNet { s.parse().expect("a prefix") };
+    let v4_subnet = net(&format!("{a}.{b}.{c}.0/24"));
+    let v6_subnet = IpNet::new(lab.server_addr6().into(), 64)
+        .expect("a prefix")
+        .trunc();
+    let v4_one = net(&format!("{v4_pass}/32"));
+    let v6_one = net(&format!("{v6_pass}/128"));
+    let spec: PortSpec = "udp/5353".parse().expect("a port spec");
+    let opts = BindOptions {
+        owner: "scoped".into(),
+        ..BindOptions::default()
+    };
+    demux
+        .bind_dst(spec, &[v4_subnet, v6_subnet], &Action::Drop, &opts)
+        .unwrap_or_else(|e| panic!("bind --dst: {e}"));
+    demux
+        .bind_dst(spec, &[v4_one, v6_one], &Action::Pass, &opts)
+        .unwrap_or_else(|e| panic!("bind --dst: {e}"));
+    // The same (protocol, prefix, port) again: a conflict naming the owner, nothing changed.
+    let again = demux.bind_dst(spec, &[v6_one], &Action::Drop, &BindOptions::default());
+    assert!(
+        matches!(&again, Err(Error::Conflict { ports, dst: Some(dst), owner: Some(owner), .. })
+            if ports.to_string() == "udp/5353" && *dst == v6_one && owner.contains("scoped")),
+        "{again:?}"
+    );
+
+    let to = |ip: std::net::IpAddr| SocketAddr::new(ip, 5353);
+    let targets = [
+        (to(lab.server_addr().into()), false, v4_subnet, 7),
+        (to(v4_pass.into()), true, v4_one, 5),
+        (to(lab.server_addr6().into()), false, v6_subnet, 4),
+        (to(v6_pass.into()), true, v6_one, 3),
+    ];
+    let sockets: Vec<UdpSocket> = targets
+        .iter()
+        .map(|(addr, ..)| lab.server.udp_socket(*addr))
+        .collect();
+    let client4 = lab.udp_client();
+    let client6 = lab
+        .client
+        .udp_socket(SocketAddr::from((lab.client_addr6(), 0)));
+    let mut all = Sent::default();
+    let mut per_binding = Vec::new();
+    for (addr, _, dst, count) in &targets {
+        let client = if addr.is_ipv4() { &client4 } else { &client6 };
+        let sent = send_udp(client, *addr, *count, 100);
+        all = all + sent;
+        per_binding.push((*dst, sent));
+    }
+    let counted = poll(
+        "every scoped binding to count what was sent to it",
+        || stats(&demux),
+        |s| {
+            per_binding.iter().all(|(dst, sent)| {
+                s.scoped(Proto::Udp, 5353, *dst)
+                    .is_some_and(|p| (p.packets, p.bytes) == (sent.packets, sent.bytes))
+            })
+        },
+    );
+    assert_eq!(port(&counted, Proto::Udp, 5353), (all.packets, all.bytes));
+    assert_eq!(counted.scoped.len(), 4, "{:?}", counted.scoped);
+    for ((_, passes, dst, count), sock) in targets.iter().zip(&sockets) {
+        let want = if *passes {
+            usize::try_from(*count).expect("small")
+        } else {
+            0
+        };
+        let got = if *passes {
+            recv_datagrams(sock, want).len()
+        } else {
+            count_datagrams(sock, SILENCE)
+        };
+        assert_eq!(got, want, "socket on {dst}");
+    }
+    assert_consistent(&counted);
+
+    unbind_hands_addresses_to_the_subnet(
+        &demux,
+        &client4,
+        to(v4_pass.into()),
+        [v4_one, v6_one],
+        [v4_subnet, v6_subnet],
+        &sockets[1],
+        all,
+    );
+    unload(&lab, demux);
+}
+
+/// After [`scoped_bindings_drop_one_address_and_pass_another`] sent `all`: unbinding the /32
+/// and /128 (`one`) hands their addresses to the subnets' drop (`subnets`); the port keeps
+/// counting every frame, and the bindings list what is left.
+fn unbind_hands_addresses_to_the_subnet(
+    demux: &PortDemux,
+    client4: &UdpSocket,
+    to_v4_pass: std::net::SocketAddr,
+    one: [port_demux::IpNet; 2],
+    subnets: [port_demux::IpNet; 2],
+    v4_pass_socket: &UdpSocket,
+    all: port_demux_testkit::Sent,
+) {
+    let spec: PortSpec = "udp/5353".parse().expect("a port spec");
+    demux
+        .unbind_dst(spec, &one)
+        .unwrap_or_else(|e| panic!("unbind --dst: {e}"));
+    let listed: Vec<_> = demux
+        .bindings()
+        .expect("bindings")
+        .iter()
+        .map(|r| r.dst)
+        .collect();
+    assert_eq!(listed, vec![Some(subnets[0]), Some(subnets[1])]);
+    let before = demux
+        .stats()
+        .expect("stats")
+        .scoped(Proto::Udp, 5353, subnets[0])
+        .expect("bound")
+        .packets;
+    let sent = port_demux_testkit::send_udp(client4, to_v4_pass, 2, 100);
+    let counted = poll(
+        "the /24 to count the frames of the address it now decides",
+        || stats(demux),
+        |s| {
+            s.scoped(Proto::Udp, 5353, subnets[0])
+                .is_some_and(|p| p.packets == before + sent.packets)
+        },
+    );
+    assert_eq!(count_datagrams(v4_pass_socket, SILENCE), 0);
+    assert_eq!(
+        port(&counted, Proto::Udp, 5353),
+        (all.packets + sent.packets, all.bytes + sent.bytes)
+    );
 }
 
 /// A lab with the caller's namespace and interface names and IPv4/IPv6 addresses (documentation

@@ -1,5 +1,7 @@
 //! `load --upgrade` from layout v2 (main at 5e68fb7, IPv4 only; its object is kept as
-//! `tests/fixtures/port-demux-v2.o`) to this build's layout v3, under traffic, on a real veth.
+//! `tests/fixtures/port-demux-v2.o`) to this build's layout v4, under traffic, on a real veth;
+//! and from layout v3 (main before address-scoped bindings, `tests/fixtures/port-demux-v3.o`),
+//! whose maps are kept while the scope maps are created empty.
 //!
 //! The v2 instance is made as v2's loader made it: maps pinned in
 //! `/sys/fs/bpf/port-demux/netns-<inode>/<iface>/`, the program attached through a pinned
@@ -32,13 +34,15 @@ use port_demux_testkit::{
         Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, poll, recv_datagrams,
         set_rcvbuf, udp_to,
     },
-    v2::{bind_v2, load_v2},
+    v2::{bind_v2, load_v2, load_v3},
 };
 
 const PASS_PORT: u16 = 7911;
 const DROP_PORT: u16 = 7912;
 const REDIRECT_PORT: u16 = 7913;
 const PAYLOAD: usize = 100;
+/// The maps layout v4 added.
+const SCOPE_MAPS: [&str; 5] = ["SCOPES", "SCOPE_V4", "SCOPE_V6", "SCOPED", "SCOPED_STATS"];
 
 /// The pinned `PORT_STATS` (any layout), held open: the map outlives the folder's moves.
 fn port_stats(dir: &Path) -> PerCpuArray<MapData, PortCounters> {
@@ -264,9 +268,12 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
         .join(format!("if-{}", lab.server.ifindex(SERVER_IF)));
     assert!(new_dir.join("GLOBALS2").exists());
     assert!(!dir.exists(), "{} left", dir.display());
+    for map in SCOPE_MAPS {
+        assert!(new_dir.join(map).exists(), "{map}");
+    }
     assert_eq!(
         PortDemux::open(&ns.scope(), SERVER_IF)
-            .expect("v3 now")
+            .expect("v4 now")
             .pin_dir(),
         new_dir
     );
@@ -304,7 +311,10 @@ fn a_layout_it_cannot_migrate_is_refused_and_nothing_changes() {
             &format!("upgrade from layout {version}"),
             &[&format!("layout version {version}")],
         );
-        assert!(line.contains("reads version 3"), "{line}");
+        assert!(
+            line.contains(&format!("reads version {LAYOUT_VERSION}")),
+            "{line}"
+        );
         assert_eq!(pins(&dir), pins_before, "layout {version}: pins changed");
         assert_eq!(
             ns.xdp_prog(SERVER_IF),
@@ -332,4 +342,85 @@ fn a_layout_it_cannot_migrate_is_refused_and_nothing_changes() {
     // Restored, it migrates.
     pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+/// Layout v3 (main's object before address-scoped bindings): `load --upgrade` keeps its
+/// bindings and counters, creates the scope maps empty, and scoped bindings work after it.
+#[test]
+fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v3(&lab.server, SERVER_IF);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+    match PortDemux::open(&ns.scope(), SERVER_IF) {
+        Err(e @ Error::LayoutV3 { .. }) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains("--upgrade"), "{line}");
+        }
+        other => panic!("open of v3 pins: {other:?}"),
+    }
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    poll(
+        "v3 counts 30",
+        || {
+            let stats = port_stats(&dir);
+            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
+        },
+        |&n| n == 30,
+    );
+    let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
+    let new_dir = PortDemux::open(&ns.scope(), SERVER_IF)
+        .expect("v4 now")
+        .pin_dir()
+        .to_owned();
+    for map in SCOPE_MAPS {
+        assert!(new_dir.join(map).exists(), "{map}");
+    }
+    let stats = pd_json(ns, &["stats", "--json"]);
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    assert_eq!(
+        json_port(&stats, "udp", PASS_PORT),
+        (20, 20 * frame),
+        "{stats}"
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (10, 10 * frame),
+        "{stats}"
+    );
+    assert_eq!(stats["scoped"], serde_json::json!([]), "{stats}");
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    assert_eq!(
+        bindings["bindings"].as_array().map(Vec::len),
+        Some(2),
+        "{bindings}"
+    );
+    // The drop port's own address drops, another passes: scoped on the upgraded instance.
+    let server = format!("{}", lab.server_addr());
+    pd_ok(
+        ns,
+        &[
+            "bind",
+            &format!("udp/{PASS_PORT}"),
+            "drop",
+            "--dst",
+            &server,
+        ],
+    );
+    let _ = lab.send_udp(&client, PASS_PORT, 5, PAYLOAD);
+    let stats = poll(
+        "the scoped binding to count 5",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| s["scoped"][0]["packets"] == 5,
+    );
+    assert_eq!(stats["scoped"][0]["dst"], format!("{server}/32"), "{stats}");
+    assert_eq!(json_port(&stats, "udp", PASS_PORT).0, 25, "{stats}");
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!new_dir.exists());
 }

@@ -88,6 +88,95 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Address-scoped ports: (frame name, UDP port, prefixes, IPv6). Each port's prefixes are
+/// random and overlapping, and the frame's destination lies in a chain of nested ones: the
+/// deepest (a /32 or /128) decides it.
+const SCOPED: [(&str, u16, usize, bool); 4] = [
+    ("scoped_1_prefix", 5301, 1, false),
+    ("scoped_100_prefixes", 5302, 100, false),
+    ("scoped_10000_prefixes", 5303, 10_000, false),
+    ("scoped6_10000_prefixes", 5304, 10_000, true),
+];
+/// The destination of the scoped frames.
+const SCOPED_DST4: [u8; 4] = [10, 98, 77, 1];
+const SCOPED_DST6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The bench's frames and the scoped ones.
+fn all_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let mut all = frames();
+    for (name, port, _, v6) in SCOPED {
+        let frame = if v6 {
+            let mut f = ipv6(17, port, &[], &[]);
+            f[38..54].copy_from_slice(&SCOPED_DST6);
+            f
+        } else {
+            let mut f = ipv4(17, port, &[]);
+            f[30..34].copy_from_slice(&SCOPED_DST4);
+            let mut ip = f[14..34].to_vec();
+            ip[10..12].fill(0);
+            let sum = checksum(&ip);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            f
+        };
+        all.push((name, frame));
+    }
+    all
+}
+
+/// `count` random overlapping prefixes (as `--dst` arguments), one family: a chain of nested
+/// prefixes around `dst` down to the single address, the rest random (nested and overlapping
+/// among themselves, a few also covering `dst`), all distinct. A small xorshift keeps runs
+/// comparable.
+fn scoped_prefixes(count: usize, dst: &[u8]) -> Vec<String> {
+    let bits = dst.len() * 8;
+    let dst_num = dst.iter().fold(0u128, |a, &b| a << 8 | u128::from(b));
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ count as u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let render = |addr: u128, len: usize| -> String {
+        if bits == 32 {
+            let a = u32::try_from(addr).expect("IPv4");
+            format!("{}/{len}", std::net::Ipv4Addr::from(a))
+        } else {
+            format!("{}/{len}", std::net::Ipv6Addr::from(addr))
+        }
+    };
+    let prefix = |addr: u128, len: usize| -> u128 {
+        let host = bits - len;
+        if host == 128 { 0 } else { addr >> host << host }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    // The deepest first, then its enclosing prefixes every 4 bits.
+    let mut len = bits;
+    while out.len() < count && len >= 8 {
+        if seen.insert((prefix(dst_num, len), len)) {
+            out.push(render(prefix(dst_num, len), len));
+        }
+        len -= 4;
+    }
+    // Random prefixes in the same /8 (IPv4) or /16 (IPv6), so that they nest and overlap.
+    let top = if bits == 32 { 8 } else { 16 };
+    while out.len() < count {
+        let r = u128::from(next()) << 64 | u128::from(next());
+        let len = top + usize::try_from(next() % (bits - top + 1) as u64).expect("small");
+        let mask = if bits == 128 {
+            u128::MAX >> top
+        } else {
+            (1u128 << (bits - top)) - 1
+        };
+        let addr = prefix(dst_num & !mask | r & mask, len);
+        if seen.insert((addr, len)) {
+            out.push(render(addr, len));
+        }
+    }
+    out
+}
+
 /// Untagged IPv4 frames: port-demux within 0.5 ns of today's program on each.
 const UNTAGGED_IPV4: [&str; 6] = [
     "udp_bound_drop",
@@ -305,6 +394,20 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     }
     pd(bin, &["load", "rx0", "--mode", "native"])?;
     let (_, bind_all) = pd(bin, &["bind", "tcp/0-65535", "pass", "--owner", "bench"])?;
+    // The scoped ports, each one `bind` of all its prefixes (the 10,000-prefix ones are
+    // issue 11's "binding 10,000 prefixes in one call").
+    let mut bind_scoped = serde_json::Map::new();
+    for (name, port, count, v6) in SCOPED {
+        let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
+        let prefixes = scoped_prefixes(count, dst);
+        let spec = format!("udp/{port}");
+        let mut cmd = vec!["bind", spec.as_str(), "drop"];
+        for p in &prefixes {
+            cmd.extend(["--dst", p.as_str()]);
+        }
+        let (_, took) = pd(bin, &cmd)?;
+        bind_scoped.insert(name.to_owned(), json!(ms(took)));
+    }
     let (stats_out, stats_all) = pd(bin, &["stats", "--all", "--json"])?;
     ensure!(stats_out.contains("\"totals\""), "stats printed no totals");
     let (bindings_out, _) = pd(bin, &["bindings", "--json"])?;
@@ -320,6 +423,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         "unload_ms_median": median(&mut unloads),
         "bind_65536_ports_ms": ms(bind_all),
         "stats_all_ports_ms": ms(stats_all),
+        "bind_scoped_ms": bind_scoped,
         "memlock_bytes": memlock,
     });
     writeln!(
@@ -336,6 +440,14 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
             text,
             "  {key:<24} {:>9.1} ms   {target}",
             control[key].as_f64().unwrap_or(0.0)
+        )?;
+    }
+    for (name, _, count, _) in SCOPED {
+        writeln!(
+            text,
+            "  bind {count:>5} prefixes ({name}) {:>9.1} ms   {}",
+            control["bind_scoped_ms"][name].as_f64().unwrap_or(0.0),
+            if count == 10_000 { "< 1000 ms" } else { "" }
         )?;
     }
     writeln!(
@@ -360,7 +472,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
     }
-    let frames = frames();
+    let frames = all_frames();
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
@@ -528,7 +640,31 @@ fn targets(report: &Value) -> (Value, String) {
     .chain(TAGGED)
     .collect();
     // (target, frames, figure, the highest or the lowest decides, met)
-    let per_packet: [(&str, &[&str], &str, bool, Verdict); 6] = [
+    // Frames to ports without scoped bindings: every frame but the scoped ones.
+    let names = frames();
+    let unscoped: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+    let per_packet: [(&str, &[&str], &str, bool, Verdict); 9] = [
+        (
+            "unscoped ports: port-demux - the previous program <= 0.5 ns",
+            &unscoped,
+            TODAY,
+            true,
+            |d| d <= 0.5,
+        ),
+        (
+            "scoped port, 100 prefixes: ratio to the floor <= 2.0",
+            &["scoped_100_prefixes"],
+            RATIO,
+            true,
+            |r| r <= 2.0,
+        ),
+        (
+            "scoped port, 10,000 prefixes: ratio to the floor <= 2.5",
+            &["scoped_10000_prefixes", "scoped6_10000_prefixes"],
+            RATIO,
+            true,
+            |r| r <= 2.5,
+        ),
         (
             "untagged IPv4: port-demux - today's program <= 0.5 ns",
             &UNTAGGED_IPV4,
@@ -582,7 +718,17 @@ fn targets(report: &Value) -> (Value, String) {
         ("load < 300 ms", "load_ms_median", |ms| ms < 300.0),
     ];
     let mut list = Vec::new();
-    let mut text = String::from("\ntargets (issues 3 and 8):\n");
+    let scoped_binds: [(&str, &str); 2] = [
+        (
+            "bind 10,000 IPv4 prefixes in one call < 1000 ms",
+            "scoped_10000_prefixes",
+        ),
+        (
+            "bind 10,000 IPv6 prefixes in one call < 1000 ms",
+            "scoped6_10000_prefixes",
+        ),
+    ];
+    let mut text = String::from("\ntargets (issues 3, 8 and 11):\n");
     let mut judge = |what: &str, figure: Option<f64>, at: &str, met: Option<bool>| {
         let verdict = match met {
             Some(true) => "met",
@@ -608,6 +754,10 @@ fn targets(report: &Value) -> (Value, String) {
     for (what, key, ok) in control_plane {
         let figure = report["control_plane"][key].as_f64();
         judge(what, figure, "", figure.map(ok));
+    }
+    for (what, key) in scoped_binds {
+        let figure = report["control_plane"]["bind_scoped_ms"][key].as_f64();
+        judge(what, figure, "", figure.map(|ms| ms < 1000.0));
     }
     let exact = report["live"]["exact"].as_bool();
     judge("live traffic counted exactly", None, "", exact);

@@ -201,6 +201,7 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
                     ports,
                     action,
                     owner,
+                    dst: None,
                 },
                 at,
             ));
@@ -427,7 +428,13 @@ fn plan_loaded(
 ) -> Result<(Vec<Step>, Vec<String>), Failure> {
     let demux = PortDemux::open(scope, iface)?;
     let have = demux.settings()?;
-    let bindings = demux.bindings()?;
+    // The file names the bindings without a prefix; address-scoped ones (`bind --dst`) are
+    // not part of it and an apply leaves them as they are.
+    let bindings: Vec<BindingRange> = demux
+        .bindings()?
+        .into_iter()
+        .filter(|b| b.dst.is_none())
+        .collect();
     let mut steps = Vec::new();
     let mut lines = Vec::new();
     if have.mode == want.settings.mode {
@@ -525,7 +532,7 @@ pub fn export(scope: &Scope, _args: &ExportArgs, out: &mut dyn Write) -> Result<
             string(default_name(settings.default_action)),
             settings.debug
         );
-        for b in demux.bindings()? {
+        for b in demux.bindings()?.into_iter().filter(|b| b.dst.is_none()) {
             let owner = if b.owner.is_empty() {
                 String::new()
             } else {
@@ -584,6 +591,7 @@ mod tests {
             ports: spec.parse().unwrap(),
             action: action.parse().unwrap(),
             owner: owner.into(),
+            dst: None,
         };
         let old = [r("udp/1-10", "drop", ""), r("tcp/80", "pass", "web")];
         let new = [

@@ -17,11 +17,18 @@ pub struct BindingsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only the bindings of this destination prefix.
+    #[arg(long, value_name = "PREFIX")]
+    pub dst: Option<String>,
 }
 
 pub fn bindings(scope: &Scope, args: &BindingsArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let filter = super::bind::prefixes(args.dst.as_slice())?;
     let demux = open(scope, args.iface.as_deref())?;
-    let ranges = demux.bindings()?;
+    let mut ranges = demux.bindings()?;
+    if let Some(net) = filter.first() {
+        ranges.retain(|r| r.dst == Some(*net));
+    }
     if args.json {
         let list: Vec<_> = ranges
             .iter()
@@ -32,6 +39,7 @@ pub fn bindings(scope: &Scope, args: &BindingsArgs, out: &mut dyn Write) -> Resu
                     "last": r.ports.last,
                     "action": r.action.to_string(),
                     "owner": r.owner,
+                    "dst": r.dst.map(|d| d.to_string()),
                 })
             })
             .collect();
@@ -43,12 +51,13 @@ pub fn bindings(scope: &Scope, args: &BindingsArgs, out: &mut dyn Write) -> Resu
         writeln!(out, "no bindings on {}", demux.iface())?;
         return Ok(());
     }
-    writeln!(out, "{:<18} {:<20} OWNER", "PORTS", "ACTION")?;
+    writeln!(out, "{:<18} {:<24} {:<20} OWNER", "PORTS", "DST", "ACTION")?;
     for r in &ranges {
         writeln!(
             out,
-            "{:<18} {:<20} {}",
+            "{:<18} {:<24} {:<20} {}",
             r.ports.to_string(),
+            r.dst.map_or_else(|| "*".to_owned(), |d| d.to_string()),
             r.action.to_string(),
             r.owner
         )?;

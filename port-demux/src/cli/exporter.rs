@@ -459,6 +459,7 @@ mod tests {
             packets,
             bytes: packets * 100,
             action,
+            dst: None,
         };
         // Busiest first, as `stats` gives them.
         let ports = [
@@ -505,6 +506,7 @@ mod tests {
                             },
                             action: Action::Drop,
                             owner: "dns".into(),
+                            dst: None,
                         }],
                         totals: Totals::default(),
                     }),

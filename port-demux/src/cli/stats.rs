@@ -27,6 +27,9 @@ pub struct StatsArgs {
     /// Every port with a non-zero counter, not just the bound and the busiest others.
     #[arg(long)]
     pub all: bool,
+    /// Only the scoped bindings of this destination prefix, and their ports.
+    #[arg(long, value_name = "PREFIX")]
+    pub dst: Option<String>,
     /// Live rates (packets/s, bits/s) beside the totals, redrawn every interval, fastest
     /// first; q quits. With --json: one JSON object per interval.
     #[arg(long)]
@@ -40,13 +43,24 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     if args.watch {
         return super::watch::watch(scope, args, out);
     }
+    let filter = super::bind::prefixes(args.dst.as_slice())?;
     let demux = open(scope, args.iface.as_deref())?;
-    let stats = demux.stats()?;
+    let mut stats = demux.stats()?;
+    if let Some(net) = filter.first() {
+        stats.scoped.retain(|s| s.dst == Some(*net));
+        let scoped = &stats.scoped;
+        stats.ports.retain(|p| {
+            scoped
+                .iter()
+                .any(|s| (s.proto, s.port) == (p.proto, p.port))
+        });
+    }
     let (ports, hidden) = select(&stats.ports, args.all);
     if args.json {
         let doc = json!({
             "interface": demux.iface(),
             "ports": ports,
+            "scoped": stats.scoped,
             "totals": stats.totals,
         });
         writeln!(out, "{doc}")?;
@@ -62,18 +76,19 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     )?;
     writeln!(
         out,
-        "{:<14} {:<20} {:>12} {:>14}",
-        "PORT", "BINDING", "PACKETS", "BYTES"
+        "{:<14} {:<24} {:<20} {:>12} {:>14}",
+        "PORT", "DST", "BINDING", "PACKETS", "BYTES"
     )?;
-    for p in &ports {
+    for p in ports.iter().copied().chain(&stats.scoped) {
         let binding = p
             .action
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         writeln!(
             out,
-            "{:<14} {:<20} {:>12} {:>14}",
+            "{:<14} {:<24} {:<20} {:>12} {:>14}",
             format!("{}/{}", p.proto, p.port),
+            p.dst.map_or_else(|| "*".to_owned(), |d| d.to_string()),
             binding,
             p.packets,
             p.bytes
@@ -154,6 +169,7 @@ mod tests {
             packets,
             bytes: packets * 100,
             action,
+            dst: None,
         }
     }
 

@@ -1,0 +1,183 @@
+//! Changing address-scoped bindings: many (protocol, port, prefix) bindings added or removed
+//! in one batch, each affected port's interval tables rebuilt and switched to atomically.
+//!
+//! A port's new table is written into records no port points at, then the port's `SCOPES`
+//! word (start and count, 8 bytes) is switched with one atomic store through the memory
+//! mapping: the data path sees the old table or the new one, never a half-written one. The
+//! old records become free for a later change: every change is a separate locked command,
+//! while a frame's search lasts nanoseconds (and, within one change, records freed by it are
+//! not reused). A port gets the `SCOPED` flag in its binding after its tables are in place,
+//! and loses it before they go.
+
+use bytemuck::Zeroable as _;
+use port_demux_common::{
+    PortScope, SCOPE_RECORDS, ScopeV4, ScopeV6, ScopedBinding, action, model::ScopedRule,
+};
+
+use crate::{
+    Error, Result,
+    maps::{Maps, ScopeMaps, flagged},
+    prefix::{PortTables, rule_of},
+};
+
+/// The live scoped bindings, as (id, entry).
+pub(crate) fn live(maps: &Maps) -> Result<Vec<(u32, ScopedBinding)>> {
+    Ok((0u32..)
+        .zip(maps.read_scoped()?)
+        .filter(|(_, b)| b.action != action::UNBOUND)
+        .collect())
+}
+
+/// Removes the bindings `remove` (ids of live entries) and adds `add`, all or nothing: the
+/// capacity (ids, records of each family) is checked before anything is written.
+pub(crate) fn change(
+    maps: &Maps,
+    live: &[(u32, ScopedBinding)],
+    remove: &[u32],
+    add: &[ScopedBinding],
+) -> Result<()> {
+    let used: std::collections::HashSet<u32> = live.iter().map(|(id, _)| *id).collect();
+    let all_ids = u32::try_from(maps_len()).expect("small");
+    let new_ids: Vec<u32> = (0..all_ids)
+        .filter(|id| !used.contains(id))
+        .take(add.len())
+        .collect();
+    if new_ids.len() < add.len() {
+        return Err(Error::Capacity {
+            what: "scoped bindings",
+            need: add.len(),
+            free: new_ids.len(),
+            capacity: maps_len(),
+        });
+    }
+    let removed: std::collections::HashSet<u32> = remove.iter().copied().collect();
+    let mut ports: Vec<u32> = add.iter().map(|b| b.index).collect();
+    ports.extend(
+        live.iter()
+            .filter(|(id, _)| removed.contains(id))
+            .map(|(_, b)| b.index),
+    );
+    ports.sort_unstable();
+    ports.dedup();
+    let rules: Vec<ScopedRule> = live
+        .iter()
+        .filter(|(id, _)| !removed.contains(id))
+        .map(|(id, b)| rule_of(*id, b))
+        .chain(new_ids.iter().zip(add).map(|(id, b)| rule_of(*id, b)))
+        .collect();
+    let sm = maps.scope_maps()?;
+    // Plan every table before writing anything.
+    let mut free4 = Regions::used_by(&sm, false);
+    let mut free6 = Regions::used_by(&sm, true);
+    let mut plan = Vec::new();
+    let mut by_port: std::collections::HashMap<u32, Vec<ScopedRule>> =
+        std::collections::HashMap::new();
+    for r in &rules {
+        if ports.binary_search(&r.index).is_ok() {
+            by_port.entry(r.index).or_default().push(*r);
+        }
+    }
+    for &index in &ports {
+        let mine = by_port.remove(&index).unwrap_or_default();
+        let t = PortTables::build(&mine);
+        let w4 = free4.place(t.v4.len(), "IPv4 interval records")?;
+        let w6 = free6.place(t.v6.len(), "IPv6 interval records")?;
+        plan.push((index, t, w4, w6));
+    }
+    // Counters of new bindings start at zero; their entries go in before any table names
+    // them.
+    maps.zero_scoped_stats(&new_ids)?;
+    maps.write_scoped(&new_ids, add)?;
+    let bindings = maps.read_bindings()?;
+    let mut flags = (Vec::new(), Vec::new());
+    for (index, t, w4, w6) in &plan {
+        write_records(&sm, t, *w4, *w6);
+        let now = *w4 != 0 || *w6 != 0;
+        if !now && sm.scoped(*index) {
+            // Flag off first, then the tables go.
+            maps.write_raw_bindings(&[*index], &[flagged(bindings[*index as usize], false)])?;
+        }
+        sm.set_word(*index, false, *w4);
+        sm.set_word(*index, true, *w6);
+        if now {
+            flags.0.push(*index);
+            flags.1.push(flagged(bindings[*index as usize], true));
+        }
+    }
+    maps.write_raw_bindings(&flags.0, &flags.1)?;
+    maps.write_scoped(remove, &vec![ScopedBinding::zeroed(); remove.len()])
+}
+
+/// Entries of `SCOPED` and `SCOPED_STATS`.
+fn maps_len() -> usize {
+    port_demux_common::SCOPED_LEN as usize
+}
+
+/// Copies a port's tables into the records its new words point at.
+fn write_records(sm: &ScopeMaps, t: &PortTables, w4: u64, w6: u64) {
+    if w4 != 0 {
+        let (start, _) = PortScope::unpack(w4);
+        sm.v4.write(
+            start as usize * size_of::<ScopeV4>(),
+            bytemuck::cast_slice(&t.v4),
+        );
+    }
+    if w6 != 0 {
+        let (start, _) = PortScope::unpack(w6);
+        sm.v6.write(
+            start as usize * size_of::<ScopeV6>(),
+            bytemuck::cast_slice(&t.v6),
+        );
+    }
+}
+
+/// The records of one family in use (by any port's current table, or planned in this change),
+/// as sorted (start, end) ranges.
+struct Regions(Vec<(u32, u32)>);
+
+impl Regions {
+    fn used_by(sm: &ScopeMaps, v6: bool) -> Self {
+        let mut used: Vec<(u32, u32)> = (0..port_demux_common::BINDINGS_LEN)
+            .map(|index| PortScope::unpack(sm.word(index, v6)))
+            .filter(|&(_, count)| count != 0)
+            .map(|(start, count)| (start, start + count))
+            .collect();
+        used.sort_unstable();
+        Self(used)
+    }
+
+    /// The packed word of `len` records placed in the first gap that holds them (0 for an
+    /// empty table).
+    fn place(&mut self, len: usize, what: &'static str) -> Result<u64> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let want = u32::try_from(len).unwrap_or(u32::MAX);
+        let mut at = 0u32;
+        let mut free = 0usize;
+        let mut found = None;
+        for (i, &(start, end)) in self.0.iter().enumerate() {
+            let gap = start.saturating_sub(at);
+            free += gap as usize;
+            if found.is_none() && gap >= want {
+                found = Some((at, i));
+            }
+            at = at.max(end);
+        }
+        let tail = SCOPE_RECORDS.saturating_sub(at);
+        free += tail as usize;
+        if found.is_none() && tail >= want {
+            found = Some((at, self.0.len()));
+        }
+        let Some((start, i)) = found else {
+            return Err(Error::Capacity {
+                what,
+                need: len,
+                free,
+                capacity: SCOPE_RECORDS as usize,
+            });
+        };
+        self.0.insert(i, (start, start + want));
+        Ok(PortScope::pack(start, want))
+    }
+}
