@@ -356,7 +356,7 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     match PortDemux::open(&ns.scope(), SERVER_IF) {
         Err(e @ Error::LayoutV3 { .. }) => {
             let line = e.to_string();
-            assert!(!line.contains('\n') && line.contains("--upgrade"), "{line}");
+            assert!(!line.contains('\n') && line.contains("upgrade"), "{line}");
         }
         other => panic!("open of v3 pins: {other:?}"),
     }
