@@ -104,15 +104,16 @@ fn state_outlives_every_cli_process() {
     // arrays (BINDINGS' 24-byte values; PORT_STATS' 16 bytes per possible CPU and a pointer to
     // them per entry), the scope maps (SCOPES' 16 bytes per port, 65,536 8-byte IPv4 and
     // 24-byte IPv6 records, 32,768 48-byte SCOPED entries and their per-CPU counters), at
-    // most 3 MiB on top: bookkeeping, small maps and program, and before Linux 6.4 (whose maps
-    // report what they allocated) an estimate from key and value sizes.
+    // most a quarter and 1 MiB on top: bookkeeping, small maps and program, and before Linux
+    // 6.4 (whose maps report what they allocated) an estimate from key and value sizes (6.1:
+    // 18,911,232 for 15,466,496 of values on 2 CPUs).
     let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
     let values = (1u64 << 17) * (24 + 8 + 16 * cpus + 16)
         + (1u64 << 16) * (8 + 24)
         + (1u64 << 15) * (48 + 8 + 16 * cpus);
     let memlock = instance["memlock_bytes"].as_u64().expect("memlock_bytes");
     assert!(
-        (values..values + (3 << 20)).contains(&memlock),
+        (values..values + values / 4 + (1 << 20)).contains(&memlock),
         "memlock_bytes {memlock}, arrays' values {values} on {cpus} possible CPUs"
     );
     let text = pd_ok(ns, &["status"]);
