@@ -519,8 +519,8 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         "xdp-filter",
         "ratio",
         "xf/pd",
-        "v2 ns",
-        "pd-v2"
+        "prev ns",
+        "pd-prev"
     )?;
     let kernel_ns = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let mut per_packet = Vec::new();
