@@ -313,12 +313,16 @@ impl Drop for Prometheus {
 }
 
 /// A tmux server of its own (private socket) running one command in a detached session of a
-/// given size, the pane kept after the command exits so that its exit status can be read;
-/// the server is killed on drop.
+/// given size; the command's exit status is written by the pane's shell, and the server is
+/// killed on drop.
+///
+/// The status is not read from tmux: under load tmux 3.3 can miss the child's SIGCHLD and
+/// leave the exited command an unreaped zombie whose pane never shows an exit status.
 #[derive(Debug)]
 pub struct Tmux {
     socket: String,
     config: PathBuf,
+    status: PathBuf,
 }
 
 impl Tmux {
@@ -331,9 +335,18 @@ impl Tmux {
     pub fn start(command: &str, width: u16, height: u16) -> Self {
         let socket = format!("pdt-{}-{}", std::process::id(), crate::netns::unique());
         let config = std::env::temp_dir().join(format!("{socket}.tmux.conf"));
-        fs::write(&config, "set -g remain-on-exit on\nset -g status off\n")
-            .expect("writing tmux.conf");
-        let tmux = Self { socket, config };
+        let status = std::env::temp_dir().join(format!("{socket}.status"));
+        fs::write(
+            &config,
+            "set -g remain-on-exit on\nset -g status off\nset -g default-shell /bin/sh\n",
+        )
+        .expect("writing tmux.conf");
+        let command = format!("{command}; echo $? > {}", status.display());
+        let tmux = Self {
+            socket,
+            config,
+            status,
+        };
         tmux.run(&[
             "new-session",
             "-d",
@@ -343,7 +356,7 @@ impl Tmux {
             &width.to_string(),
             "-y",
             &height.to_string(),
-            command,
+            &command,
         ]);
         tmux
     }
@@ -398,27 +411,25 @@ impl Tmux {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{}\npane: {}",
+                "timed out waiting for {what}; screen:\n{}\nexit status: {:?}",
                 screen.join("\n"),
-                self.pane()
+                self.exit_status()
             );
             thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// `"<dead> <exit status>"` of the pane: `"0"` while the command runs, `"1 0"` after a
-    /// clean exit.
+    /// The command's exit status once it has exited (128 + N for signal N), `None` while it
+    /// runs.
+    ///
+    /// # Panics
+    /// When the status file holds something else than a number.
     #[must_use]
-    pub fn pane(&self) -> String {
-        self.run(&[
-            "display-message",
-            "-p",
-            "-t",
-            "t",
-            "#{pane_dead} #{pane_dead_status}",
-        ])
-        .trim_end()
-        .to_owned()
+    pub fn exit_status(&self) -> Option<i32> {
+        let text = fs::read_to_string(&self.status).ok()?;
+        // Written by the shell's `echo`: complete once it ends in a newline.
+        let text = text.strip_suffix('\n')?;
+        Some(text.parse().expect("the shell's exit status"))
     }
 }
 
@@ -428,5 +439,6 @@ impl Drop for Tmux {
             .args(["-L", &self.socket, "kill-server"])
             .output();
         let _ = fs::remove_file(&self.config);
+        let _ = fs::remove_file(&self.status);
     }
 }

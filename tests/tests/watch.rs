@@ -123,15 +123,16 @@ fn the_terminal_view_draws_follows_a_resize_and_quits_on_q() {
         framed(80)(s) && row(s)
     });
     assert_eq!(screen.len(), 20, "{screen:#?}");
-    assert_eq!(tmux.pane(), "0", "the view ended on the resize");
+    assert_eq!(tmux.exit_status(), None, "the view ended on the resize");
     tmux.run(&["send-keys", "-t", "t", "q"]);
     let deadline = std::time::Instant::now() + wait;
-    while tmux.pane() != "1 0" {
+    while tmux.exit_status().is_none() {
         assert!(
             std::time::Instant::now() < deadline,
-            "no clean exit on q: {}",
-            tmux.pane()
+            "no exit on q; screen:\n{}",
+            tmux.screen().join("\n")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(tmux.exit_status(), Some(0), "exit status after q");
 }
