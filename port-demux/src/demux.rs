@@ -60,7 +60,7 @@ fn pairs<'a>(
 }
 
 /// The `SCOPED` entry of (`index`, `net`) with `value`'s action, slot and owner.
-fn scoped_value(index: u32, net: &IpNet, value: &Binding) -> ScopedBinding {
+pub(crate) fn scoped_value(index: u32, net: &IpNet, value: &Binding) -> ScopedBinding {
     let (family, _, len) = prefix_key(net);
     ScopedBinding {
         index,

@@ -22,7 +22,7 @@ use aya::{
 use bytemuck::Zeroable as _;
 use port_demux_common::{
     Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, MODE_SKB, Meta,
-    action,
+    ScopedBinding, action,
 };
 
 use crate::{
@@ -35,6 +35,7 @@ use crate::{
     },
     maps::{self, Maps},
     netlink,
+    scoped::{self, Successor},
     sys::LinkInfo,
 };
 
@@ -258,16 +259,16 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
 }
 
 /// Replaces the bindings of the instance on `iface` with those `build` returns (every port's,
-/// built under the lock from the instance's folder, where it may fill redirect slots) and its
-/// default action with `default_action`, as one change: the successor is built in a staging
-/// folder like an upgrade's, with a new `BINDINGS` map, and swapped in through the link (the
-/// commit point), so the data path and readers see the old set or the new one. Returns the
-/// report and the folder now in place.
+/// and every scoped binding, built under the lock from the instance's folder, where it may
+/// fill redirect slots) and its default action with `default_action`, as one change: the
+/// successor is built in a staging folder like an upgrade's, with a new `BINDINGS` map and new
+/// scope maps, and swapped in through the link (the commit point), so the data path and
+/// readers see the old set or the new one. Returns the report and the folder now in place.
 pub(crate) fn replace_bindings(
     scope: &Scope,
     iface: &str,
     default_action: u32,
-    build: impl FnOnce(&Path) -> Result<Vec<Binding>>,
+    build: impl FnOnce(&Path) -> Result<(Vec<Binding>, Vec<ScopedBinding>)>,
 ) -> Result<(UpgradeReport, PathBuf)> {
     check_ifname(iface)?;
     let _lock = lock(scope)?;
@@ -282,7 +283,12 @@ pub(crate) fn replace_bindings(
         });
     }
     open_maps(&dir, &MAPS)?;
-    let bindings = build(&dir)?;
+    let (bindings, wanted) = build(&dir)?;
+    let scoped = Successor::plan(&scoped::live(&Maps::open(&dir)?)?, &wanted)?;
+    let next = Next {
+        bindings: &bindings,
+        scoped: &scoped,
+    };
     meta.default_action = default_action;
     let opts = LoadOptions {
         debug: meta.debug != 0,
@@ -300,7 +306,7 @@ pub(crate) fn replace_bindings(
         found.link,
         LAYOUT_VERSION,
         &opts,
-        Some(&bindings),
+        Some(next),
     )
     .inspect_err(|_| {
         // Before the commit point: nothing runs what the staging folder pins.
@@ -309,8 +315,17 @@ pub(crate) fn replace_bindings(
     let target = instance_dir(scope.bpffs(), cookie, ifindex);
     instance::commit(scope.bpffs(), &staging, Some(&dir), &target)?;
     // Slots only the old bindings named.
-    Maps::open(&target)?.collect_slots(&bindings)?;
+    let users: Vec<Binding> = bindings.iter().copied().chain(scoped.slot_users()).collect();
+    Maps::open(&target)?.collect_slots(&users)?;
     Ok((report, target))
+}
+
+/// What `apply` swaps in: every port's binding (without the `SCOPED` flag) and the scoped
+/// bindings, each set written into new maps.
+#[derive(Clone, Copy)]
+struct Next<'a> {
+    bindings: &'a [Binding],
+    scoped: &'a Successor,
 }
 
 /// Builds the successor of the instance pinned in `dir` in `staging` and swaps its program in
@@ -328,15 +343,18 @@ fn swap_program(
     link_info: LinkInfo,
     from: u32,
     opts: &LoadOptions,
-    bindings: Option<&[Binding]>,
+    next: Option<Next>,
 ) -> Result<UpgradeReport> {
     // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
     // devmap and `GLOBALS2`, and (v4) the scope maps; the ones an older layout lacked are
     // created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
     // lets a devmap serve only programs that agree on multi-buffer support): the successor
     // gets a new one with the same slots; bindings name slots, so they stay valid. With
-    // `bindings` (apply), a new `BINDINGS` holding them replaces the old one (with the
-    // `SCOPED` flag of the ports the kept scope maps give tables).
+    // `next` (apply), new maps hold the new set: `BINDINGS` and the scope maps (`SCOPED`,
+    // `SCOPES`, `SCOPE_V4`, `SCOPE_V6`), filled before the link update, so that the data path
+    // and readers see the old set or the new, never a mix. `SCOPED_STATS` is kept like
+    // `PORT_STATS` (the scoped bindings that stay keep their ids, so their counters) unless
+    // the two sets together need more ids than it has.
     let v2 = from == LAYOUT_VERSION_V2;
     let all: &[&str] = &[
         "BINDINGS",
@@ -355,10 +373,13 @@ fn swap_program(
         LAYOUT_VERSION_V3 => &all[..5],
         _ => all,
     };
-    for name in kept
-        .iter()
-        .filter(|name| bindings.is_none() || **name != "BINDINGS")
-    {
+    let renewed = |name: &str| {
+        next.is_some_and(|next| {
+            matches!(name, "BINDINGS" | "SCOPES" | "SCOPE_V4" | "SCOPE_V6" | "SCOPED")
+                || (name == "SCOPED_STATS" && !next.scoped.keep_stats)
+        })
+    };
+    for name in kept.iter().filter(|name| !renewed(name)) {
         let (from, to) = (dir.join(name), staging.join(name));
         MapData::from_pin(&from)
             .map_err(|e| Error::io("cannot open", &from, io::Error::other(e)))?
@@ -375,8 +396,10 @@ fn swap_program(
     if v2 {
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staging.join(REDIRECT))?;
     }
-    if let Some(bindings) = bindings {
-        Maps::open(staging)?.write_all_bindings_flagged(bindings)?;
+    if let Some(next) = next {
+        let maps = Maps::open(staging)?;
+        next.scoped.fill(&maps)?;
+        maps.write_all_bindings_flagged(next.bindings)?;
     }
     meta.debug = u32::from(debug);
     meta.layout_version = LAYOUT_VERSION;

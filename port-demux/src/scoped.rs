@@ -181,3 +181,121 @@ impl Regions {
         Ok(PortScope::pack(start, want))
     }
 }
+
+/// A whole set of scoped bindings for a successor's new scope maps (`apply`): each entry with
+/// its id and the tables built from them.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    /// `(id, entry)` of every scoped binding of the new set.
+    pub(crate) entries: Vec<(u32, ScopedBinding)>,
+    /// Ids whose counters start at zero: the bindings that are not in the old set unchanged.
+    pub(crate) fresh: Vec<u32>,
+    /// Whether the old `SCOPED_STATS` serves the successor (every binding of the old set that
+    /// is unchanged keeps its id and its counters); else a new, zeroed map does.
+    pub(crate) keep_stats: bool,
+    tables: crate::prefix::Tables,
+}
+
+impl Successor {
+    /// Gives each binding of `wanted` an id: a binding of the old set (`old`, live) that is
+    /// unchanged (the same entry: port, prefix, action, slot, owner) keeps its own, so that
+    /// its counters, in the kept `SCOPED_STATS`, carry over; every other one takes an id no
+    /// old binding uses (the running program never counts under it, so zeroing it before the
+    /// swap leaves the old state whole). When the old and new sets together need more ids
+    /// than there are, every binding gets a new one in a new `SCOPED_STATS` (all counters
+    /// restart). Checks the capacity of the interval tables.
+    ///
+    /// # Errors
+    /// [`Error::Capacity`] when the set does not fit the tables.
+    pub(crate) fn plan(old: &[(u32, ScopedBinding)], wanted: &[ScopedBinding]) -> Result<Self> {
+        if wanted.len() > maps_len() {
+            return Err(Error::Capacity {
+                what: "scoped bindings",
+                need: wanted.len(),
+                free: maps_len(),
+                capacity: maps_len(),
+            });
+        }
+        let by_value: std::collections::HashMap<[u8; 48], u32> = old
+            .iter()
+            .map(|(id, b)| (key(b), *id))
+            .collect();
+        let used: std::collections::HashSet<u32> = old.iter().map(|(id, _)| *id).collect();
+        let all_ids = u32::try_from(maps_len()).expect("small");
+        let mut free = (0..all_ids).filter(|id| !used.contains(id));
+        let mut entries = Vec::with_capacity(wanted.len());
+        let mut fresh = Vec::new();
+        let mut keep_stats = true;
+        for b in wanted {
+            let id = if let Some(&id) = by_value.get(&key(b)) {
+                id
+            } else if let Some(id) = free.next() {
+                fresh.push(id);
+                id
+            } else {
+                keep_stats = false;
+                break;
+            };
+            entries.push((id, *b));
+        }
+        if !keep_stats {
+            entries = (0..).zip(wanted.iter().copied()).collect();
+            fresh = entries.iter().map(|(id, _)| *id).collect();
+        }
+        let rules: Vec<ScopedRule> = entries.iter().map(|(id, b)| rule_of(*id, b)).collect();
+        let tables = crate::prefix::Tables::build(&rules);
+        for (len, what) in [
+            (tables.v4.len(), "IPv4 interval records"),
+            (tables.v6.len(), "IPv6 interval records"),
+        ] {
+            if len > SCOPE_RECORDS as usize {
+                return Err(Error::Capacity {
+                    what,
+                    need: len,
+                    free: SCOPE_RECORDS as usize,
+                    capacity: SCOPE_RECORDS as usize,
+                });
+            }
+        }
+        Ok(Self {
+            entries,
+            fresh,
+            keep_stats,
+            tables,
+        })
+    }
+
+    /// Fills the successor's scope maps (`maps`: new `SCOPED`, `SCOPES`, `SCOPE_V4`,
+    /// `SCOPE_V6`, which nothing runs against yet) and zeroes the counters of the fresh ids.
+    pub(crate) fn fill(&self, maps: &Maps) -> Result<()> {
+        let (ids, values): (Vec<u32>, Vec<ScopedBinding>) = self.entries.iter().copied().unzip();
+        maps.write_scoped(&ids, &values)?;
+        if self.keep_stats {
+            maps.zero_scoped_stats(&self.fresh)?;
+        }
+        let sm = maps.scope_maps()?;
+        sm.v4.write(0, bytemuck::cast_slice(&self.tables.v4));
+        sm.v6.write(0, bytemuck::cast_slice(&self.tables.v6));
+        for (index, scope) in &self.tables.scopes {
+            sm.set_word(*index, false, scope.v4);
+            sm.set_word(*index, true, scope.v6);
+        }
+        Ok(())
+    }
+
+    /// The scoped bindings' action, slot and owner, as the redirect slots' users.
+    pub(crate) fn slot_users(&self) -> impl Iterator<Item = port_demux_common::Binding> + '_ {
+        self.entries
+            .iter()
+            .map(|(_, b)| port_demux_common::Binding {
+                action: b.action,
+                slot: b.slot,
+                owner: b.owner,
+            })
+    }
+}
+
+/// A `SCOPED` entry as bytes, to find an unchanged one.
+fn key(b: &ScopedBinding) -> [u8; 48] {
+    bytemuck::cast(*b)
+}

@@ -6,8 +6,8 @@ use bytemuck::Zeroable as _;
 use port_demux_common::{BINDINGS_LEN, Binding, Meta, OWNER_LEN, action, port_index};
 
 use crate::{
-    Action, BindingRange, DefaultAction, Error, Mode, PortDemux, Result, UpgradeReport, lifecycle,
-    maps::Maps,
+    Action, BindingRange, DefaultAction, Error, Mode, PortDemux, PortSpec, Result, UpgradeReport,
+    demux::scoped_value, lifecycle, maps::Maps, scoped,
 };
 
 /// `Meta::pad` records the attach mode `load` was asked for (the `META` record has no other
@@ -68,16 +68,19 @@ impl PortDemux {
         })
     }
 
-    /// Replaces every binding of the instance with `wanted`, and its default action with
-    /// `default_action`, as one change: the data path and readers see the old set or the new,
-    /// never a mix. The successor is built like an upgrade's, in a staging folder with a new
-    /// `BINDINGS` map, and swapped in through the link; a kill at any instant leaves the old
-    /// state or the new one (the pinned-state contract). Ranges in `wanted` must not overlap.
+    /// Replaces every binding of the instance with `wanted` (scoped ones, `dst` set, included),
+    /// and its default action with `default_action`, as one change: the data path and readers
+    /// see the old set or the new, never a mix. The successor is built like an upgrade's, in a
+    /// staging folder with a new `BINDINGS` map and new scope maps, and swapped in through the
+    /// link; a kill at any instant leaves the old state or the new one (the pinned-state
+    /// contract). Ranges without `dst` in `wanted` must not overlap, nor those of one prefix.
+    /// Per-port counters carry over, and so do a scoped binding's when `wanted` has it
+    /// unchanged (same action and owner); a scoped binding added or changed starts from zero.
     ///
     /// # Errors
-    /// [`Error::BadSpec`] (an owner too long), [`Error::BadRedirectTarget`],
-    /// [`Error::NoRedirectSlot`], [`Error::Detached`], load or update failures; nothing changed
-    /// then.
+    /// [`Error::BadSpec`] (an owner too long), [`Error::Capacity`],
+    /// [`Error::BadRedirectTarget`], [`Error::NoRedirectSlot`], [`Error::Detached`], load or
+    /// update failures; nothing changed then.
     pub fn replace_bindings(
         &self,
         wanted: &[BindingRange],
@@ -88,8 +91,16 @@ impl PortDemux {
             DefaultAction::Drop => action::DROP,
         };
         let build = |dir: &std::path::Path| {
-            let current = Maps::open(dir)?.read_bindings()?;
+            let maps = Maps::open(dir)?;
+            let mut current = maps.read_bindings()?;
+            current.extend(scoped::live(&maps)?.iter().map(|(_, b)| Binding {
+                action: b.action,
+                slot: b.slot,
+                owner: b.owner,
+            }));
             let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+            let mut scoped = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for range in wanted {
                 if range.owner.len() > OWNER_LEN {
                     return Err(Error::BadSpec(format!(
@@ -110,10 +121,22 @@ impl PortDemux {
                     }
                 };
                 for port in range.ports.ports() {
-                    all[port_index(range.ports.proto.index(), port) as usize] = value;
+                    let index = port_index(range.ports.proto.index(), port);
+                    match &range.dst {
+                        None => all[index as usize] = value,
+                        Some(net) if !seen.insert((index, *net)) => {
+                            return Err(Error::Conflict {
+                                ports: PortSpec::single(range.ports.proto, port),
+                                dst: Some(*net),
+                                action: range.action.clone(),
+                                owner: (!range.owner.is_empty()).then(|| range.owner.clone()),
+                            });
+                        }
+                        Some(net) => scoped.push(scoped_value(index, net, &value)),
+                    }
                 }
             }
-            Ok(all)
+            Ok((all, scoped))
         };
         let (report, _dir) =
             lifecycle::replace_bindings(self.scope(), self.iface(), default_action, build)?;

@@ -9,6 +9,7 @@
 //! bindings = [
 //!     { ports = "udp/7777", action = "drop", owner = "dns" },
 //!     { ports = "tcp/8000-8099", action = "pass" },
+//!     { ports = "udp/53", action = "drop", dst = ["192.0.2.0/24", "2001:db8::/32"] },
 //! ]
 //! ```
 //!
@@ -17,8 +18,9 @@
 //! ([`PortDemux::replace_bindings`]). A change of attach mode cannot be atomic (the program
 //! is detached and attached again) and the plan says so. Interfaces the file does not name are
 //! left alone unless `--prune`. The whole file is checked before anything changes; errors
-//! name its line. A binding may carry `dst = [...]` (address-scoped bindings), refused by this
-//! build, which has none.
+//! name its line. A binding with `dst = ["192.0.2.0/24", "2001:db8::1", ...]` is scoped to
+//! those destination prefixes (one address-scoped binding per port and prefix, as
+//! `bind --dst`); the file's scoped bindings are part of the whole state and swap with the rest.
 
 use std::{
     collections::BTreeMap,
@@ -34,8 +36,8 @@ use toml::Spanned;
 
 use super::{Failure, check_load_privileges};
 use crate::{
-    Action, BindingRange, DefaultAction, LoadOptions, Mode, PortDemux, PortSpec, Proto, Scope,
-    Settings, common::OWNER_LEN,
+    Action, BindingRange, DefaultAction, IpNet, LoadOptions, Mode, PortDemux, PortSpec, Proto,
+    Scope, Settings, common::OWNER_LEN, prefix::parse_prefix,
 };
 
 /// Arguments of `apply`.
@@ -80,9 +82,9 @@ struct BindingDoc {
     action: Spanned<String>,
     #[serde(default)]
     owner: Option<Spanned<String>>,
-    /// Destination addresses the binding is scoped to (address-scoped bindings).
+    /// Destination prefixes the binding is scoped to (address-scoped bindings).
     #[serde(default)]
-    dst: Option<Spanned<Vec<String>>>,
+    dst: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One interface as the file wants it.
@@ -158,12 +160,7 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
         for b in doc.bindings {
             let at = b.span();
             let b = b.into_inner();
-            if let Some(dst) = &b.dst {
-                return Err(source.error(
-                    Some(dst.span()),
-                    "dst (address-scoped bindings) is not supported by this build: remove it",
-                ));
-            }
+            let dst = prefixes(source, b.dst)?;
             let ports: PortSpec =
                 b.ports.get_ref().parse().map_err(|e: crate::Error| {
                     source.error(Some(b.ports.span()), &e.to_string())
@@ -185,29 +182,34 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
                 Some(o) => o.into_inner(),
                 None => String::new(),
             };
-            if let Some((other, other_at)) = bindings.iter().find(|(r, _)| overlap(r.ports, ports))
-            {
-                let line = source.text[..other_at.start].matches('\n').count() + 1;
-                return Err(source.error(
-                    Some(at),
-                    &format!(
-                        "{ports} of {iface} overlaps {} on line {line}: bind each port once",
-                        other.ports
-                    ),
+            for (net, net_at) in dst {
+                if let Some((other, other_at)) = bindings
+                    .iter()
+                    .find(|(r, _)| r.dst == net && overlap(r.ports, ports))
+                {
+                    let line = source.text[..other_at.start].matches('\n').count() + 1;
+                    let what = net.map_or_else(String::new, |net| format!(" dst {net}"));
+                    return Err(source.error(
+                        Some(net_at.unwrap_or_else(|| at.clone())),
+                        &format!(
+                            "{ports}{what} of {iface} overlaps {}{what} on line {line}: bind each port once per prefix",
+                            other.ports
+                        ),
+                    ));
+                }
+                bindings.push((
+                    BindingRange {
+                        ports,
+                        action: action.clone(),
+                        owner: owner.clone(),
+                        dst: net,
+                    },
+                    net_at.unwrap_or_else(|| at.clone()),
                 ));
             }
-            bindings.push((
-                BindingRange {
-                    ports,
-                    action,
-                    owner,
-                    dst: None,
-                },
-                at,
-            ));
         }
         let mut bindings: Vec<BindingRange> = bindings.into_iter().map(|(b, _)| b).collect();
-        bindings.sort_by_key(|b| (b.ports.proto, b.ports.first));
+        bindings.sort_by_key(|b| (b.ports.proto, b.ports.first, b.dst));
         all.insert(
             iface,
             Wanted {
@@ -223,23 +225,52 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
     Ok(all)
 }
 
+/// The prefixes of a binding's `dst`, each with its place in the file: `[(None, None)]` without
+/// `dst` (the binding without a prefix).
+fn prefixes(
+    source: &Source,
+    dst: Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<(Option<IpNet>, Option<Range<usize>>)>, Failure> {
+    let Some(dst) = dst else {
+        return Ok(vec![(None, None)]);
+    };
+    if dst.get_ref().is_empty() {
+        return Err(source.error(
+            Some(dst.span()),
+            "dst is empty: list prefixes (dst = [\"192.0.2.0/24\"]), or leave dst out for every address",
+        ));
+    }
+    dst.into_inner()
+        .into_iter()
+        .map(|p| {
+            let net = parse_prefix(p.get_ref())
+                .map_err(|e| source.error(Some(p.span()), &format!("dst {e}")))?;
+            Ok((Some(net), Some(p.span())))
+        })
+        .collect()
+}
+
 fn overlap(a: PortSpec, b: PortSpec) -> bool {
     a.proto == b.proto && a.first <= b.last && b.first <= a.last
 }
 
-/// Every bound port with its (action, owner), in port order.
-fn expand(ranges: &[BindingRange]) -> BTreeMap<(Proto, u16), (String, String)> {
+/// Every bound (prefix, port) with its (action, owner): the ports' own bindings first (no
+/// prefix), then each prefix's, in port order.
+fn expand(ranges: &[BindingRange]) -> BTreeMap<Key, (String, String)> {
     let mut all = BTreeMap::new();
     for r in ranges {
         for port in r.ports.ports() {
             all.insert(
-                (r.ports.proto, port),
+                (r.dst, r.ports.proto, port),
                 (r.action.to_string(), r.owner.clone()),
             );
         }
     }
     all
 }
+
+/// A binding's prefix (none: the port's own), protocol and port.
+type Key = (Option<IpNet>, Proto, u16);
 
 fn describe(binding: &(String, String)) -> String {
     if binding.1.is_empty() {
@@ -249,8 +280,9 @@ fn describe(binding: &(String, String)) -> String {
     }
 }
 
-/// A run of ports changed alike: protocol, first and last port, old and new binding.
+/// A run of ports changed alike: prefix, protocol, first and last port, old and new binding.
 type Run<'a> = (
+    Option<IpNet>,
     Proto,
     u16,
     u16,
@@ -258,34 +290,38 @@ type Run<'a> = (
     Option<&'a (String, String)>,
 );
 
-/// The changes from `old` to `new` bindings, one line per run of consecutive ports changed
-/// alike: `+ PORTS ACTION` bound, `- PORTS ACTION` unbound, `~ PORTS OLD -> NEW` changed.
+/// The changes from `old` to `new` bindings, one line per run of consecutive ports of one
+/// prefix (or none) changed alike: `+ PORTS [dst PREFIX] ACTION` bound, `- ...` unbound,
+/// `~ PORTS [dst PREFIX] OLD -> NEW` changed; the ports' own bindings first, then each
+/// prefix's.
 fn diff(old: &[BindingRange], new: &[BindingRange]) -> Vec<String> {
     let (old, new) = (expand(old), expand(new));
-    let mut keys: Vec<&(Proto, u16)> = old.keys().chain(new.keys()).collect();
+    let mut keys: Vec<&Key> = old.keys().chain(new.keys()).collect();
     keys.sort_unstable();
     keys.dedup();
     let mut runs: Vec<Run> = Vec::new();
-    for &(proto, port) in keys {
-        let (a, b) = (old.get(&(proto, port)), new.get(&(proto, port)));
+    for &(dst, proto, port) in keys {
+        let (a, b) = (old.get(&(dst, proto, port)), new.get(&(dst, proto, port)));
         if a == b {
             continue;
         }
         match runs.last_mut() {
             Some(run)
-                if run.0 == proto
-                    && u32::from(run.2) + 1 == u32::from(port)
-                    && run.3 == a
-                    && run.4 == b =>
+                if run.0 == dst
+                    && run.1 == proto
+                    && u32::from(run.3) + 1 == u32::from(port)
+                    && run.4 == a
+                    && run.5 == b =>
             {
-                run.2 = port;
+                run.3 = port;
             }
-            _ => runs.push((proto, port, port, a, b)),
+            _ => runs.push((dst, proto, port, port, a, b)),
         }
     }
     runs.into_iter()
-        .filter_map(|(proto, first, last, a, b)| {
-            let ports = PortSpec { proto, first, last };
+        .filter_map(|(dst, proto, first, last, a, b)| {
+            let spec = PortSpec { proto, first, last };
+            let ports = dst.map_or_else(|| spec.to_string(), |net| format!("{spec} dst {net}"));
             match (a, b) {
                 (None, Some(b)) => Some(format!("+ {ports} {}", describe(b))),
                 (Some(a), None) => Some(format!("- {ports} {}", describe(a))),
@@ -428,13 +464,7 @@ fn plan_loaded(
 ) -> Result<(Vec<Step>, Vec<String>), Failure> {
     let demux = PortDemux::open(scope, iface)?;
     let have = demux.settings()?;
-    // The file names the bindings without a prefix; address-scoped ones (`bind --dst`) are
-    // not part of it and an apply leaves them as they are.
-    let bindings: Vec<BindingRange> = demux
-        .bindings()?
-        .into_iter()
-        .filter(|b| b.dst.is_none())
-        .collect();
+    let bindings = demux.bindings()?;
     let mut steps = Vec::new();
     let mut lines = Vec::new();
     if have.mode == want.settings.mode {
@@ -532,15 +562,35 @@ pub fn export(scope: &Scope, _args: &ExportArgs, out: &mut dyn Write) -> Result<
             string(default_name(settings.default_action)),
             settings.debug
         );
-        for b in demux.bindings()?.into_iter().filter(|b| b.dst.is_none()) {
+        // The scoped bindings of the same ports, action and owner share one line, their
+        // prefixes in one `dst` list.
+        let mut lines: Vec<(BindingRange, Vec<IpNet>)> = Vec::new();
+        for b in demux.bindings()? {
+            let net = b.dst;
+            match lines.iter_mut().find(|(l, dst)| {
+                net.is_some()
+                    && !dst.is_empty()
+                    && (l.ports, &l.action, &l.owner) == (b.ports, &b.action, &b.owner)
+            }) {
+                Some((_, dst)) => dst.extend(net),
+                None => lines.push((b, net.into_iter().collect())),
+            }
+        }
+        for (b, dst) in lines {
             let owner = if b.owner.is_empty() {
                 String::new()
             } else {
                 format!(", owner = {}", string(&b.owner))
             };
+            let dst = if dst.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = dst.iter().map(|n| string(&n.to_string())).collect();
+                format!(", dst = [{}]", list.join(", "))
+            };
             let _ = writeln!(
                 doc,
-                "    {{ ports = {}, action = {}{owner} }},",
+                "    {{ ports = {}, action = {}{owner}{dst} }},",
                 string(&b.ports.to_string()),
                 string(&b.action.to_string())
             );
@@ -581,8 +631,23 @@ mod tests {
         let e = parsed("[interfaces.b0\n").unwrap_err();
         assert!(e.starts_with("f.toml:1: "), "{e}");
         assert_eq!(e.lines().count(), 1);
-        let e = parsed("[interfaces.b0]\nbindings = [{ ports = \"udp/53\", action = \"pass\", dst = [\"10.0.0.1\"] }]\n").unwrap_err();
-        assert!(e.contains("dst") && e.starts_with("f.toml:2: "), "{e}");
+        let e = parsed("[interfaces.b0]\nbindings = [\n { ports = \"udp/53\", action = \"pass\", dst = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"] },\n]\n").unwrap_err();
+        assert!(
+            e.starts_with("f.toml:4: ") && e.contains("did you mean 10.0.0.0/8?"),
+            "{e}"
+        );
+        let e = parsed("[interfaces.b0]\nbindings = [{ ports = \"udp/53\", action = \"pass\", dst = [] }]\n").unwrap_err();
+        assert!(e.starts_with("f.toml:2: ") && e.contains("dst is empty"), "{e}");
+        // The same (protocol, prefix, port) twice; the same port without a prefix and with
+        // one, or with two prefixes, coexist.
+        let e = parsed("[interfaces.b0]\nbindings = [\n { ports = \"udp/50-60\", action = \"pass\", dst = [\"10.0.0.1\"] },\n { ports = \"udp/53\", action = \"drop\" },\n { ports = \"udp/53\", action = \"drop\", dst = [\"::/0\", \"10.0.0.1/32\"] },\n]\n").unwrap_err();
+        assert!(
+            e.starts_with("f.toml:5: ") && e.contains("dst 10.0.0.1/32") && e.contains("line 3"),
+            "{e}"
+        );
+        let ok = parsed("[interfaces.b0]\nbindings = [\n { ports = \"udp/53\", action = \"drop\" },\n { ports = \"udp/53\", action = \"pass\", dst = [\"10.0.0.0/8\", \"2001:db8::1\"] },\n]\n").unwrap();
+        let dst: Vec<_> = ok["b0"].bindings.iter().map(|b| b.dst.map(|d| d.to_string())).collect();
+        assert_eq!(dst, [None, Some("10.0.0.0/8".into()), Some("2001:db8::1/128".into())]);
     }
 
     #[test]
@@ -609,5 +674,28 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
+        let scoped = |spec: &str, action: &str, dst: &str| BindingRange {
+            dst: Some(dst.parse().unwrap()),
+            ..r(spec, action, "")
+        };
+        let old = [
+            r("udp/53", "pass", ""),
+            scoped("udp/53-54", "drop", "10.0.0.0/8"),
+            scoped("udp/53", "drop", "2001:db8::/32"),
+        ];
+        let new = [
+            r("udp/53", "pass", ""),
+            scoped("udp/53", "drop", "10.0.0.0/8"),
+            scoped("udp/53", "pass", "2001:db8::/32"),
+            scoped("udp/53", "pass", "10.0.0.1/32"),
+        ];
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "- udp/54 dst 10.0.0.0/8 drop",
+                "+ udp/53 dst 10.0.0.1/32 pass",
+                "~ udp/53 dst 2001:db8::/32 drop -> pass",
+            ]
+        );
     }
 }
