@@ -315,7 +315,11 @@ pub(crate) fn replace_bindings(
     let target = instance_dir(scope.bpffs(), cookie, ifindex);
     instance::commit(scope.bpffs(), &staging, Some(&dir), &target)?;
     // Slots only the old bindings named.
-    let users: Vec<Binding> = bindings.iter().copied().chain(scoped.slot_users()).collect();
+    let users: Vec<Binding> = bindings
+        .iter()
+        .copied()
+        .chain(scoped.slot_users())
+        .collect();
     Maps::open(&target)?.collect_slots(&users)?;
     Ok((report, target))
 }
@@ -375,8 +379,10 @@ fn swap_program(
     };
     let renewed = |name: &str| {
         next.is_some_and(|next| {
-            matches!(name, "BINDINGS" | "SCOPES" | "SCOPE_V4" | "SCOPE_V6" | "SCOPED")
-                || (name == "SCOPED_STATS" && !next.scoped.keep_stats)
+            matches!(
+                name,
+                "BINDINGS" | "SCOPES" | "SCOPE_V4" | "SCOPE_V6" | "SCOPED"
+            ) || (name == "SCOPED_STATS" && !next.scoped.keep_stats)
         })
     };
     for name in kept.iter().filter(|name| !renewed(name)) {

@@ -216,10 +216,8 @@ impl Successor {
                 capacity: maps_len(),
             });
         }
-        let by_value: std::collections::HashMap<[u8; 48], u32> = old
-            .iter()
-            .map(|(id, b)| (key(b), *id))
-            .collect();
+        let by_value: std::collections::HashMap<[u8; 48], u32> =
+            old.iter().map(|(id, b)| (key(b), *id)).collect();
         let used: std::collections::HashSet<u32> = old.iter().map(|(id, _)| *id).collect();
         let all_ids = u32::try_from(maps_len()).expect("small");
         let mut free = (0..all_ids).filter(|id| !used.contains(id));

@@ -1,5 +1,6 @@
 //! `port-demux apply` and `export` against real instances: the dry run's plan, idempotence,
-//! the export/apply round trip, a bad file that changes nothing, a reader polling the bindings
+//! the export/apply round trip, a bad file that changes nothing, address-scoped bindings of
+//! both families obeyed by the data path after a swap, a reader polling the bindings
 //! during applies that never sees a mix of two sets, and applies killed (SIGKILL) at any moment
 //! that leave the old set or the new one, with the data path doing what the pins say.
 //!
@@ -7,17 +8,19 @@
 
 use std::{
     fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     thread,
 };
 
-use port_demux::{BindingRange, PortDemux, Proto};
+use port_demux::{BindingRange, IpNet, PortDemux, Proto};
 use port_demux_testkit::{
-    Lab, SILENCE,
+    Lab, SILENCE, Sent,
     cli::{assert_refused, command, pd},
     count_datagrams,
-    netns::{SERVER_IF, poll, unique},
+    netns::{SERVER_IF, poll, recv_datagrams, unique},
+    send_udp,
 };
 
 /// A TOML file in the temporary folder, removed on drop.
@@ -67,17 +70,23 @@ fn bindings(lab: &Lab) -> Vec<BindingRange> {
 fn rendered(ranges: &[BindingRange]) -> Vec<String> {
     ranges
         .iter()
-        .map(|b| format!("{} {} {}", b.ports, b.action, b.owner))
+        .map(|b| match b.dst {
+            None => format!("{} {} {}", b.ports, b.action, b.owner),
+            Some(dst) => format!("{} {} {} dst {dst}", b.ports, b.action, b.owner),
+        })
         .collect()
 }
 
-/// Old: udp/1000-1999 drop "old", tcp/80 pass. New: udp/1000-1999 pass "new", udp/7777 drop.
+/// Old: udp/1000-1999 drop "old", tcp/80 pass, udp/2000-2001 drop "old" on `10.0.0.0/8` and
+/// `2001:db8::/32`. New: udp/1000-1999 pass "new", udp/7777 drop, udp/2000-2001 pass "new" on
+/// `10.0.0.0/8`, udp/2000 drop on `2001:db8::1`.
 const OLD: &str = r#"[interfaces.b0]
 mode = "auto"
 default = "pass"
 bindings = [
     { ports = "udp/1000-1999", action = "drop", owner = "old" },
     { ports = "tcp/80", action = "pass" },
+    { ports = "udp/2000-2001", action = "drop", owner = "old", dst = ["10.0.0.0/8", "2001:db8::/32"] },
 ]
 "#;
 const NEW: &str = r#"[interfaces.b0]
@@ -86,10 +95,22 @@ default = "pass"
 bindings = [
     { ports = "udp/1000-1999", action = "pass", owner = "new" },
     { ports = "udp/7777", action = "drop" },
+    { ports = "udp/2000-2001", action = "pass", owner = "new", dst = ["10.0.0.0/8"] },
+    { ports = "udp/2000", action = "drop", dst = ["2001:db8::1"] },
 ]
 "#;
-const OLD_SET: [&str; 2] = ["tcp/80 pass ", "udp/1000-1999 drop old"];
-const NEW_SET: [&str; 2] = ["udp/1000-1999 pass new", "udp/7777 drop "];
+const OLD_SET: [&str; 4] = [
+    "tcp/80 pass ",
+    "udp/1000-1999 drop old",
+    "udp/2000-2001 drop old dst 10.0.0.0/8",
+    "udp/2000-2001 drop old dst 2001:db8::/32",
+];
+const NEW_SET: [&str; 4] = [
+    "udp/1000-1999 pass new",
+    "udp/7777 drop ",
+    "udp/2000-2001 pass new dst 10.0.0.0/8",
+    "udp/2000 drop  dst 2001:db8::1/128",
+];
 
 #[test]
 fn dry_run_idempotence_and_round_trip() {
@@ -99,7 +120,7 @@ fn dry_run_idempotence_and_round_trip() {
     let plan = ok(&lab, &["apply", old.path(), "--dry-run"]);
     assert_eq!(
         plan,
-        "b0: (bindings and default switch as one change)\n  load (mode auto, default pass, debug off)\n  + tcp/80 pass\n  + udp/1000-1999 drop owner \"old\"\ndry run: nothing changed\n"
+        "b0: (bindings and default switch as one change)\n  load (mode auto, default pass, debug off)\n  + tcp/80 pass\n  + udp/1000-1999 drop owner \"old\"\n  + udp/2000-2001 dst 10.0.0.0/8 drop owner \"old\"\n  + udp/2000-2001 dst 2001:db8::/32 drop owner \"old\"\ndry run: nothing changed\n"
     );
     assert!(lab.server.scope().loaded().expect("loaded").is_empty());
     ok(&lab, &["apply", old.path()]);
@@ -112,7 +133,7 @@ fn dry_run_idempotence_and_round_trip() {
     let plan = ok(&lab, &["apply", new.path(), "--dry-run"]);
     assert_eq!(
         plan,
-        "b0: (bindings and default switch as one change)\n  - tcp/80 pass\n  ~ udp/1000-1999 drop owner \"old\" -> pass owner \"new\"\n  + udp/7777 drop\ndry run: nothing changed\n"
+        "b0: (bindings and default switch as one change)\n  - tcp/80 pass\n  ~ udp/1000-1999 drop owner \"old\" -> pass owner \"new\"\n  + udp/7777 drop\n  ~ udp/2000-2001 dst 10.0.0.0/8 drop owner \"old\" -> pass owner \"new\"\n  - udp/2000-2001 dst 2001:db8::/32 drop owner \"old\"\n  + udp/2000 dst 2001:db8::1/128 drop\ndry run: nothing changed\n"
     );
     assert_eq!(rendered(&bindings(&lab)), OLD_SET);
     assert_eq!(prog_id(&lab), id);
@@ -316,4 +337,253 @@ fn a_bind_waiting_for_apply_is_refused_not_lost() {
         .expect_err("a stale bind");
     assert!(e.to_string().contains("were replaced"), "{e}");
     assert_eq!(rendered(&bindings(&lab)), NEW_SET);
+}
+
+/// The server's second IPv4 and IPv6 addresses (host 3 of its subnets), added to b0.
+fn second_addresses(lab: &Lab) -> (Ipv4Addr, Ipv6Addr) {
+    let [a, b, c, _] = lab.server_addr().octets();
+    let v4 = Ipv4Addr::new(a, b, c, 3);
+    let mut seg = lab.server_addr6().segments();
+    seg[7] = 3;
+    let v6 = Ipv6Addr::from(seg);
+    lab.server.add_addr(SERVER_IF, &format!("{v4}/24"));
+    lab.server.add_addr(SERVER_IF, &format!("{v6}/64"));
+    (v4, v6)
+}
+
+/// A file for b0 with udp/5353 passed on every address and dropped on the addresses `drop`
+/// (as written in the file: one address, a /32 or /128).
+fn scoped_file(drop: &[String]) -> String {
+    let lines: Vec<String> = drop
+        .iter()
+        .map(|d| {
+            format!("    {{ ports = \"udp/5353\", action = \"drop\", owner = \"inside\", dst = [\"{d}\"] }},\n")
+        })
+        .collect();
+    format!(
+        "[interfaces.b0]\nmode = \"auto\"\ndefault = \"pass\"\nbindings = [\n    {{ ports = \"udp/5353\", action = \"pass\", owner = \"port\" }},\n{}]\n",
+        lines.concat()
+    )
+}
+
+/// Sends `counts[i]` datagrams of 100 bytes to udp/5353 on `to[i]` and checks, once the
+/// per-port counter has them all, that the socket on each address received them exactly when
+/// `passes[i]`. Returns what was sent to each.
+fn send_to_each(
+    lab: &Lab,
+    sockets: &[UdpSocket],
+    to: &[IpAddr],
+    counts: &[u64],
+    passes: &[bool],
+    counted_before: u64,
+) -> Vec<Sent> {
+    let client4 = lab.udp_client();
+    let client6 = lab
+        .client
+        .udp_socket(SocketAddr::from((lab.client_addr6(), 0)));
+    let sent: Vec<Sent> = to
+        .iter()
+        .zip(counts)
+        .map(|(addr, &n)| {
+            let client = if addr.is_ipv4() { &client4 } else { &client6 };
+            send_udp(client, SocketAddr::new(*addr, 5353), n, 100)
+        })
+        .collect();
+    let all: u64 = sent.iter().map(|s| s.packets).sum::<u64>() + counted_before;
+    let scope = lab.server.scope();
+    poll(
+        "port-demux to count every datagram on udp/5353",
+        || {
+            PortDemux::open(&scope, SERVER_IF)
+                .and_then(|d| d.stats())
+                .map_or(0, |s| s.port(Proto::Udp, 5353).packets)
+        },
+        |&n| n == all,
+    );
+    for (((sock, addr), &n), &pass) in sockets.iter().zip(to).zip(counts).zip(passes) {
+        let got = if pass {
+            recv_datagrams(sock, usize::try_from(n).expect("small")).len()
+        } else {
+            count_datagrams(sock, SILENCE)
+        };
+        let want = if pass { n } else { 0 };
+        assert_eq!(got as u64, want, "datagrams received on {addr}");
+    }
+    sent
+}
+
+fn scoped_counts(lab: &Lab) -> Vec<(IpNet, u64, u64)> {
+    let stats = PortDemux::open(&lab.server.scope(), SERVER_IF)
+        .and_then(|d| d.stats())
+        .expect("stats");
+    let mut all: Vec<(IpNet, u64, u64)> = stats
+        .scoped
+        .iter()
+        .map(|s| (s.dst.expect("a prefix"), s.packets, s.bytes))
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+/// Scoped bindings of both families in the file: the dry run lists them with their prefixes,
+/// the data path obeys them (real datagrams to addresses inside and outside the prefixes,
+/// received or dropped, counted exactly), a second file swaps the set (a binding that stays
+/// keeps its counters, a new one starts at zero), applying it again is unchanged, and the
+/// export applies back unchanged.
+#[test]
+fn scoped_bindings_in_the_file() {
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let (s4, s6) = (lab.server_addr(), lab.server_addr6());
+    let (o4, o6) = second_addresses(&lab);
+    let net = |a: IpAddr| IpNet::from(a);
+    // The first file drops udp/5353 on the server's first addresses, the second on its IPv4
+    // first address (unchanged) and its IPv6 second one.
+    let first = File::new(&scoped_file(&[s4.to_string(), s6.to_string()]));
+    let second = File::new(&scoped_file(&[s4.to_string(), format!("{o6}/128")]));
+    let plan = ok(&lab, &["apply", first.path(), "--dry-run"]);
+    assert_eq!(
+        plan,
+        format!(
+            "b0: (bindings and default switch as one change)\n  load (mode auto, default pass, debug off)\n  + udp/5353 pass owner \"port\"\n{}dry run: nothing changed\n",
+            by_prefix([('+', s4.into()), ('+', s6.into())])
+        )
+    );
+    assert!(lab.server.scope().loaded().expect("loaded").is_empty());
+    ok(&lab, &["apply", first.path()]);
+
+    let to: [IpAddr; 4] = [s4.into(), s6.into(), o4.into(), o6.into()];
+    let sockets: Vec<UdpSocket> = to
+        .iter()
+        .map(|a| lab.server.udp_socket(SocketAddr::new(*a, 5353)))
+        .collect();
+    // Inside the prefixes: dropped; outside (the second addresses): the port's pass.
+    let one = send_to_each(
+        &lab,
+        &sockets,
+        &to,
+        &[7, 5, 3, 2],
+        &[false, false, true, true],
+        0,
+    );
+    let mut want = vec![
+        (net(s4.into()), one[0].packets, one[0].bytes),
+        (net(s6.into()), one[1].packets, one[1].bytes),
+    ];
+    want.sort_unstable();
+    assert_eq!(
+        scoped_counts(&lab),
+        want,
+        "each scoped binding counts its frames"
+    );
+
+    let plan = ok(&lab, &["apply", second.path(), "--dry-run"]);
+    assert_eq!(
+        plan,
+        format!(
+            "b0: (bindings and default switch as one change)\n{}dry run: nothing changed\n",
+            by_prefix([('-', s6.into()), ('+', o6.into())])
+        )
+    );
+    let id = prog_id(&lab);
+    ok(&lab, &["apply", second.path()]);
+    assert_ne!(prog_id(&lab), id, "the swap replaces the program");
+    // The IPv6 drop moved to the second address; the IPv4 one stayed, with its counters.
+    let counted: u64 = one.iter().map(|s| s.packets).sum();
+    let two = send_to_each(
+        &lab,
+        &sockets,
+        &to,
+        &[4, 6, 3, 5],
+        &[false, true, true, false],
+        counted,
+    );
+    let mut want = vec![
+        (
+            net(s4.into()),
+            one[0].packets + two[0].packets,
+            one[0].bytes + two[0].bytes,
+        ),
+        (net(o6.into()), two[3].packets, two[3].bytes),
+    ];
+    want.sort_unstable();
+    assert_eq!(
+        scoped_counts(&lab),
+        want,
+        "kept counters, a new binding from zero"
+    );
+
+    // Idempotence and the round trip.
+    let id = prog_id(&lab);
+    assert_eq!(ok(&lab, &["apply", second.path()]), "b0: unchanged\n");
+    let exported = exported_with(&lab, &[s4.into(), o6.into()]);
+    let file = File::new(&exported);
+    assert_eq!(ok(&lab, &["apply", file.path()]), "b0: unchanged\n");
+    assert_eq!(ok(&lab, &["export"]), exported);
+    assert_eq!(prog_id(&lab), id, "unchanged: the program untouched");
+
+    bad_prefixes_change_nothing(&lab, o4);
+    assert_eq!(ok(&lab, &["export"]), exported);
+    assert_eq!(prog_id(&lab), id);
+    assert_eq!(scoped_counts(&lab), want);
+}
+
+/// After [`scoped_bindings_in_the_file`]: a file with a bad prefix, or with the same
+/// (protocol, prefix, port) twice, is refused naming its line.
+fn bad_prefixes_change_nothing(lab: &Lab, o4: Ipv4Addr) {
+    let s4 = lab.server_addr();
+    // A bad prefix: refused with its line, nothing changed.
+    let bad = File::new(&scoped_file(&[s4.to_string(), format!("{o4}/24")]));
+    let [a, b, c, _] = o4.octets();
+    assert_refused(
+        &pd(&lab.server, &["apply", bad.path()]),
+        "host bits set",
+        &[
+            &format!("{}:7:", bad.path()),
+            &format!("did you mean {a}.{b}.{c}.0/24?"),
+            "nothing was changed",
+        ],
+    );
+    // The same (protocol, prefix, port) twice: refused, naming both lines.
+    let twice = File::new(&scoped_file(&[s4.to_string(), format!("{s4}/32")]));
+    assert_refused(
+        &pd(&lab.server, &["apply", twice.path()]),
+        "the same prefix twice",
+        &[
+            &format!("{}:7:", twice.path()),
+            "line 6",
+            "nothing was changed",
+        ],
+    );
+}
+
+/// `export`'s text, checked to hold the drop of udp/5353 on `dropped` (a /32 and a /128) on
+/// one line with both prefixes.
+fn exported_with(lab: &Lab, dropped: &[IpAddr; 2]) -> String {
+    let mut nets = dropped.map(IpNet::from);
+    nets.sort_unstable();
+    let dst = nets.map(|n| format!("\"{n}\""));
+    let exported = ok(lab, &["export"]);
+    assert!(
+        exported.contains(&format!(
+            "    {{ ports = \"udp/5353\", action = \"drop\", owner = \"inside\", dst = [{}] }},\n",
+            dst.join(", ")
+        )),
+        "{exported}"
+    );
+    exported
+}
+
+/// The plan's lines that add (`+`) or remove (`-`) the drop of udp/5353 on each address (a /32
+/// or /128), in the plan's order: by prefix.
+fn by_prefix(changes: [(char, IpAddr); 2]) -> String {
+    let mut lines = changes.map(|(sign, addr)| {
+        let net = IpNet::from(addr);
+        (
+            net,
+            format!("  {sign} udp/5353 dst {net} drop owner \"inside\"\n"),
+        )
+    });
+    lines.sort();
+    lines.map(|(_, line)| line).concat()
 }

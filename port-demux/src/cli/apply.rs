@@ -225,12 +225,15 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
     Ok(all)
 }
 
+/// A binding's prefix (none: every address) and where the file gives it.
+type Prefix = (Option<IpNet>, Option<Range<usize>>);
+
 /// The prefixes of a binding's `dst`, each with its place in the file: `[(None, None)]` without
 /// `dst` (the binding without a prefix).
 fn prefixes(
     source: &Source,
     dst: Option<Spanned<Vec<Spanned<String>>>>,
-) -> Result<Vec<(Option<IpNet>, Option<Range<usize>>)>, Failure> {
+) -> Result<Vec<Prefix>, Failure> {
     let Some(dst) = dst else {
         return Ok(vec![(None, None)]);
     };
@@ -636,8 +639,14 @@ mod tests {
             e.starts_with("f.toml:4: ") && e.contains("did you mean 10.0.0.0/8?"),
             "{e}"
         );
-        let e = parsed("[interfaces.b0]\nbindings = [{ ports = \"udp/53\", action = \"pass\", dst = [] }]\n").unwrap_err();
-        assert!(e.starts_with("f.toml:2: ") && e.contains("dst is empty"), "{e}");
+        let e = parsed(
+            "[interfaces.b0]\nbindings = [{ ports = \"udp/53\", action = \"pass\", dst = [] }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("f.toml:2: ") && e.contains("dst is empty"),
+            "{e}"
+        );
         // The same (protocol, prefix, port) twice; the same port without a prefix and with
         // one, or with two prefixes, coexist.
         let e = parsed("[interfaces.b0]\nbindings = [\n { ports = \"udp/50-60\", action = \"pass\", dst = [\"10.0.0.1\"] },\n { ports = \"udp/53\", action = \"drop\" },\n { ports = \"udp/53\", action = \"drop\", dst = [\"::/0\", \"10.0.0.1/32\"] },\n]\n").unwrap_err();
@@ -646,8 +655,19 @@ mod tests {
             "{e}"
         );
         let ok = parsed("[interfaces.b0]\nbindings = [\n { ports = \"udp/53\", action = \"drop\" },\n { ports = \"udp/53\", action = \"pass\", dst = [\"10.0.0.0/8\", \"2001:db8::1\"] },\n]\n").unwrap();
-        let dst: Vec<_> = ok["b0"].bindings.iter().map(|b| b.dst.map(|d| d.to_string())).collect();
-        assert_eq!(dst, [None, Some("10.0.0.0/8".into()), Some("2001:db8::1/128".into())]);
+        let dst: Vec<_> = ok["b0"]
+            .bindings
+            .iter()
+            .map(|b| b.dst.map(|d| d.to_string()))
+            .collect();
+        assert_eq!(
+            dst,
+            [
+                None,
+                Some("10.0.0.0/8".into()),
+                Some("2001:db8::1/128".into())
+            ]
+        );
     }
 
     #[test]
