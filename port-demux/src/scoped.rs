@@ -8,6 +8,9 @@
 //! while a frame's search lasts nanoseconds (and, within one change, records freed by it are
 //! not reused). A port gets the `SCOPED` flag in its binding after its tables are in place,
 //! and loses it before they go.
+//!
+//! `apply` replaces the whole set at once instead ([`Successor`]): the successor's new scope
+//! maps are filled from record 0 before its program replaces the running one through the link.
 
 use bytemuck::Zeroable as _;
 use port_demux_common::{
@@ -296,4 +299,76 @@ impl Successor {
 /// A `SCOPED` entry as bytes, to find an unchanged one.
 fn key(b: &ScopedBinding) -> [u8; 48] {
     bytemuck::cast(*b)
+}
+
+#[cfg(test)]
+mod tests {
+    use port_demux_common::{family, port_index};
+
+    use super::*;
+
+    /// udp/`port` dropped or passed on 10.0.`host`/32.
+    fn entry(port: u16, host: u16, act: u32) -> ScopedBinding {
+        let mut b = ScopedBinding::zeroed();
+        b.index = port_index(port_demux_common::PROTO_UDP, port);
+        b.action = act;
+        b.family = family::IPV4;
+        b.len = 32;
+        let [hi, lo] = host.to_be_bytes();
+        b.addr[..4].copy_from_slice(&[10, 0, hi, lo]);
+        b
+    }
+
+    #[test]
+    fn unchanged_bindings_keep_their_ids_others_take_unused_ones() {
+        let old = [
+            (0, entry(53, 1, action::DROP)),
+            (1, entry(53, 2, action::DROP)),
+            (5, entry(53, 3, action::DROP)),
+        ];
+        let wanted = [
+            entry(53, 3, action::DROP),
+            entry(53, 2, action::PASS),
+            entry(53, 4, action::DROP),
+        ];
+        let s = Successor::plan(&old, &wanted).unwrap();
+        assert!(s.keep_stats);
+        let ids: Vec<u32> = s.entries.iter().map(|(id, _)| *id).collect();
+        // The unchanged one keeps 5; the changed and the new one take 2 and 3, which no old
+        // binding uses (1, the changed one's old id, is still counted by the old program).
+        assert_eq!(ids, [5, 2, 3]);
+        assert_eq!(s.fresh, [2, 3]);
+        assert_eq!(s.tables.scopes.len(), 1);
+        // Before .2, .2, .3, .4, after .4.
+        assert_eq!(s.tables.v4.len(), 5);
+    }
+
+    #[test]
+    fn too_many_ids_for_both_sets_restart_every_counter() {
+        let len = u16::try_from(maps_len()).unwrap();
+        // Every id used, by one port's addresses (a table of one record per address, and one
+        // after them).
+        let old: Vec<(u32, ScopedBinding)> = (0..len)
+            .map(|h| (u32::from(h), entry(53, h, action::DROP)))
+            .collect();
+        let mut wanted: Vec<ScopedBinding> = (0..len).map(|h| entry(53, h, action::DROP)).collect();
+        wanted[7] = entry(53, 7, action::PASS);
+        let s = Successor::plan(&old, &wanted).unwrap();
+        assert!(!s.keep_stats);
+        assert!(
+            s.entries
+                .iter()
+                .enumerate()
+                .all(|(i, (id, _))| *id as usize == i)
+        );
+        assert_eq!(s.fresh.len(), maps_len());
+        wanted.push(entry(54, 0, action::DROP));
+        assert!(matches!(
+            Successor::plan(&old, &wanted),
+            Err(Error::Capacity {
+                what: "scoped bindings",
+                ..
+            })
+        ));
+    }
 }
