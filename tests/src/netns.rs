@@ -855,6 +855,27 @@ impl Lab {
         }
     }
 
+    /// Adds a second IPv4 and IPv6 address to the server end, host 3 of its subnets (its own
+    /// are hosts 1 and 2), and returns them: a second address of each family for
+    /// address-scoped bindings. Needs [`Lab::enable_ipv6`].
+    ///
+    /// # Panics
+    /// When `ip` fails.
+    #[must_use = "the addresses added"]
+    pub fn add_second_server_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
+        let [a, b, c, _] = self.v4.server.octets();
+        let v4 = Ipv4Addr::new(a, b, c, 3);
+        let mut seg = self.v6.server.segments();
+        seg[7] = 3;
+        let v6 = Ipv6Addr::from(seg);
+        let iface = self.server_if();
+        self.server
+            .add_addr(iface, &format!("{v4}/{}", self.v4.prefix_len));
+        self.server
+            .add_addr(iface, &format!("{v6}/{}", self.v6.prefix_len));
+        (v4, v6)
+    }
+
     /// The server end's IPv6 address, with [`Lab::enable_ipv6`].
     #[must_use]
     pub const fn server_addr6(&self) -> Ipv6Addr {

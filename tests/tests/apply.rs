@@ -8,7 +8,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -339,18 +339,6 @@ fn a_bind_waiting_for_apply_is_refused_not_lost() {
     assert_eq!(rendered(&bindings(&lab)), NEW_SET);
 }
 
-/// The server's second IPv4 and IPv6 addresses (host 3 of its subnets), added to b0.
-fn second_addresses(lab: &Lab) -> (Ipv4Addr, Ipv6Addr) {
-    let [a, b, c, _] = lab.server_addr().octets();
-    let v4 = Ipv4Addr::new(a, b, c, 3);
-    let mut seg = lab.server_addr6().segments();
-    seg[7] = 3;
-    let v6 = Ipv6Addr::from(seg);
-    lab.server.add_addr(SERVER_IF, &format!("{v4}/24"));
-    lab.server.add_addr(SERVER_IF, &format!("{v6}/64"));
-    (v4, v6)
-}
-
 /// A file for b0 with udp/5353 passed on every address and dropped on the addresses `drop`
 /// (as written in the file: one address, a /32 or /128).
 fn scoped_file(drop: &[String]) -> String {
@@ -435,7 +423,7 @@ fn scoped_bindings_in_the_file() {
     let lab = Lab::new();
     lab.enable_ipv6();
     let (s4, s6) = (lab.server_addr(), lab.server_addr6());
-    let (o4, o6) = second_addresses(&lab);
+    let (o4, o6) = lab.add_second_server_addrs();
     let net = |a: IpAddr| IpNet::from(a);
     // The first file drops udp/5353 on the server's first addresses, the second on its IPv4
     // first address (unchanged) and its IPv6 second one.

@@ -822,7 +822,7 @@ fn mtu_9000_in_native_mode_counts_jumbo_datagrams_whole() {
 /// passes, the port counts every frame, and each scoped binding exactly the frames it decided.
 #[test]
 fn scoped_bindings_drop_one_address_and_pass_another() {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::SocketAddr;
 
     use port_demux::IpNet;
     use port_demux_testkit::{Sent, send_udp};
@@ -830,12 +830,7 @@ fn scoped_bindings_drop_one_address_and_pass_another() {
     let lab = Lab::new();
     lab.enable_ipv6();
     let [a, b, c, _] = lab.server_addr().octets();
-    let v4_pass = Ipv4Addr::new(a, b, c, 3);
-    let mut seg = lab.server_addr6().segments();
-    seg[7] = 3;
-    let v6_pass = Ipv6Addr::from(seg);
-    lab.server.add_addr(SERVER_IF, &format!("{v4_pass}/24"));
-    lab.server.add_addr(SERVER_IF, &format!("{v6_pass}/64"));
+    let (v4_pass, v6_pass) = lab.add_second_server_addrs();
     let demux = load(&lab);
     let net = |s: &str| -> IpNet { s.parse().expect("a prefix") };
     let v4_subnet = net(&format!("{a}.{b}.{c}.0/24"));
