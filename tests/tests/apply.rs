@@ -239,17 +239,22 @@ fn udp_1000_passes(lab: &Lab, sent: &mut u64) -> bool {
     let client = lab.udp_client();
     let _ = lab.send_udp(&client, 1000, 1, 8);
     *sent += 1;
+    wait_udp_counted(lab, 1000, *sent);
+    count_datagrams(&server, SILENCE) == 1
+}
+
+/// Waits until port-demux has counted `packets` frames to udp/`port` (b0's per-port counter).
+fn wait_udp_counted(lab: &Lab, port: u16, packets: u64) {
     let scope = lab.server.scope();
     poll(
-        "port-demux to count the datagram",
+        &format!("port-demux to count {packets} datagrams to udp/{port}"),
         || {
             PortDemux::open(&scope, SERVER_IF)
                 .and_then(|d| d.stats())
-                .map_or(0, |s| s.port(Proto::Udp, 1000).packets)
+                .map_or(0, |s| s.port(Proto::Udp, port).packets)
         },
-        |n| n == sent,
+        |&n| n == packets,
     );
-    count_datagrams(&server, SILENCE) == 1
 }
 
 #[test]
@@ -378,16 +383,7 @@ fn send_to_each(
         })
         .collect();
     let all: u64 = sent.iter().map(|s| s.packets).sum::<u64>() + counted_before;
-    let scope = lab.server.scope();
-    poll(
-        "port-demux to count every datagram on udp/5353",
-        || {
-            PortDemux::open(&scope, SERVER_IF)
-                .and_then(|d| d.stats())
-                .map_or(0, |s| s.port(Proto::Udp, 5353).packets)
-        },
-        |&n| n == all,
-    );
+    wait_udp_counted(lab, 5353, all);
     for (((sock, addr), &n), &pass) in sockets.iter().zip(to).zip(counts).zip(passes) {
         let got = if pass {
             recv_datagrams(sock, usize::try_from(n).expect("small")).len()
