@@ -23,7 +23,7 @@
 //! `bind --dst`); the file's scoped bindings are part of the whole state and swap with the rest.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     io::Write,
     ops::Range,
@@ -156,60 +156,7 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
                 }
             },
         };
-        let mut bindings: Vec<(BindingRange, Range<usize>)> = Vec::new();
-        for b in doc.bindings {
-            let at = b.span();
-            let b = b.into_inner();
-            let dst = prefixes(source, b.dst)?;
-            let ports: PortSpec =
-                b.ports.get_ref().parse().map_err(|e: crate::Error| {
-                    source.error(Some(b.ports.span()), &e.to_string())
-                })?;
-            let action: Action =
-                b.action.get_ref().parse().map_err(|e: crate::Error| {
-                    source.error(Some(b.action.span()), &e.to_string())
-                })?;
-            let owner = match b.owner {
-                Some(o) if o.get_ref().len() > OWNER_LEN => {
-                    return Err(source.error(
-                        Some(o.span()),
-                        &format!(
-                            "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
-                            o.get_ref()
-                        ),
-                    ));
-                }
-                Some(o) => o.into_inner(),
-                None => String::new(),
-            };
-            for (net, net_at) in dst {
-                if let Some((other, other_at)) = bindings
-                    .iter()
-                    .find(|(r, _)| r.dst == net && overlap(r.ports, ports))
-                {
-                    let line = source.text[..other_at.start].matches('\n').count() + 1;
-                    let what = net.map_or_else(String::new, |net| format!(" dst {net}"));
-                    return Err(source.error(
-                        Some(net_at.unwrap_or_else(|| at.clone())),
-                        &format!(
-                            "{ports}{what} of {iface} overlaps {}{what} on line {line}: bind each port once per prefix",
-                            other.ports
-                        ),
-                    ));
-                }
-                bindings.push((
-                    BindingRange {
-                        ports,
-                        action: action.clone(),
-                        owner: owner.clone(),
-                        dst: net,
-                    },
-                    net_at.unwrap_or_else(|| at.clone()),
-                ));
-            }
-        }
-        let mut bindings: Vec<BindingRange> = bindings.into_iter().map(|(b, _)| b).collect();
-        bindings.sort_by_key(|b| (b.ports.proto, b.ports.first, b.dst));
+        let bindings = bindings(source, &iface, doc.bindings)?;
         all.insert(
             iface,
             Wanted {
@@ -223,6 +170,78 @@ fn parse(source: &Source) -> Result<BTreeMap<String, Wanted>, Failure> {
         );
     }
     Ok(all)
+}
+
+/// The bindings of interface `iface` in the file, checked: ports, actions, owners, prefixes,
+/// and no two bindings of one prefix (or both without one) on the same port.
+fn bindings(
+    source: &Source,
+    iface: &str,
+    docs: Vec<Spanned<BindingDoc>>,
+) -> Result<Vec<BindingRange>, Failure> {
+    let mut bindings: Vec<(BindingRange, Range<usize>)> = Vec::new();
+    // The bindings of each prefix (none: the ports' own), as indexes into `bindings`:
+    // only those can overlap (a file of 10,000 prefixes is checked in one pass).
+    let mut by_dst: HashMap<Option<IpNet>, Vec<usize>> = HashMap::new();
+    for b in docs {
+        let at = b.span();
+        let b = b.into_inner();
+        let dst = prefixes(source, b.dst)?;
+        let ports: PortSpec = b
+            .ports
+            .get_ref()
+            .parse()
+            .map_err(|e: crate::Error| source.error(Some(b.ports.span()), &e.to_string()))?;
+        let action: Action = b
+            .action
+            .get_ref()
+            .parse()
+            .map_err(|e: crate::Error| source.error(Some(b.action.span()), &e.to_string()))?;
+        let owner = match b.owner {
+            Some(o) if o.get_ref().len() > OWNER_LEN => {
+                return Err(source.error(
+                    Some(o.span()),
+                    &format!(
+                        "owner {:?} is longer than {OWNER_LEN} bytes: shorten it",
+                        o.get_ref()
+                    ),
+                ));
+            }
+            Some(o) => o.into_inner(),
+            None => String::new(),
+        };
+        for (net, net_at) in dst {
+            let same = by_dst.entry(net).or_default();
+            if let Some((other, other_at)) = same
+                .iter()
+                .map(|&i| &bindings[i])
+                .find(|(r, _)| overlap(r.ports, ports))
+            {
+                let line = source.text[..other_at.start].matches('\n').count() + 1;
+                let what = net.map_or_else(String::new, |net| format!(" dst {net}"));
+                return Err(source.error(
+                    Some(net_at.unwrap_or_else(|| at.clone())),
+                    &format!(
+                        "{ports}{what} of {iface} overlaps {}{what} on line {line}: bind each port once per prefix",
+                        other.ports
+                    ),
+                ));
+            }
+            same.push(bindings.len());
+            bindings.push((
+                BindingRange {
+                    ports,
+                    action: action.clone(),
+                    owner: owner.clone(),
+                    dst: net,
+                },
+                net_at.unwrap_or_else(|| at.clone()),
+            ));
+        }
+    }
+    let mut bindings: Vec<BindingRange> = bindings.into_iter().map(|(b, _)| b).collect();
+    bindings.sort_by_key(|b| (b.ports.proto, b.ports.first, b.dst));
+    Ok(bindings)
 }
 
 /// A binding's prefix (none: every address) and where the file gives it.
@@ -568,15 +587,24 @@ pub fn export(scope: &Scope, _args: &ExportArgs, out: &mut dyn Write) -> Result<
         // The scoped bindings of the same ports, action and owner share one line, their
         // prefixes in one `dst` list.
         let mut lines: Vec<(BindingRange, Vec<IpNet>)> = Vec::new();
+        let mut scoped_line: HashMap<(Proto, u16, u16, String, String), usize> = HashMap::new();
         for b in demux.bindings()? {
-            let net = b.dst;
-            match lines.iter_mut().find(|(l, dst)| {
-                net.is_some()
-                    && !dst.is_empty()
-                    && (l.ports, &l.action, &l.owner) == (b.ports, &b.action, &b.owner)
-            }) {
-                Some((_, dst)) => dst.extend(net),
-                None => lines.push((b, net.into_iter().collect())),
+            let Some(net) = b.dst else {
+                lines.push((b, Vec::new()));
+                continue;
+            };
+            let key = (
+                b.ports.proto,
+                b.ports.first,
+                b.ports.last,
+                b.action.to_string(),
+                b.owner.clone(),
+            );
+            if let Some(&i) = scoped_line.get(&key) {
+                lines[i].1.push(net);
+            } else {
+                scoped_line.insert(key, lines.len());
+                lines.push((b, vec![net]));
             }
         }
         for (b, dst) in lines {
