@@ -7,7 +7,12 @@
 //! Needs root, `strace` and the binary ([`crate::cli::bin`]).
 
 use std::{
-    collections::BTreeMap, ffi::OsString, fs, net::UdpSocket, os::fd::AsRawFd as _,
+    collections::BTreeMap,
+    ffi::OsString,
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     process::Command,
 };
 
@@ -15,7 +20,7 @@ use serde_json::Value;
 
 use crate::{
     cli::{Run, command, execute},
-    netns::{Netns, unique},
+    netns::{Netns, output, run, unique},
 };
 
 /// The system calls a writer's crash points are chosen among: every BPF command, and every
@@ -84,6 +89,11 @@ pub fn under_strace(cmd: &Command, options: &[String]) -> Command {
         .args(cmd.get_args());
     traced
 }
+
+/// The system calls that rename a folder: a writer's first one after its `BPF_LINK_UPDATE` is
+/// where an upgrade has passed its commit point and has not yet put its folder in place
+/// ([`killed_at`] with `when=1`).
+pub const RENAMES: &str = "rename,renameat,renameat2";
 
 /// `cmd` with every `flock` it makes delayed by `ms` milliseconds on entry.
 #[must_use]
@@ -380,4 +390,78 @@ pub fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A bpffs of its own mounted at a fresh folder (`--bpffs`, [`port_demux::Scope::with_bpffs`]):
+/// no other test's writer sweeps it. Unmounted (which releases every pin, and with them the
+/// programs nothing else holds) and the folder removed on drop.
+pub struct PrivateBpffs(PathBuf);
+
+impl PrivateBpffs {
+    /// Mounts one.
+    ///
+    /// # Panics
+    /// When the folder cannot be made or the mount fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("pd-bpffs-{}-{}", std::process::id(), unique()));
+        fs::create_dir(&dir).expect("mount point");
+        let fs = Self(dir);
+        run("mount", &["-t", "bpf", "bpf", fs.path()]);
+        fs
+    }
+
+    /// The mount point.
+    ///
+    /// # Panics
+    /// Never: the temporary folder's path is UTF-8 here.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 path")
+    }
+
+    /// The mount point as a path.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// Remounts it with `mode` (`ro`, `rw`).
+    ///
+    /// # Panics
+    /// When the remount fails.
+    pub fn remount(&self, mode: &str) {
+        run("mount", &["-o", &format!("remount,{mode}"), self.path()]);
+    }
+
+    /// Every file and folder in it.
+    ///
+    /// # Panics
+    /// When it cannot be listed.
+    #[must_use]
+    pub fn entries(&self) -> Vec<String> {
+        // Less the kernel's own `maps.debug` and `progs.debug` (bpf preload).
+        let out = output("find", &[self.path(), "-mindepth", "1"]);
+        out.lines()
+            .filter(|l| !["maps.debug", "progs.debug"].iter().any(|k| l.ends_with(k)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Default for PrivateBpffs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("mount")
+            .args(["-o", "remount,rw", self.path()])
+            .output();
+        let _ = Command::new("umount").arg(&self.0).output();
+        let _ = fs::remove_dir(&self.0);
+    }
 }

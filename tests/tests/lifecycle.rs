@@ -30,11 +30,11 @@ use std::{
 
 use port_demux_testkit::{
     chaos::{
-        assert_removable, assert_sound, count_syscalls, crash_points, describe, instances_of,
-        killed_at, loaded_prog_ids, netns_cookie, running_on, slowed, status_all,
+        PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points, describe,
+        instances_of, killed_at, loaded_prog_ids, netns_cookie, running_on, slowed, status_all,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
-    netns::{Netns, output, run, unique},
+    netns::{Netns, run, unique},
     v2::{bind_v2, load_v2, netns_inode},
 };
 use serde_json::Value;
@@ -646,47 +646,6 @@ fn writers_that_remove_nothing_raced_in_pairs() {
             (Writer::Unbind, Writer::Upgrade),
         ],
     );
-}
-
-/// A bpffs of its own mounted at a fresh folder, unmounted (and the folder removed) on drop.
-struct PrivateBpffs(PathBuf);
-
-impl PrivateBpffs {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("pd-bpffs-{}-{}", std::process::id(), unique()));
-        fs::create_dir(&dir).expect("mount point");
-        let fs = Self(dir);
-        run("mount", &["-t", "bpf", "bpf", fs.path()]);
-        fs
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 path")
-    }
-
-    fn remount(&self, mode: &str) {
-        run("mount", &["-o", &format!("remount,{mode}"), self.path()]);
-    }
-
-    fn entries(&self) -> Vec<String> {
-        // Less the kernel's own `maps.debug` and `progs.debug` (bpf preload).
-        let out = output("find", &[self.path(), "-mindepth", "1"]);
-        out.lines()
-            .filter(|l| !["maps.debug", "progs.debug"].iter().any(|k| l.ends_with(k)))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("mount")
-            .args(["-o", "remount,rw", self.path()])
-            .output();
-        let _ = Command::new("umount").arg(&self.0).output();
-        let _ = fs::remove_dir(&self.0);
-    }
 }
 
 fn pd_on(ns: &Netns, bpffs: &str, args: &[&str]) -> Run {
