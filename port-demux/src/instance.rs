@@ -315,7 +315,9 @@ fn recorded_name(meta: &Meta) -> Option<String> {
 }
 
 /// Every instance folder in `bpffs`, whatever its state, in every namespace. Staging folders
-/// of writers still running are not instances (yet) and are left out.
+/// of writers still running are not instances before their commit point and are left out; an
+/// upgrade's past it is the instance (see the README's "The commit point"), and the folder it
+/// replaces is left out while its writer runs, half-written once it died.
 ///
 /// # Errors
 /// [`Error::NoBpffs`], or when the folders cannot be read.
