@@ -30,11 +30,12 @@ use std::{
 
 use port_demux_testkit::{
     chaos::{
-        PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points, describe,
-        instances_of, killed_at, loaded_prog_ids, netns_cookie, running_on, slowed, status_all,
+        CommitLab, PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points,
+        describe, instances_of, killed_at, loaded_prog_ids, netns_cookie, running_on, slowed,
+        status_all,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
-    netns::{Netns, run, unique},
+    netns::{Netns, SERVER_IF, run, unique},
     v2::{bind_v2, load_v2, netns_inode},
 };
 use serde_json::Value;
@@ -806,4 +807,50 @@ impl Drop for Unmount {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// `load --upgrade --debug` killed exactly at its commit point, between the link update and its
+/// first rename (strace inject): with no writer after it, every reader reads the staging folder
+/// (its `META` says debug, the replaced folder's does not), the bindings it kept drop and pass
+/// datagrams counted exactly; `prune`, the next writer here, removes the replaced folder and
+/// puts the upgrade in place. In a bpffs of its own, so that no other writer completes it first.
+#[test]
+fn upgrade_killed_at_its_commit_point_readers_see_the_new_instance() {
+    let c = {
+        let _creating = creating();
+        CommitLab::new()
+    };
+    c.ok(&["load", SERVER_IF]);
+    c.ok(&["bind", "udp/5000", "drop", "--owner", "kept"]);
+    c.ok(&["bind", "udp/5001", "pass"]);
+    let bound = ["udp/5000 drop kept", "udp/5001 pass "];
+    let (staging, prog) = c.kill_at_commit(&["load", SERVER_IF, "--upgrade", "--debug"]);
+    c.assert_readers_follow(&staging, prog, &bound, "pass", true);
+    c.assert_traffic(&[
+        (5000, 4, false, Some("drop")),
+        (5001, 6, true, Some("pass")),
+        (6000, 2, true, None),
+    ]);
+    let pruned = c.json(&["prune", "--json"]);
+    let removed: Vec<&Value> = pruned["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| &i["dir"])
+        .collect();
+    assert_eq!(
+        removed,
+        [&Value::from(c.instance_dir().to_str().expect("UTF-8"))],
+        "only the replaced folder: {pruned}"
+    );
+    c.assert_completed(prog, &bound);
+    assert_eq!(
+        c.json(&["status", "--json"])["interfaces"][0]["debug"],
+        true
+    );
+    // The upgrade kept the counters: they go on from where they were.
+    c.assert_traffic(&[
+        (5000, 1, false, Some("drop")),
+        (5001, 1, true, Some("pass")),
+    ]);
 }
