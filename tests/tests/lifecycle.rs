@@ -7,14 +7,14 @@
 //! instance elsewhere is still found, upgraded and unloaded
 //! ([`port_demux_testkit::chaos`]).
 //!
-//! Needs root and `strace`. Run time, kept to a few minutes on an idle machine by two knobs
-//! (the full run sets both):
+//! Needs root and `strace`. Run time (about 15 minutes on an idle 2-core machine, 29 under the
+//! load of three concurrent builds) is set by two knobs:
 //! - `PD_CRASH_CAP` (default 20): the most crash points per system call and command. A command
 //!   making more calls of one system call than that (`load` and `load --upgrade` make 70 to 90
 //!   `bpf` calls) is killed at that many of them spread evenly, the first and the last included;
 //!   every call of every other system call is a point. `PD_CRASH_CAP=1000`: every call.
-//! - `PD_RACE_ITERATIONS` (default 10): runs per raced pair, plain and slowed each;
-//!   `PD_RACE_ITERATIONS=50` for the 50.
+//! - `PD_RACE_ITERATIONS` (default 50, the figure): runs per raced pair, plain and
+//!   slowed each (12 pairs: 1,200 races); `PD_RACE_ITERATIONS=5` for a quick look.
 //!
 //! `PD_WITHOUT_STATUS_ALL=1` runs the tests against a binary from before `status --all` and
 //! `prune` (main at 9b4f76c), reading plain `status --json` instead, to record how it fails.
@@ -601,7 +601,7 @@ fn race(ns: &Netns, a: Writer, b: Writer, iterations: usize, slow: bool) {
 fn race_pairs(tag: &str, pairs: &[(Writer, Writer)]) {
     let witness = V2Witness::new();
     let ns = two_ifaces(tag);
-    let iterations = env_usize("PD_RACE_ITERATIONS", 10);
+    let iterations = env_usize("PD_RACE_ITERATIONS", 50);
     let started = Instant::now();
     for &(a, b) in pairs {
         race(&ns, a, b, iterations, false);
