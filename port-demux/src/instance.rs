@@ -266,7 +266,40 @@ pub fn instances(bpffs: &Path) -> Result<Vec<Instance>> {
     folders
         .into_iter()
         .filter_map(|folder| evaluate(&folder, &live).transpose())
+        .map(|found| found.map(|(instance, _)| instance))
         .collect()
+}
+
+/// An instance [`instances`] reports as [`State::Running`], with the namespace it runs in
+/// opened: what a reader of every namespace (the exporter) needs to open it with
+/// [`crate::PortDemux::open`].
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The instance as [`instances`] reports it.
+    pub instance: Instance,
+    /// The network namespace its interface is in now.
+    pub scope: Scope,
+}
+
+/// Every instance of `bpffs` that runs now, in every namespace this process can enter (the
+/// ones [`instances`] finds): those [`instances`] reports as [`State::Running`], but for
+/// one whose namespace neither a `/run/netns` name nor a process holds (nothing can enter it).
+///
+/// # Errors
+/// [`Error::NoBpffs`], or when the folders cannot be read.
+pub fn running(bpffs: &Path) -> Result<Vec<Running>> {
+    let folders = layout::folders(bpffs)?;
+    let live = namespaces(bpffs);
+    let mut out = Vec::new();
+    for folder in folders {
+        if let Some((instance, Some(ns))) = evaluate(&folder, &live)? {
+            out.push(Running {
+                instance,
+                scope: ns.scope.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// What to do about an instance running in `ns`.
@@ -284,7 +317,12 @@ fn running_hint(ns: &LiveNs, iface: Option<&str>, layout: Option<u32>) -> String
     }
 }
 
-fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
+/// The instance `folder` holds (`None` for a staging folder of a writer still running), and
+/// the namespace it runs in when it runs.
+fn evaluate<'a>(
+    folder: &Folder,
+    live: &'a [LiveNs],
+) -> Result<Option<(Instance, Option<&'a LiveNs>)>> {
     let dir = folder.dir().to_owned();
     let meta = read_meta(&dir).ok();
     // A link this process cannot open (id 0, see `unreadable_link`) is recognised by its folder.
@@ -309,7 +347,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
                 "left by port-demux pid {}, which died while writing it: `port-demux prune` removes it (so does the next command that changes pins)",
                 owner.pid
             );
-            return Ok(Some(this));
+            return Ok(Some((this, None)));
         }
         Folder::Current {
             cookie, ifindex, ..
@@ -325,7 +363,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
     };
     let (Some(_), Some(link)) = (meta, link) else {
         this.hint = "pins are missing (a writer was killed): `port-demux prune` removes it".into();
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     };
     if link.ifindex != 0 {
         this.state = State::Running;
@@ -346,7 +384,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
                 this.netns_cookie = Some(ns.scope.netns_cookie());
                 this.iface = ns.scope.ifname(link.ifindex)?.or(this.iface);
                 this.hint = running_hint(ns, this.iface.as_deref(), this.layout);
-                return Ok(Some(this));
+                return Ok(Some((this, Some(ns))));
             }
         }
     }
@@ -356,7 +394,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
             "running on interface index {} of a network namespace that no /run/netns name or process holds open: unload it from there",
             link.ifindex
         );
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     }
     let ns_alive = match folder {
         Folder::Legacy { ino, .. } => live.iter().any(|ns| ns.scope.netns_ino() == *ino),
@@ -375,7 +413,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
         this.state = State::NamespaceGone;
         this.hint = format!("its network namespace is gone and nothing runs: {PRUNE}");
     }
-    Ok(Some(this))
+    Ok(Some((this, None)))
 }
 
 /// Removes every instance whose state is not [`State::Running`], detaching any program they
