@@ -575,10 +575,7 @@ mod tests {
             duration: 0.25,
             errors: 1,
         };
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(snapshot));
-        let mut body = String::new();
-        text::encode(&mut body, &registry).unwrap();
+        let body = render(snapshot);
         for line in [
             "# TYPE port_demux_port_packets counter",
             "port_demux_port_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\"} 5",
@@ -634,10 +631,7 @@ mod tests {
             duration: 0.0,
             errors: 0,
         };
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(snapshot));
-        let mut body = String::new();
-        text::encode(&mut body, &registry).unwrap();
+        let body = render(snapshot);
         for line in [
             "port_demux_port_packets_total{interface=\"b0\",netns=\"red\",proto=\"udp\",port=\"7777\"} 3",
             "port_demux_port_packets_total{interface=\"b0\",netns=\"cookie:8995\",proto=\"udp\",port=\"7777\"} 5",
@@ -646,5 +640,14 @@ mod tests {
         ] {
             assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
         }
+    }
+
+    /// The text a scrape of `snapshot` serves.
+    fn render(snapshot: Snapshot) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut body = String::new();
+        text::encode(&mut body, &registry).unwrap();
+        body
     }
 }
