@@ -112,8 +112,25 @@ impl PortDemux {
     /// [`Error::NotLoaded`], [`Error::Detached`] (a stale instance of this namespace by that
     /// name), [`Error::LayoutV2`], [`Error::Layout`], [`Error::Privileges`].
     pub fn open(scope: &Scope, iface: &str) -> Result<Self> {
-        let found = lifecycle::find(scope, iface)?;
-        Self::open_found(scope, iface, &found)
+        Self::open_resolved(
+            || Ok((iface.to_owned(), lifecycle::find(scope, iface)?)),
+            scope,
+        )
+    }
+
+    /// Opens the instance `resolve` finds. A writer may rename the folder away between the
+    /// finding and the opening (putting an upgrade in place, or retiring its predecessor):
+    /// then it is found again where it went, a few times at most (each time a writer renamed
+    /// it), rather than reported gone.
+    fn open_resolved(resolve: impl Fn() -> Result<(String, Found)>, scope: &Scope) -> Result<Self> {
+        let mut tries = 3;
+        loop {
+            let (iface, found) = resolve()?;
+            match Self::open_found(scope, &iface, &found) {
+                Err(_) if tries > 1 && !found.dir().exists() => tries -= 1,
+                opened => return opened,
+            }
+        }
     }
 
     fn open_found(scope: &Scope, iface: &str, found: &Found) -> Result<Self> {
@@ -155,16 +172,21 @@ impl PortDemux {
     /// # Errors
     /// [`Error::WhichInterface`] when none or several run.
     pub fn open_only(scope: &Scope) -> Result<Self> {
-        let running = instance::running_in(scope)?;
-        match running.as_slice() {
-            [(iface, found)] => Self::open_found(scope, iface, found),
-            [] => Err(Error::NoneLoaded {
-                where_: scope.where_(),
-            }),
-            many => Err(Error::WhichInterface {
-                loaded: many.iter().map(|(name, _)| name.clone()).collect(),
-            }),
-        }
+        Self::open_resolved(
+            || {
+                let mut running = instance::running_in(scope)?;
+                match running.len() {
+                    1 => Ok(running.remove(0)),
+                    0 => Err(Error::NoneLoaded {
+                        where_: scope.where_(),
+                    }),
+                    _ => Err(Error::WhichInterface {
+                        loaded: running.into_iter().map(|(name, _)| name).collect(),
+                    }),
+                }
+            },
+            scope,
+        )
     }
 
     /// Detaches the program and removes every pin of the instance on `iface` (running there,
