@@ -307,51 +307,6 @@ impl Netns {
     }
 }
 
-/// A bpffs of its own, mounted at a fresh folder; unmounted (its pins, and the programs and
-/// maps only they hold, with it) and the folder removed on drop. For a test that must see
-/// its own instances only (`port-demux --bpffs PATH`), whatever other tests load meanwhile.
-/// Dropped after the namespaces whose interfaces run its programs.
-#[derive(Debug)]
-pub struct PrivateBpffs(PathBuf);
-
-impl PrivateBpffs {
-    /// Mounts it.
-    ///
-    /// # Panics
-    /// When the folder cannot be created or `mount` fails.
-    #[must_use]
-    pub fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("pdt-bpffs-{}-{}", std::process::id(), unique()));
-        fs::create_dir_all(&dir).expect("creating the mount point");
-        let bpffs = Self(dir);
-        run("mount", &["-t", "bpf", "bpf", bpffs.path()]);
-        bpffs
-    }
-
-    /// The mount point.
-    ///
-    /// # Panics
-    /// Never: the kit names it in ASCII.
-    #[must_use]
-    pub fn path(&self) -> &str {
-        self.0.to_str().expect("an ASCII path")
-    }
-}
-
-impl Default for PrivateBpffs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).output();
-        let _ = fs::remove_dir(&self.0);
-    }
-}
-
 /// Removes the instance folders under `dir` that run nowhere, then `dir` if it is empty.
 fn remove_stale_pins(dir: &Path) -> io::Result<()> {
     if !dir.exists() {

@@ -16,8 +16,9 @@ use std::{
 
 use port_demux_testkit::{
     Lab,
+    chaos::PrivateBpffs,
     cli::{bin, command, pd},
-    netns::{PrivateBpffs, SERVER_IF, UDP_OVERHEAD},
+    netns::{SERVER_IF, UDP_OVERHEAD},
     service::{PROMETHEUS_TIMEOUT, Prometheus, Service, http_get},
 };
 
@@ -248,7 +249,8 @@ fn one_exporter_serves_every_namespace_each_under_its_name() {
         "127.0.0.1:0",
     ]);
     let (mut exporter, target) = start_exporter(cmd);
-    let mut prometheus = Prometheus::start("all", target);
+    // Every 2 s: a scrape reads two instances' arrays (debug build, a loaded machine).
+    let mut prometheus = Prometheus::start_every("all", target, 2);
 
     let (red_client, blue_client) = (red.udp_client(), blue.udp_client());
     let red_bytes = red.send_udp(&red_client, 7777, 30, 100);
