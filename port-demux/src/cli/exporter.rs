@@ -575,23 +575,23 @@ mod tests {
             duration: 0.25,
             errors: 1,
         };
-        let body = render(snapshot);
-        for line in [
-            "# TYPE port_demux_port_packets counter",
-            "port_demux_port_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\"} 5",
-            "port_demux_port_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"other\"} 1100",
-            "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7778\",action=\"drop\",owner=\"dns\"} 1",
-            "port_demux_frames_total{interface=\"b0\",netns=\"lab\",outcome=\"not_ip\"} 0",
-            "port_demux_redirects_total{interface=\"b0\",netns=\"lab\",result=\"fallback\"} 0",
-            "port_demux_up{interface=\"b0\",netns=\"lab\"} 1",
-            "port_demux_up{interface=\"b1\",netns=\"lab\"} 0",
-            "port_demux_attached{interface=\"b0\",netns=\"lab\"} 1",
-            "port_demux_exporter_scrape_duration_seconds 0.25",
-            "port_demux_exporter_scrape_errors_total 1",
-            "# EOF",
-        ] {
-            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
-        }
+        let body = serves(
+            snapshot,
+            &[
+                "# TYPE port_demux_port_packets counter",
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\"} 5",
+                "port_demux_port_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"other\"} 1100",
+                "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7778\",action=\"drop\",owner=\"dns\"} 1",
+                "port_demux_frames_total{interface=\"b0\",netns=\"lab\",outcome=\"not_ip\"} 0",
+                "port_demux_redirects_total{interface=\"b0\",netns=\"lab\",result=\"fallback\"} 0",
+                "port_demux_up{interface=\"b0\",netns=\"lab\"} 1",
+                "port_demux_up{interface=\"b1\",netns=\"lab\"} 0",
+                "port_demux_attached{interface=\"b0\",netns=\"lab\"} 1",
+                "port_demux_exporter_scrape_duration_seconds 0.25",
+                "port_demux_exporter_scrape_errors_total 1",
+                "# EOF",
+            ],
+        );
         assert!(
             !body.contains("interface=\"b1\",netns=\"lab\",proto"),
             "{body}"
@@ -631,23 +631,26 @@ mod tests {
             duration: 0.0,
             errors: 0,
         };
-        let body = render(snapshot);
-        for line in [
-            "port_demux_port_packets_total{interface=\"b0\",netns=\"red\",proto=\"udp\",port=\"7777\"} 3",
-            "port_demux_port_packets_total{interface=\"b0\",netns=\"cookie:8995\",proto=\"udp\",port=\"7777\"} 5",
-            "port_demux_up{interface=\"b0\",netns=\"red\"} 1",
-            "port_demux_up{interface=\"b0\",netns=\"cookie:8995\"} 1",
-        ] {
-            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
-        }
+        serves(
+            snapshot,
+            &[
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"red\",proto=\"udp\",port=\"7777\"} 3",
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"cookie:8995\",proto=\"udp\",port=\"7777\"} 5",
+                "port_demux_up{interface=\"b0\",netns=\"red\"} 1",
+                "port_demux_up{interface=\"b0\",netns=\"cookie:8995\"} 1",
+            ],
+        );
     }
 
-    /// The text a scrape of `snapshot` serves.
-    fn render(snapshot: Snapshot) -> String {
+    /// The text a scrape of `snapshot` serves, which must hold each of `lines`.
+    fn serves(snapshot: Snapshot, lines: &[&str]) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));
         let mut body = String::new();
         text::encode(&mut body, &registry).unwrap();
+        for line in lines {
+            assert!(body.lines().any(|l| l == *line), "no {line:?} in\n{body}");
+        }
         body
     }
 }
