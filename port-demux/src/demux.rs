@@ -11,8 +11,8 @@ use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta, OWNER_LEN,
-    REDIRECT_SLOTS, ScopedBinding, action, port_index,
+    Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta,
+    OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -390,7 +390,33 @@ impl PortDemux {
         self.current()?;
         let all = self.maps.read_bindings()?;
         let slot_names = self.slot_names()?;
-        Ok(maps::coalesce(&all)
+        Ok(Self::ranges(&all, &slot_names, &scoped::live(&self.maps)?))
+    }
+
+    /// [`Self::stats`] and [`Self::bindings`] from one read of each map: the `BINDINGS` array
+    /// (131,072 entries) and the scoped bindings are read once for both, what a reader that
+    /// polls both (the exporter, at each scrape) saves.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn stats_and_bindings(&self) -> Result<(Stats, Vec<BindingRange>)> {
+        self.current()?;
+        // Globals first: see `totals`.
+        let globals = self.maps.globals()?;
+        let counters = self.maps.port_counters()?;
+        let (bindings, live) = self.bindings_and_live()?;
+        let slot_names = self.slot_names()?;
+        let stats = self.stats_from(&globals, &counters, &bindings, &slot_names, &live)?;
+        Ok((stats, Self::ranges(&bindings, &slot_names, &live)))
+    }
+
+    /// The runs of `all` (`BINDINGS`) and of the `live` scoped bindings.
+    fn ranges(
+        all: &[Binding],
+        slot_names: &[Option<String>],
+        live: &[(u32, ScopedBinding)],
+    ) -> Vec<BindingRange> {
+        maps::coalesce(all)
             .into_iter()
             .map(|(first, last, b)| BindingRange {
                 ports: PortSpec {
@@ -398,18 +424,21 @@ impl PortDemux {
                     first: maps::low16(first),
                     last: maps::low16(last),
                 },
-                action: maps::describe(&b, &slot_names),
+                action: maps::describe(&b, slot_names),
                 owner: maps::owner_str(&b),
                 dst: None,
             })
-            .chain(self.scoped_ranges(&slot_names)?)
-            .collect())
+            .chain(Self::scoped_ranges(live, slot_names))
+            .collect()
     }
 
     /// The scoped bindings as runs of consecutive ports with the same prefix, action and
     /// owner, by protocol, first port and prefix.
-    fn scoped_ranges(&self, slot_names: &[Option<String>]) -> Result<Vec<BindingRange>> {
-        let mut live: Vec<(u32, ScopedBinding)> = scoped::live(&self.maps)?;
+    fn scoped_ranges(
+        live: &[(u32, ScopedBinding)],
+        slot_names: &[Option<String>],
+    ) -> Vec<BindingRange> {
+        let mut live = live.to_vec();
         live.sort_by_key(|(_, b)| (prefix_of(b), b.index));
         let mut out: Vec<BindingRange> = Vec::new();
         for (_, b) in &live {
@@ -438,7 +467,7 @@ impl PortDemux {
             });
         }
         out.sort_by_key(|r| (r.ports.proto, r.ports.first, r.dst));
-        Ok(out)
+        out
     }
 
     /// Per-port and global counters, summed over CPUs.
@@ -450,17 +479,40 @@ impl PortDemux {
         // Globals first: see `totals`.
         let globals = self.maps.globals()?;
         let counters = self.maps.port_counters()?;
+        let (bindings, live) = self.bindings_and_live()?;
+        let slot_names = self.slot_names()?;
+        self.stats_from(&globals, &counters, &bindings, &slot_names, &live)
+    }
+
+    /// `BINDINGS` (the `SCOPED` flag masked) and the live scoped bindings. A scoped binding
+    /// acts only while its port carries the flag (set after its entry and tables are written,
+    /// cleared before they go): with no flag set, `SCOPED` is not read, nor (in `stats_from`)
+    /// `SCOPED_STATS`, 32,768 entries each, a quarter of a plain `stats`' time.
+    fn bindings_and_live(&self) -> Result<(Vec<Binding>, scoped::Live)> {
         let mut bindings = self.maps.read_raw_bindings()?;
-        // A scoped binding acts only while its port carries the flag (set after its entry and
-        // tables are written, cleared before they go): with no flag set, the two 32,768-entry
-        // scoped maps are not read (a quarter of a plain `stats`' time).
         let any_scoped = bindings.iter().any(|b| b.action & action::SCOPED != 0);
         for b in &mut bindings {
             b.action &= !action::SCOPED;
         }
-        let slot_names = self.slot_names()?;
+        let live = if any_scoped {
+            scoped::live(&self.maps)?
+        } else {
+            Vec::new()
+        };
+        Ok((bindings, live))
+    }
+
+    /// The [`Stats`] of counters and bindings read, reading the scoped bindings' counters.
+    fn stats_from(
+        &self,
+        globals: &Globals,
+        counters: &[PortCounters],
+        bindings: &[Binding],
+        slot_names: &[Option<String>],
+        live: &[(u32, ScopedBinding)],
+    ) -> Result<Stats> {
         let mut ports = Vec::new();
-        for (index, (c, b)) in (0u32..).zip(counters.iter().zip(&bindings)) {
+        for (index, (c, b)) in (0u32..).zip(counters.iter().zip(bindings)) {
             if c.packets == 0 && c.bytes == 0 && b.action == action::UNBOUND {
                 continue;
             }
@@ -469,7 +521,7 @@ impl PortDemux {
                 port: maps::low16(index),
                 packets: c.packets,
                 bytes: c.bytes,
-                action: (b.action != action::UNBOUND).then(|| maps::describe(b, &slot_names)),
+                action: (b.action != action::UNBOUND).then(|| maps::describe(b, slot_names)),
                 dst: None,
             });
         }
@@ -479,11 +531,6 @@ impl PortDemux {
                 .then((a.proto, a.port, a.dst).cmp(&(b.proto, b.port, b.dst)))
         };
         ports.sort_by(by_traffic);
-        let live = if any_scoped {
-            scoped::live(&self.maps)?
-        } else {
-            Vec::new()
-        };
         let scoped_counters = if live.is_empty() {
             Vec::new()
         } else {
@@ -498,7 +545,7 @@ impl PortDemux {
                     port: maps::low16(b.index),
                     packets: c.packets,
                     bytes: c.bytes,
-                    action: Some(maps::describe(&as_binding(b), &slot_names)),
+                    action: Some(maps::describe(&as_binding(b), slot_names)),
                     dst: Some(prefix_of(b)),
                 }
             })
@@ -507,7 +554,7 @@ impl PortDemux {
         Ok(Stats {
             ports,
             scoped,
-            totals: maps::totals(&counters, &globals),
+            totals: maps::totals(counters, globals),
         })
     }
 
@@ -530,17 +577,7 @@ impl PortDemux {
     pub fn status(&self) -> Result<Status> {
         let found = self.current()?;
         let link = found.link;
-        let now = match link.ifindex {
-            0 => None,
-            ifindex => instance::attached_prog(&self.scope, ifindex)?,
-        };
-        // A reader that cannot open the link (id 0) takes the program from the interface.
-        let prog_id = if link.id == 0 {
-            now.unwrap_or(0)
-        } else {
-            link.prog_id
-        };
-        let attached = now.is_some() && now == Some(prog_id);
+        let (prog_id, attached) = self.program(&found)?;
         let iface = match link.ifindex {
             0 => None,
             ifindex => self.scope.ifname(ifindex)?,
@@ -581,6 +618,31 @@ impl PortDemux {
             memlock_bytes: memlock(found.dir()).ok(),
             pin_dir: found.dir().to_owned(),
         })
+    }
+
+    /// Whether the interface runs the instance's pinned program now: [`Status::attached`]
+    /// without the rest of [`Self::status`] (which reads the bindings and every pin's memory).
+    ///
+    /// # Errors
+    /// When the pins cannot be read.
+    pub fn attached(&self) -> Result<bool> {
+        Ok(self.program(&self.current()?)?.1)
+    }
+
+    /// The program the instance `found` runs, and whether its interface runs it now.
+    fn program(&self, found: &Found) -> Result<(u32, bool)> {
+        let link = found.link;
+        let now = match link.ifindex {
+            0 => None,
+            ifindex => instance::attached_prog(&self.scope, ifindex)?,
+        };
+        // A reader that cannot open the link (id 0) takes the program from the interface.
+        let prog_id = if link.id == 0 {
+            now.unwrap_or(0)
+        } else {
+            link.prog_id
+        };
+        Ok((prog_id, now.is_some() && now == Some(prog_id)))
     }
 
     /// The folder that pins this handle's instance now (it moves when its interface moves to

@@ -322,12 +322,51 @@ fn recorded_name(meta: &Meta) -> Option<String> {
 /// # Errors
 /// [`Error::NoBpffs`], or when the folders cannot be read.
 pub fn instances(bpffs: &Path) -> Result<Vec<Instance>> {
+    Ok(evaluate_all(bpffs)?
+        .into_iter()
+        .map(|(instance, _)| instance)
+        .collect())
+}
+
+/// An instance [`instances`] reports as [`State::Running`], with the namespace it runs in
+/// opened: what a reader of every namespace (the exporter) needs to open it with
+/// [`crate::PortDemux::open`].
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The instance as [`instances`] reports it.
+    pub instance: Instance,
+    /// The network namespace its interface is in now.
+    pub scope: Scope,
+}
+
+/// Every instance of `bpffs` that runs now, in every namespace this process can enter (the
+/// ones [`instances`] finds): those [`instances`] reports as [`State::Running`], but for
+/// one whose namespace neither a `/run/netns` name nor a process holds (nothing can enter it).
+///
+/// # Errors
+/// [`Error::NoBpffs`], or when the folders cannot be read.
+pub fn running(bpffs: &Path) -> Result<Vec<Running>> {
+    Ok(evaluate_all(bpffs)?
+        .into_iter()
+        .filter_map(|(instance, scope)| {
+            Some(Running {
+                instance,
+                scope: scope?,
+            })
+        })
+        .collect())
+}
+
+/// Every instance folder of `bpffs` as [`evaluate`] finds it, with the namespace of those that
+/// run.
+fn evaluate_all(bpffs: &Path) -> Result<Vec<(Instance, Option<Scope>)>> {
     let folders = layout::folders(bpffs)?;
     let upgrades: Vec<Found> = folders.iter().filter_map(committed_upgrade).collect();
     let live = namespaces(bpffs);
     folders
         .into_iter()
         .filter_map(|folder| evaluate(&folder, &upgrades, &live).transpose())
+        .map(|found| found.map(|(instance, ns)| (instance, ns.map(|ns| ns.scope.clone()))))
         .collect()
 }
 
@@ -388,7 +427,14 @@ fn running_hint(
     }
 }
 
-fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Option<Instance>> {
+/// The instance `folder` holds (`None` for a staging folder of a writer still running, or the
+/// folder an upgrade past its commit point replaces while that upgrade's writer runs), and the
+/// namespace it runs in when it runs.
+fn evaluate<'a>(
+    folder: &Folder,
+    upgrades: &[Found],
+    live: &'a [LiveNs],
+) -> Result<Option<(Instance, Option<&'a LiveNs>)>> {
     let dir = folder.dir().to_owned();
     let meta = read_meta(&dir).ok();
     // A link this process cannot open (id 0, see `unreadable_link`) is recognised by its folder.
@@ -414,7 +460,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
             return Ok(None);
         };
         this.hint = hint;
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     }
     let recorded_cookie = match folder {
         Folder::Staging { target, .. } if committed.is_some() => target.map(|(cookie, _)| cookie),
@@ -426,7 +472,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
                 "left by port-demux pid {}, which died while writing it: `port-demux prune` removes it (so does the next command that changes pins)",
                 owner.pid
             );
-            return Ok(Some(this));
+            return Ok(Some((this, None)));
         }
         Folder::Current {
             cookie, ifindex, ..
@@ -442,7 +488,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
     };
     let (Some(_), Some(link)) = (meta, link) else {
         this.hint = "pins are missing (a writer was killed): `port-demux prune` removes it".into();
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     };
     if link.ifindex != 0 {
         this.state = State::Running;
@@ -463,7 +509,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
                 this.netns_cookie = Some(ns.scope.netns_cookie());
                 this.iface = ns.scope.ifname(link.ifindex)?.or(this.iface);
                 this.hint = running_hint(ns, this.iface.as_deref(), this.layout, committed);
-                return Ok(Some(this));
+                return Ok(Some((this, Some(ns))));
             }
         }
     }
@@ -473,7 +519,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
             "running on interface index {} of a network namespace that no /run/netns name or process holds open: unload it from there",
             link.ifindex
         );
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     }
     let ns_alive = match folder {
         Folder::Legacy { ino, .. } => live.iter().any(|ns| ns.scope.netns_ino() == *ino),
@@ -492,7 +538,7 @@ fn evaluate(folder: &Folder, upgrades: &[Found], live: &[LiveNs]) -> Result<Opti
         this.state = State::NamespaceGone;
         this.hint = format!("its network namespace is gone and nothing runs: {PRUNE}");
     }
-    Ok(Some(this))
+    Ok(Some((this, None)))
 }
 
 /// Removes every instance whose state is not [`State::Running`], detaching any program they
