@@ -217,6 +217,8 @@ struct Reading {
     /// per protocol the other unbound ones summed under `other`.
     ports: Vec<(Proto, String, u64, u64)>,
     bindings: Vec<BindingRange>,
+    /// Address-scoped bindings' own counters (`dst` set).
+    scoped: Vec<crate::PortStat>,
     totals: Totals,
 }
 
@@ -305,6 +307,7 @@ impl Exporter {
             attached: demux.attached()?,
             ports: select(&counters.ports, self.top),
             bindings,
+            scoped: counters.scoped,
             totals: counters.totals,
         })
     }
@@ -417,12 +420,65 @@ impl Snapshot {
             None,
             MetricType::Info,
         )?;
+        // One series per (protocol, port): the scoped bindings have their own family.
         for (instance, r) in self.readings() {
-            for b in &r.bindings {
+            for b in r.bindings.iter().filter(|b| b.dst.is_none()) {
                 for port in b.ports.first..=b.ports.last {
                     let mut labels = instance.labels();
                     labels.push(("proto", b.ports.proto.to_string()));
                     labels.push(("port", port.to_string()));
+                    labels.push(("action", b.action.to_string()));
+                    labels.push(("owner", b.owner.clone()));
+                    info.encode_info(&labels)?;
+                }
+            }
+        }
+        self.encode_scoped(encoder)
+    }
+
+    /// Address-scoped bindings: their own counters and their binding, by `dst`.
+    fn encode_scoped(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let samples = |field: fn(&crate::PortStat) -> u64| {
+            self.readings()
+                .flat_map(move |(instance, r)| {
+                    r.scoped.iter().filter_map(move |p| {
+                        let mut labels = instance.labels();
+                        labels.push(("proto", p.proto.to_string()));
+                        labels.push(("port", p.port.to_string()));
+                        labels.push(("dst", p.dst?.to_string()));
+                        Some((labels, field(p)))
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            encoder,
+            "port_demux_scoped_packets",
+            "Frames an address-scoped binding decided (also counted under their port) since it was bound.",
+            MetricType::Counter,
+            samples(|p| p.packets),
+        )?;
+        family(
+            encoder,
+            "port_demux_scoped_bytes",
+            "Bytes of those frames as XDP sees them, Ethernet header included.",
+            MetricType::Counter,
+            samples(|p| p.bytes),
+        )?;
+        let mut info = encoder.encode_descriptor(
+            "port_demux_scoped_binding",
+            "An address-scoped binding: its action and owner.",
+            None,
+            MetricType::Info,
+        )?;
+        for (instance, r) in self.readings() {
+            for b in &r.bindings {
+                let Some(dst) = b.dst else { continue };
+                for port in b.ports.first..=b.ports.last {
+                    let mut labels = instance.labels();
+                    labels.push(("proto", b.ports.proto.to_string()));
+                    labels.push(("port", port.to_string()));
+                    labels.push(("dst", dst.to_string()));
                     labels.push(("action", b.action.to_string()));
                     labels.push(("owner", b.owner.clone()));
                     info.encode_info(&labels)?;
@@ -563,6 +619,7 @@ mod tests {
                             owner: "dns".into(),
                             dst: None,
                         }],
+                        scoped: Vec::new(),
                         totals: Totals::default(),
                     }),
                 },
@@ -613,6 +670,7 @@ mod tests {
             attached: true,
             ports: vec![(Proto::Udp, "7777".to_owned(), packets, packets * 100)],
             bindings: Vec::new(),
+            scoped: Vec::new(),
             totals: Totals::default(),
         };
         let snapshot = Snapshot {
@@ -652,5 +710,57 @@ mod tests {
             assert!(body.lines().any(|l| l == *line), "no {line:?} in\n{body}");
         }
         body
+    }
+
+    #[test]
+    fn scoped_bindings_have_their_own_families() {
+        let net: ipnet::IpNet = "192.0.2.0/24".parse().expect("a prefix");
+        let binding = |action, owner: &str, dst| BindingRange {
+            ports: PortSpec::single(Proto::Udp, 7777),
+            action,
+            owner: owner.into(),
+            dst,
+        };
+        let reading = Reading {
+            attached: true,
+            ports: vec![(Proto::Udp, "7777".to_owned(), 9, 900)],
+            bindings: vec![
+                binding(Action::Drop, "dns", None),
+                binding(Action::Pass, "web", Some(net)),
+            ],
+            scoped: vec![PortStat {
+                proto: Proto::Udp,
+                port: 7777,
+                packets: 4,
+                bytes: 400,
+                action: Some(Action::Pass),
+                dst: Some(net),
+            }],
+            totals: Totals::default(),
+        };
+        let snapshot = Snapshot {
+            instances: vec![Instance {
+                iface: "b0".into(),
+                netns: "lab".into(),
+                read: Some(reading),
+            }],
+            duration: 0.0,
+            errors: 0,
+        };
+        let body = serves(
+            snapshot,
+            &[
+                "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",action=\"drop\",owner=\"dns\"} 1",
+                "port_demux_scoped_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\"} 4",
+                "port_demux_scoped_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\"} 400",
+                "port_demux_scoped_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\",action=\"pass\",owner=\"web\"} 1",
+            ],
+        );
+        // One binding series per port, for the join: the scoped binding is not among them.
+        let infos = body
+            .lines()
+            .filter(|l| l.starts_with("port_demux_binding_info"))
+            .count();
+        assert_eq!(infos, 1, "{body}");
     }
 }
