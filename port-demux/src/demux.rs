@@ -11,8 +11,8 @@ use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta, OWNER_LEN,
-    REDIRECT_SLOTS, ScopedBinding, action, port_index,
+    Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta,
+    OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -112,8 +112,25 @@ impl PortDemux {
     /// [`Error::NotLoaded`], [`Error::Detached`] (a stale instance of this namespace by that
     /// name), [`Error::LayoutV2`], [`Error::Layout`], [`Error::Privileges`].
     pub fn open(scope: &Scope, iface: &str) -> Result<Self> {
-        let found = lifecycle::find(scope, iface)?;
-        Self::open_found(scope, iface, &found)
+        Self::open_resolved(
+            || Ok((iface.to_owned(), lifecycle::find(scope, iface)?)),
+            scope,
+        )
+    }
+
+    /// Opens the instance `resolve` finds. A writer may rename the folder away between the
+    /// finding and the opening (putting an upgrade in place, or retiring its predecessor):
+    /// then it is found again where it went, a few times at most (each time a writer renamed
+    /// it), rather than reported gone.
+    fn open_resolved(resolve: impl Fn() -> Result<(String, Found)>, scope: &Scope) -> Result<Self> {
+        let mut tries = 3;
+        loop {
+            let (iface, found) = resolve()?;
+            match Self::open_found(scope, &iface, &found) {
+                Err(_) if tries > 1 && !found.dir().exists() => tries -= 1,
+                opened => return opened,
+            }
+        }
     }
 
     fn open_found(scope: &Scope, iface: &str, found: &Found) -> Result<Self> {
@@ -155,16 +172,21 @@ impl PortDemux {
     /// # Errors
     /// [`Error::WhichInterface`] when none or several run.
     pub fn open_only(scope: &Scope) -> Result<Self> {
-        let running = instance::running_in(scope)?;
-        match running.as_slice() {
-            [(iface, found)] => Self::open_found(scope, iface, found),
-            [] => Err(Error::NoneLoaded {
-                where_: scope.where_(),
-            }),
-            many => Err(Error::WhichInterface {
-                loaded: many.iter().map(|(name, _)| name.clone()).collect(),
-            }),
-        }
+        Self::open_resolved(
+            || {
+                let mut running = instance::running_in(scope)?;
+                match running.len() {
+                    1 => Ok(running.remove(0)),
+                    0 => Err(Error::NoneLoaded {
+                        where_: scope.where_(),
+                    }),
+                    _ => Err(Error::WhichInterface {
+                        loaded: running.into_iter().map(|(name, _)| name).collect(),
+                    }),
+                }
+            },
+            scope,
+        )
     }
 
     /// Detaches the program and removes every pin of the instance on `iface` (running there,
@@ -368,7 +390,33 @@ impl PortDemux {
         self.current()?;
         let all = self.maps.read_bindings()?;
         let slot_names = self.slot_names()?;
-        Ok(maps::coalesce(&all)
+        Ok(Self::ranges(&all, &slot_names, &scoped::live(&self.maps)?))
+    }
+
+    /// [`Self::stats`] and [`Self::bindings`] from one read of each map: the `BINDINGS` array
+    /// (131,072 entries) and the scoped bindings are read once for both, what a reader that
+    /// polls both (the exporter, at each scrape) saves.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn stats_and_bindings(&self) -> Result<(Stats, Vec<BindingRange>)> {
+        self.current()?;
+        // Globals first: see `totals`.
+        let globals = self.maps.globals()?;
+        let counters = self.maps.port_counters()?;
+        let (bindings, live) = self.bindings_and_live()?;
+        let slot_names = self.slot_names()?;
+        let stats = self.stats_from(&globals, &counters, &bindings, &slot_names, &live)?;
+        Ok((stats, Self::ranges(&bindings, &slot_names, &live)))
+    }
+
+    /// The runs of `all` (`BINDINGS`) and of the `live` scoped bindings.
+    fn ranges(
+        all: &[Binding],
+        slot_names: &[Option<String>],
+        live: &[(u32, ScopedBinding)],
+    ) -> Vec<BindingRange> {
+        maps::coalesce(all)
             .into_iter()
             .map(|(first, last, b)| BindingRange {
                 ports: PortSpec {
@@ -376,18 +424,21 @@ impl PortDemux {
                     first: maps::low16(first),
                     last: maps::low16(last),
                 },
-                action: maps::describe(&b, &slot_names),
+                action: maps::describe(&b, slot_names),
                 owner: maps::owner_str(&b),
                 dst: None,
             })
-            .chain(self.scoped_ranges(&slot_names)?)
-            .collect())
+            .chain(Self::scoped_ranges(live, slot_names))
+            .collect()
     }
 
     /// The scoped bindings as runs of consecutive ports with the same prefix, action and
     /// owner, by protocol, first port and prefix.
-    fn scoped_ranges(&self, slot_names: &[Option<String>]) -> Result<Vec<BindingRange>> {
-        let mut live: Vec<(u32, ScopedBinding)> = scoped::live(&self.maps)?;
+    fn scoped_ranges(
+        live: &[(u32, ScopedBinding)],
+        slot_names: &[Option<String>],
+    ) -> Vec<BindingRange> {
+        let mut live = live.to_vec();
         live.sort_by_key(|(_, b)| (prefix_of(b), b.index));
         let mut out: Vec<BindingRange> = Vec::new();
         for (_, b) in &live {
@@ -416,7 +467,7 @@ impl PortDemux {
             });
         }
         out.sort_by_key(|r| (r.ports.proto, r.ports.first, r.dst));
-        Ok(out)
+        out
     }
 
     /// Per-port and global counters, summed over CPUs.
@@ -428,10 +479,40 @@ impl PortDemux {
         // Globals first: see `totals`.
         let globals = self.maps.globals()?;
         let counters = self.maps.port_counters()?;
-        let bindings = self.maps.read_bindings()?;
+        let (bindings, live) = self.bindings_and_live()?;
         let slot_names = self.slot_names()?;
+        self.stats_from(&globals, &counters, &bindings, &slot_names, &live)
+    }
+
+    /// `BINDINGS` (the `SCOPED` flag masked) and the live scoped bindings. A scoped binding
+    /// acts only while its port carries the flag (set after its entry and tables are written,
+    /// cleared before they go): with no flag set, `SCOPED` is not read, nor (in `stats_from`)
+    /// `SCOPED_STATS`, 32,768 entries each, a quarter of a plain `stats`' time.
+    fn bindings_and_live(&self) -> Result<(Vec<Binding>, scoped::Live)> {
+        let mut bindings = self.maps.read_raw_bindings()?;
+        let any_scoped = bindings.iter().any(|b| b.action & action::SCOPED != 0);
+        for b in &mut bindings {
+            b.action &= !action::SCOPED;
+        }
+        let live = if any_scoped {
+            scoped::live(&self.maps)?
+        } else {
+            Vec::new()
+        };
+        Ok((bindings, live))
+    }
+
+    /// The [`Stats`] of counters and bindings read, reading the scoped bindings' counters.
+    fn stats_from(
+        &self,
+        globals: &Globals,
+        counters: &[PortCounters],
+        bindings: &[Binding],
+        slot_names: &[Option<String>],
+        live: &[(u32, ScopedBinding)],
+    ) -> Result<Stats> {
         let mut ports = Vec::new();
-        for (index, (c, b)) in (0u32..).zip(counters.iter().zip(&bindings)) {
+        for (index, (c, b)) in (0u32..).zip(counters.iter().zip(bindings)) {
             if c.packets == 0 && c.bytes == 0 && b.action == action::UNBOUND {
                 continue;
             }
@@ -440,7 +521,7 @@ impl PortDemux {
                 port: maps::low16(index),
                 packets: c.packets,
                 bytes: c.bytes,
-                action: (b.action != action::UNBOUND).then(|| maps::describe(b, &slot_names)),
+                action: (b.action != action::UNBOUND).then(|| maps::describe(b, slot_names)),
                 dst: None,
             });
         }
@@ -450,8 +531,12 @@ impl PortDemux {
                 .then((a.proto, a.port, a.dst).cmp(&(b.proto, b.port, b.dst)))
         };
         ports.sort_by(by_traffic);
-        let scoped_counters = self.maps.scoped_counters()?;
-        let mut scoped: Vec<PortStat> = scoped::live(&self.maps)?
+        let scoped_counters = if live.is_empty() {
+            Vec::new()
+        } else {
+            self.maps.scoped_counters()?
+        };
+        let mut scoped: Vec<PortStat> = live
             .iter()
             .map(|(id, b)| {
                 let c = scoped_counters[*id as usize];
@@ -460,7 +545,7 @@ impl PortDemux {
                     port: maps::low16(b.index),
                     packets: c.packets,
                     bytes: c.bytes,
-                    action: Some(maps::describe(&as_binding(b), &slot_names)),
+                    action: Some(maps::describe(&as_binding(b), slot_names)),
                     dst: Some(prefix_of(b)),
                 }
             })
@@ -469,7 +554,7 @@ impl PortDemux {
         Ok(Stats {
             ports,
             scoped,
-            totals: maps::totals(&counters, &globals),
+            totals: maps::totals(counters, globals),
         })
     }
 
@@ -492,17 +577,7 @@ impl PortDemux {
     pub fn status(&self) -> Result<Status> {
         let found = self.current()?;
         let link = found.link;
-        let now = match link.ifindex {
-            0 => None,
-            ifindex => instance::attached_prog(&self.scope, ifindex)?,
-        };
-        // A reader that cannot open the link (id 0) takes the program from the interface.
-        let prog_id = if link.id == 0 {
-            now.unwrap_or(0)
-        } else {
-            link.prog_id
-        };
-        let attached = now.is_some() && now == Some(prog_id);
+        let (prog_id, attached) = self.program(&found)?;
         let iface = match link.ifindex {
             0 => None,
             ifindex => self.scope.ifname(ifindex)?,
@@ -543,6 +618,31 @@ impl PortDemux {
             memlock_bytes: memlock(found.dir()).ok(),
             pin_dir: found.dir().to_owned(),
         })
+    }
+
+    /// Whether the interface runs the instance's pinned program now: [`Status::attached`]
+    /// without the rest of [`Self::status`] (which reads the bindings and every pin's memory).
+    ///
+    /// # Errors
+    /// When the pins cannot be read.
+    pub fn attached(&self) -> Result<bool> {
+        Ok(self.program(&self.current()?)?.1)
+    }
+
+    /// The program the instance `found` runs, and whether its interface runs it now.
+    fn program(&self, found: &Found) -> Result<(u32, bool)> {
+        let link = found.link;
+        let now = match link.ifindex {
+            0 => None,
+            ifindex => instance::attached_prog(&self.scope, ifindex)?,
+        };
+        // A reader that cannot open the link (id 0) takes the program from the interface.
+        let prog_id = if link.id == 0 {
+            now.unwrap_or(0)
+        } else {
+            link.prog_id
+        };
+        Ok((prog_id, now.is_some() && now == Some(prog_id)))
     }
 
     /// The folder that pins this handle's instance now (it moves when its interface moves to

@@ -19,8 +19,8 @@ use port_demux_common::{LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, Meta};
 use crate::{
     Error, Result, Scope,
     layout::{
-        self, DirLock, Folder, LINK_PIN, PROG_PIN, Stage, instance_dir, read_meta, remove_pins,
-        staging_dir,
+        self, DirLock, Folder, LINK_PIN, Owner, PROG_PIN, Stage, instance_dir, read_meta,
+        remove_pins, staging_dir,
     },
     netlink,
     scope::{LiveNs, namespaces},
@@ -40,7 +40,9 @@ pub enum State {
     NamespaceGone,
     /// Its interface is gone (deleted, or its program detached), its namespace lives on.
     InterfaceGone,
-    /// A folder a writer left unfinished: pins missing, or a staging folder of a dead process.
+    /// A folder a writer left unfinished: pins missing, a staging folder of a dead process, or
+    /// the folder an upgrade killed after its commit point replaces (that upgrade's folder is
+    /// the running instance).
     HalfWritten,
 }
 
@@ -152,16 +154,73 @@ pub(crate) fn attached_prog(scope: &Scope, ifindex: u32) -> Result<Option<u32>> 
     }
 }
 
-/// Instance folders (not staging ones) with their links.
-fn linked(bpffs: &Path) -> Result<Vec<Found>> {
-    Ok(layout::folders(bpffs)?
+/// Instance folders (not staging ones) with their links, as they are pinned.
+fn pinned(folders: Vec<Folder>) -> impl Iterator<Item = Found> {
+    folders
         .into_iter()
         .filter(|f| !matches!(f, Folder::Staging { .. }))
         .filter_map(|folder| {
             let link = link_of(folder.dir()).or_else(|| unreadable_link(&folder))?;
             Some(Found { folder, link })
         })
-        .collect())
+}
+
+/// The commit point, the one rule readers, `status --all` and writers ([`sweep`]) follow: an
+/// upgrade's staging folder whose link (the instance's, pinned a second time) runs the program
+/// the folder pins has passed its `BPF_LINK_UPDATE`. From then on the data path runs that
+/// program with that folder's maps: the folder is the instance, whether its writer still runs
+/// (about to rename it into place) or was killed (the next writer does), and whatever folder
+/// still pins the same link is its predecessor, on its way out. Costs nothing while no upgrade
+/// folder exists (the folder listing names them); two pins opened and read per one that does.
+fn committed_upgrade(folder: &Folder) -> Option<Found> {
+    let Folder::Staging {
+        dir,
+        stage: Stage::Upgrade,
+        ..
+    } = folder
+    else {
+        return None;
+    };
+    let link = link_of(dir).filter(|l| l.ifindex != 0)?;
+    let prog = ProgramInfo::from_pin(dir.join(PROG_PIN)).ok()?.id();
+    (link.prog_id == prog).then(|| Found {
+        folder: folder.clone(),
+        link,
+    })
+}
+
+/// The committed upgrade (of `upgrades`, see [`committed_upgrade`]) that replaces the instance
+/// whose link is `link`: the one that pins the same link.
+fn successor(upgrades: &[Found], link: LinkInfo) -> Option<&Found> {
+    upgrades
+        .iter()
+        .find(|u| link.id != 0 && u.link.id == link.id)
+}
+
+/// Instance folders with their links, as readers and writers take them: an instance whose
+/// upgrade passed its commit point is that upgrade's staging folder ([`committed_upgrade`]),
+/// whether or not the folder it replaces is still in place.
+///
+/// Readers take no lock: a writer may rename a folder while they list. The folders are listed
+/// one level after the other, so a listing that straddles a rename may see the folder in
+/// neither place; it is taken again. Every rename of a commit or a retirement moves a folder
+/// into or out of `port-demux/` (staging names are never reused), so that folder's names
+/// unchanged from before the listing to after the links were read mean none came in between.
+fn linked(bpffs: &Path) -> Result<Vec<Found>> {
+    let mut tries = 5;
+    loop {
+        let before = layout::root_names(bpffs)?;
+        let folders = layout::folders(bpffs)?;
+        let upgrades: Vec<Found> = folders.iter().filter_map(committed_upgrade).collect();
+        let mut found: Vec<Found> = pinned(folders)
+            .filter(|f| successor(&upgrades, f.link).is_none())
+            .collect();
+        found.extend(upgrades);
+        tries -= 1;
+        if tries == 0 || layout::root_names(bpffs)? == before {
+            return Ok(found);
+        }
+    }
 }
 
 /// The instance running on interface `ifindex` of `scope`: the folder whose link is attached to
@@ -256,21 +315,105 @@ fn recorded_name(meta: &Meta) -> Option<String> {
 }
 
 /// Every instance folder in `bpffs`, whatever its state, in every namespace. Staging folders
-/// of writers still running are not instances (yet) and are left out.
+/// of writers still running are not instances before their commit point and are left out; an
+/// upgrade's past it is the instance (see the README's "The commit point"), and the folder it
+/// replaces is left out while its writer runs, half-written once it died.
 ///
 /// # Errors
 /// [`Error::NoBpffs`], or when the folders cannot be read.
 pub fn instances(bpffs: &Path) -> Result<Vec<Instance>> {
+    Ok(evaluate_all(bpffs)?
+        .into_iter()
+        .map(|(instance, _)| instance)
+        .collect())
+}
+
+/// An instance [`instances`] reports as [`State::Running`], with the namespace it runs in
+/// opened: what a reader of every namespace (the exporter) needs to open it with
+/// [`crate::PortDemux::open`].
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The instance as [`instances`] reports it.
+    pub instance: Instance,
+    /// The network namespace its interface is in now.
+    pub scope: Scope,
+}
+
+/// Every instance of `bpffs` that runs now, in every namespace this process can enter (the
+/// ones [`instances`] finds): those [`instances`] reports as [`State::Running`], but for
+/// one whose namespace neither a `/run/netns` name nor a process holds (nothing can enter it).
+///
+/// # Errors
+/// [`Error::NoBpffs`], or when the folders cannot be read.
+pub fn running(bpffs: &Path) -> Result<Vec<Running>> {
+    Ok(evaluate_all(bpffs)?
+        .into_iter()
+        .filter_map(|(instance, scope)| {
+            Some(Running {
+                instance,
+                scope: scope?,
+            })
+        })
+        .collect())
+}
+
+/// Every instance folder of `bpffs` as [`evaluate`] finds it, with the namespace of those that
+/// run.
+fn evaluate_all(bpffs: &Path) -> Result<Vec<(Instance, Option<Scope>)>> {
     let folders = layout::folders(bpffs)?;
+    let upgrades: Vec<Found> = folders.iter().filter_map(committed_upgrade).collect();
     let live = namespaces(bpffs);
     folders
         .into_iter()
-        .filter_map(|folder| evaluate(&folder, &live).transpose())
+        .filter_map(|folder| evaluate(&folder, &upgrades, &live).transpose())
+        .map(|found| found.map(|(instance, ns)| (instance, ns.map(|ns| ns.scope.clone()))))
         .collect()
 }
 
-/// What to do about an instance running in `ns`.
-fn running_hint(ns: &LiveNs, iface: Option<&str>, layout: Option<u32>) -> String {
+/// The process that wrote staging folder `found`.
+fn owner_of(found: &Found) -> Option<Owner> {
+    match found.folder {
+        Folder::Staging { owner, .. } => Some(owner),
+        _ => None,
+    }
+}
+
+/// What to do about the folder an upgrade past its commit point replaces (see
+/// [`committed_upgrade`]); `None` while that upgrade's writer runs (it renames the folder away
+/// in a moment, as it does its own staging folder).
+fn replaced_hint(upgrade: &Found) -> Option<String> {
+    if owner_of(upgrade).is_none_or(Owner::alive) {
+        return None;
+    }
+    Some(format!(
+        "replaced by {}, whose program runs since the upgrade that wrote it was killed after its commit point: `port-demux prune` removes it (so does the next command that changes pins)",
+        upgrade.dir().display()
+    ))
+}
+
+/// What to do about an instance running in `ns`; `upgrade` is the writer of a staging folder
+/// past its commit point (see [`committed_upgrade`]).
+fn running_hint(
+    ns: &LiveNs,
+    iface: Option<&str>,
+    layout: Option<u32>,
+    upgrade: Option<Owner>,
+) -> String {
+    match upgrade {
+        Some(owner) if owner.alive() => {
+            return format!(
+                "running: an upgrade by port-demux pid {} past its commit point, being renamed into place",
+                owner.pid
+            );
+        }
+        Some(owner) => {
+            return format!(
+                "running: an upgrade by port-demux pid {}, killed after its commit point; the next command that changes pins (or `port-demux prune`) renames it into place",
+                owner.pid
+            );
+        }
+        None => {}
+    }
     let netns = match (&ns.name, ns.scope.netns_name()) {
         (Some(name), _) => format!(" --netns {name}"),
         (None, None) => String::new(),
@@ -284,11 +427,21 @@ fn running_hint(ns: &LiveNs, iface: Option<&str>, layout: Option<u32>) -> String
     }
 }
 
-fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
+/// The instance `folder` holds (`None` for a staging folder of a writer still running, or the
+/// folder an upgrade past its commit point replaces while that upgrade's writer runs), and the
+/// namespace it runs in when it runs.
+fn evaluate<'a>(
+    folder: &Folder,
+    upgrades: &[Found],
+    live: &'a [LiveNs],
+) -> Result<Option<(Instance, Option<&'a LiveNs>)>> {
     let dir = folder.dir().to_owned();
     let meta = read_meta(&dir).ok();
     // A link this process cannot open (id 0, see `unreadable_link`) is recognised by its folder.
     let link = link_of(&dir).or_else(|| unreadable_link(folder));
+    // Past the commit point of an upgrade, the upgrade's folder is the instance (as readers
+    // take it, see `committed_upgrade`), and the folder it replaces is on its way out.
+    let committed = upgrades.iter().find(|u| u.dir() == dir).and_then(owner_of);
     let mut this = Instance {
         dir,
         state: State::HalfWritten,
@@ -300,7 +453,17 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
         layout: meta.map(|m| m.layout_version),
         hint: String::new(),
     };
+    if let Some(upgrade) = link.and_then(|l| successor(upgrades, l))
+        && committed.is_none()
+    {
+        let Some(hint) = replaced_hint(upgrade) else {
+            return Ok(None);
+        };
+        this.hint = hint;
+        return Ok(Some((this, None)));
+    }
     let recorded_cookie = match folder {
+        Folder::Staging { target, .. } if committed.is_some() => target.map(|(cookie, _)| cookie),
         Folder::Staging { owner, .. } => {
             if owner.alive() {
                 return Ok(None);
@@ -309,7 +472,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
                 "left by port-demux pid {}, which died while writing it: `port-demux prune` removes it (so does the next command that changes pins)",
                 owner.pid
             );
-            return Ok(Some(this));
+            return Ok(Some((this, None)));
         }
         Folder::Current {
             cookie, ifindex, ..
@@ -325,7 +488,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
     };
     let (Some(_), Some(link)) = (meta, link) else {
         this.hint = "pins are missing (a writer was killed): `port-demux prune` removes it".into();
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     };
     if link.ifindex != 0 {
         this.state = State::Running;
@@ -345,8 +508,8 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
                 this.netns.clone_from(&ns.name);
                 this.netns_cookie = Some(ns.scope.netns_cookie());
                 this.iface = ns.scope.ifname(link.ifindex)?.or(this.iface);
-                this.hint = running_hint(ns, this.iface.as_deref(), this.layout);
-                return Ok(Some(this));
+                this.hint = running_hint(ns, this.iface.as_deref(), this.layout, committed);
+                return Ok(Some((this, Some(ns))));
             }
         }
     }
@@ -356,7 +519,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
             "running on interface index {} of a network namespace that no /run/netns name or process holds open: unload it from there",
             link.ifindex
         );
-        return Ok(Some(this));
+        return Ok(Some((this, None)));
     }
     let ns_alive = match folder {
         Folder::Legacy { ino, .. } => live.iter().any(|ns| ns.scope.netns_ino() == *ino),
@@ -375,7 +538,7 @@ fn evaluate(folder: &Folder, live: &[LiveNs]) -> Result<Option<Instance>> {
         this.state = State::NamespaceGone;
         this.hint = format!("its network namespace is gone and nothing runs: {PRUNE}");
     }
-    Ok(Some(this))
+    Ok(Some((this, None)))
 }
 
 /// Removes every instance whose state is not [`State::Running`], detaching any program they
@@ -483,23 +646,19 @@ pub(crate) fn make_room(bpffs: &Path, target: &Path) -> Result<bool> {
     })
 }
 
-/// The staging folder `dir` of a dead upgrade: put in place at `target` if its link already
-/// runs its program (the upgrade passed its commit point), else removed (its link is pinned by
+/// The staging folder of a dead upgrade: put in place at `target` if it passed its commit
+/// point ([`committed_upgrade`]: readers already open it), else removed (its link is pinned by
 /// the instance it was to replace, which stays as it was).
-fn finish_upgrade(bpffs: &Path, dir: &Path, target: &Path) -> Result<()> {
-    let link = link_of(dir);
-    let prog = ProgramInfo::from_pin(dir.join(PROG_PIN))
-        .ok()
-        .map(|p| p.id());
-    match link {
-        Some(link) if link.ifindex != 0 && Some(link.prog_id) == prog => {
-            // The predecessor pins the same link; it may sit at the target's name itself (an
-            // upgrade in place), which `commit` retires first.
-            let old = by_link_id(bpffs, link.id, dir)?.map(|f| f.dir().to_owned());
-            commit(bpffs, dir, old.as_deref(), target).map(|_| ())
-        }
-        _ => remove_pins(dir),
-    }
+fn finish_upgrade(bpffs: &Path, folder: &Folder, target: &Path) -> Result<()> {
+    let Some(upgrade) = committed_upgrade(folder) else {
+        return remove_pins(folder.dir());
+    };
+    // The predecessor pins the same link; it may sit at the target's name itself (an upgrade
+    // in place), which `commit` retires first.
+    let old = pinned(layout::folders(bpffs)?)
+        .find(|f| f.link.id == upgrade.link.id)
+        .map(|f| f.dir().to_owned());
+    commit(bpffs, upgrade.dir(), old.as_deref(), target).map(|_| ())
 }
 
 /// Under the writers' lock: finishes or removes what writers that died left. An upgrade whose
@@ -529,7 +688,7 @@ pub(crate) fn sweep(bpffs: &Path, _lock: &DirLock) -> Result<()> {
             target: Some((cookie, ifindex)),
             ..
         } = folder
-            && finish_upgrade(bpffs, dir, &instance_dir(bpffs, *cookie, *ifindex)).is_err()
+            && finish_upgrade(bpffs, folder, &instance_dir(bpffs, *cookie, *ifindex)).is_err()
         {
             stuck.push(dir.as_path());
         }

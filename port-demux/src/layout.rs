@@ -283,6 +283,11 @@ fn names(dir: &Path) -> Result<Vec<String>> {
     names_in(dir, false)
 }
 
+/// The names in `port-demux/` of `bpffs`, sorted: namespace folders and staging folders.
+pub(crate) fn root_names(bpffs: &Path) -> Result<Vec<String>> {
+    names(&root(bpffs))
+}
+
 /// Every folder of port-demux's in `bpffs`: this build's, main's, and staging ones.
 ///
 /// # Errors

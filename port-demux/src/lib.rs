@@ -45,7 +45,7 @@ mod types;
 
 pub use demux::PortDemux;
 pub use error::{Error, Result};
-pub use instance::{Instance, State, instances, prune};
+pub use instance::{Instance, Running, State, instances, prune, running};
 pub use ipnet::IpNet;
 pub use layout::DirLock;
 pub use lifecycle::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG};

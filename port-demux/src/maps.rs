@@ -214,6 +214,16 @@ impl Maps {
 
     /// Reads the whole `BINDINGS` array.
     pub(crate) fn read_bindings(&self) -> Result<Vec<Binding>> {
+        let mut all = self.read_raw_bindings()?;
+        // The data path's flag is the scope maps' business, not the binding's.
+        for b in &mut all {
+            b.action &= !action::SCOPED;
+        }
+        Ok(all)
+    }
+
+    /// Every `BINDINGS` entry as the data path reads it, the `SCOPED` flag included.
+    pub(crate) fn read_raw_bindings(&self) -> Result<Vec<Binding>> {
         let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
         sys::lookup_array_batch(
             self.bindings.as_fd(),
@@ -222,10 +232,6 @@ impl Maps {
             bytemuck::cast_slice_mut(&mut all),
         )
         .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))?;
-        // The data path's flag is the scope maps' business, not the binding's.
-        for b in &mut all {
-            b.action &= !action::SCOPED;
-        }
         Ok(all)
     }
 

@@ -23,8 +23,11 @@ use crate::{
     prefix::{PortTables, rule_of},
 };
 
+/// The live scoped bindings, by id.
+pub(crate) type Live = Vec<(u32, ScopedBinding)>;
+
 /// The live scoped bindings, as (id, entry).
-pub(crate) fn live(maps: &Maps) -> Result<Vec<(u32, ScopedBinding)>> {
+pub(crate) fn live(maps: &Maps) -> Result<Live> {
     Ok((0u32..)
         .zip(maps.read_scoped()?)
         .filter(|(_, b)| b.action != action::UNBOUND)

@@ -3,19 +3,29 @@
 //! at one (`delay_enter`), raced against each other; then [`assert_sound`]: `status --all` is
 //! true, no program runs that no pin names, a printed `bound` line is a binding that is there;
 //! and [`assert_removable`]: `prune` and `unload` leave nothing of the namespace behind.
+//! [`CommitLab`]: a writer killed exactly at its commit point, in a bpffs of its own, and what
+//! readers and the data path must show then.
 //!
 //! Needs root, `strace` and the binary ([`crate::cli::bin`]).
 
 use std::{
-    collections::BTreeMap, ffi::OsString, fs, net::UdpSocket, os::fd::AsRawFd as _,
+    collections::BTreeMap,
+    ffi::OsString,
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     process::Command,
 };
 
+use port_demux::{PortDemux, Scope};
 use serde_json::Value;
 
 use crate::{
-    cli::{Run, command, execute},
-    netns::{Netns, unique},
+    Lab, SILENCE,
+    cli::{Run, command, execute, json},
+    count_datagrams,
+    netns::{Netns, SERVER_IF, output, poll, run, unique},
 };
 
 /// The system calls a writer's crash points are chosen among: every BPF command, and every
@@ -84,6 +94,11 @@ pub fn under_strace(cmd: &Command, options: &[String]) -> Command {
         .args(cmd.get_args());
     traced
 }
+
+/// The system calls that rename a folder: a writer's first one after its `BPF_LINK_UPDATE` is
+/// where an upgrade has passed its commit point and has not yet put its folder in place
+/// ([`killed_at`] with `when=1`).
+pub const RENAMES: &str = "rename,renameat,renameat2";
 
 /// `cmd` with every `flock` it makes delayed by `ms` milliseconds on entry.
 #[must_use]
@@ -380,4 +395,416 @@ pub fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A bpffs of its own mounted at a fresh folder (`--bpffs`, [`port_demux::Scope::with_bpffs`]):
+/// no other test's writer sweeps it. Unmounted (which releases every pin, and with them the
+/// programs nothing else holds) and the folder removed on drop.
+pub struct PrivateBpffs(PathBuf);
+
+impl PrivateBpffs {
+    /// Mounts one.
+    ///
+    /// # Panics
+    /// When the folder cannot be made or the mount fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("pd-bpffs-{}-{}", std::process::id(), unique()));
+        fs::create_dir(&dir).expect("mount point");
+        let fs = Self(dir);
+        run("mount", &["-t", "bpf", "bpf", fs.path()]);
+        fs
+    }
+
+    /// The mount point.
+    ///
+    /// # Panics
+    /// Never: the temporary folder's path is UTF-8 here.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 path")
+    }
+
+    /// The mount point as a path.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// Remounts it with `mode` (`ro`, `rw`).
+    ///
+    /// # Panics
+    /// When the remount fails.
+    pub fn remount(&self, mode: &str) {
+        run("mount", &["-o", &format!("remount,{mode}"), self.path()]);
+    }
+
+    /// Every file and folder in it.
+    ///
+    /// # Panics
+    /// When it cannot be listed.
+    #[must_use]
+    pub fn entries(&self) -> Vec<String> {
+        // Less the kernel's own `maps.debug` and `progs.debug` (bpf preload).
+        let out = output("find", &[self.path(), "-mindepth", "1"]);
+        out.lines()
+            .filter(|l| !["maps.debug", "progs.debug"].iter().any(|k| l.ends_with(k)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Default for PrivateBpffs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("mount")
+            .args(["-o", "remount,rw", self.path()])
+            .output();
+        let _ = Command::new("umount").arg(&self.0).output();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A [`Lab`] whose port-demux instance lives in a bpffs of its own ([`PrivateBpffs`]), for a
+/// writer killed at its commit point ([`CommitLab::kill_at_commit`]): every writer completes
+/// what killed ones left in its whole bpffs, so no other test's may run before the readers are
+/// checked.
+pub struct CommitLab {
+    // Dropped first: the namespaces go, then the bpffs with the pins left in it.
+    /// The namespaces, b0 the interface port-demux runs on.
+    pub lab: Lab,
+    /// Its bpffs.
+    pub bpffs: PrivateBpffs,
+}
+
+impl CommitLab {
+    /// A lab and a bpffs.
+    ///
+    /// # Panics
+    /// When either cannot be made.
+    #[must_use]
+    pub fn new() -> Self {
+        let bpffs = PrivateBpffs::new();
+        Self {
+            lab: Lab::new(),
+            bpffs,
+        }
+    }
+
+    /// `port-demux --netns B --bpffs FS ARGS...`, not started.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut all = vec!["--bpffs", self.bpffs.path()];
+        all.extend_from_slice(args);
+        command(&self.lab.server, &all)
+    }
+
+    /// Runs `port-demux --netns B --bpffs FS ARGS...`.
+    #[must_use]
+    pub fn run(&self, args: &[&str]) -> Run {
+        execute(self.command(args))
+    }
+
+    /// Runs `port-demux --netns B --bpffs FS ARGS...`, which must succeed.
+    ///
+    /// # Panics
+    /// When it fails.
+    pub fn ok(&self, args: &[&str]) {
+        let run = self.run(args);
+        assert_eq!(run.code, Some(0), "{args:?}: {run:?}");
+    }
+
+    /// Runs `port-demux --netns B --bpffs FS ARGS...`, which must succeed with JSON.
+    ///
+    /// # Panics
+    /// When it fails or prints no JSON.
+    #[must_use]
+    pub fn json(&self, args: &[&str]) -> Value {
+        json(&self.run(args), &args.join(" "))
+    }
+
+    /// B's scope, with this bpffs.
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        self.lab.server.scope().with_bpffs(self.bpffs.dir())
+    }
+
+    fn root(&self) -> PathBuf {
+        self.bpffs.dir().join("port-demux")
+    }
+
+    /// The instance's folder by the contract's name, `ns-<cookie>/if-<ifindex>`.
+    #[must_use]
+    pub fn instance_dir(&self) -> PathBuf {
+        self.root()
+            .join(format!("ns-{}", netns_cookie(&self.lab.server)))
+            .join(format!("if-{}", self.lab.server.ifindex(SERVER_IF)))
+    }
+
+    /// The staging folders in the bpffs.
+    ///
+    /// # Panics
+    /// When port-demux's folder cannot be read.
+    #[must_use]
+    pub fn staging(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(self.root())
+            .expect("the pins' folder")
+            .map(|e| e.expect("an entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("staging-"))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The program b0 runs.
+    ///
+    /// # Panics
+    /// When it runs none.
+    #[must_use]
+    pub fn prog(&self) -> u32 {
+        self.lab
+            .server
+            .xdp_prog(SERVER_IF)
+            .expect("b0 runs a program")
+    }
+
+    /// Runs the writer `args` killed on its first rename; checks that the kill fell between
+    /// the link update and the rename: the link runs another program, the instance's folder
+    /// is where it was, one staging folder (the upgrade's) is there. Returns the staging folder
+    /// and the program it swapped in.
+    ///
+    /// # Panics
+    /// When the writer was not killed there.
+    #[must_use]
+    pub fn kill_at_commit(&self, args: &[&str]) -> (PathBuf, u32) {
+        let before = self.prog();
+        let dir = self.instance_dir();
+        assert!(dir.exists(), "the instance is at {}", dir.display());
+        let run = execute(killed_at(&self.command(args), RENAMES, 1));
+        assert_eq!(
+            run.code, None,
+            "{args:?} killed on its first rename: {run:?}"
+        );
+        let now = self.prog();
+        assert_ne!(
+            now, before,
+            "{args:?}: the link runs the new program when the first rename comes"
+        );
+        assert!(
+            dir.exists(),
+            "{args:?}: the kill came before any rename, the old folder is in place"
+        );
+        let staging = self.staging();
+        let [upgrade] = staging.as_slice() else {
+            panic!("{args:?}: one staging folder, the upgrade's: {staging:?}");
+        };
+        assert!(
+            upgrade.to_string_lossy().contains("-upgrade-"),
+            "{}",
+            upgrade.display()
+        );
+        (upgrade.clone(), now)
+    }
+
+    /// What readers see of the instance, with no writer since the kill: the staging folder
+    /// `staging`, running program `prog`, with `bindings`, `default` and `debug`; the old folder
+    /// listed by `status --all` as replaced by it. `bindings` as `PROTO/PORTS ACTION OWNER`.
+    ///
+    /// # Panics
+    /// When any reader sees something else.
+    pub fn assert_readers_follow(
+        &self,
+        staging: &Path,
+        prog: u32,
+        bindings: &[&str],
+        default: &str,
+        debug: bool,
+    ) {
+        let status = self.json(&["status", "--json"]);
+        let [one] = status["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .as_slice()
+        else {
+            panic!("one instance: {status}");
+        };
+        assert_eq!(one["pins"], staging.to_str().expect("UTF-8"), "{status}");
+        assert_eq!(one["program_id"], prog, "{status}");
+        assert_eq!(one["attached"], true, "{status}");
+        assert_eq!(one["default"], default, "{status}");
+        assert_eq!(one["debug"], debug, "{status}");
+        assert_eq!(
+            rendered_json(&self.json(&["bindings", "-i", SERVER_IF, "--json"])),
+            bindings
+        );
+        let scope = self.scope();
+        for demux in [
+            PortDemux::open(&scope, SERVER_IF).expect("open"),
+            PortDemux::open_only(&scope).expect("open_only"),
+        ] {
+            assert_eq!(demux.pin_dir(), staging);
+            assert_eq!(library_rendered(&demux), bindings);
+            assert_eq!(demux.status().expect("status").prog_id, prog);
+        }
+        let all = self.json(&["status", "--all", "--json"]);
+        let instances = all["instances"].as_array().expect("instances");
+        let state_of = |dir: &Path| {
+            instances
+                .iter()
+                .find(|i| i["dir"] == dir.to_str().expect("UTF-8"))
+                .unwrap_or_else(|| panic!("{} not listed: {all}", dir.display()))
+                .clone()
+        };
+        let new = state_of(staging);
+        assert_eq!(new["state"], "running", "{new}");
+        assert_eq!(new["prog_id"], prog, "{new}");
+        assert_eq!(new["iface"], SERVER_IF, "{new}");
+        let old = state_of(&self.instance_dir());
+        assert_eq!(old["state"], "half-written", "{old}");
+        assert!(
+            old["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains(staging.to_str().expect("UTF-8"))),
+            "{old}"
+        );
+        assert_eq!(instances.len(), 2, "{all}");
+    }
+
+    /// Sends `count` datagrams to each udp port of `ports` (port, count, passes, action):
+    /// polls `stats --json` until it counts each exactly (`count` more than before), and shows
+    /// each port's `action`; then each passing port's socket has received them all and each
+    /// dropping port's none.
+    ///
+    /// # Panics
+    /// When a count differs.
+    pub fn assert_traffic(&self, ports: &[(u16, u64, bool, Option<&str>)]) {
+        let before = self.json(&["stats", "-i", SERVER_IF, "--json"]);
+        let counted_before = |port| {
+            port_entry(&before, port)
+                .and_then(|p| p["packets"].as_u64())
+                .unwrap_or(0)
+        };
+        let client = self.lab.udp_client();
+        let servers: Vec<_> = ports
+            .iter()
+            .map(|&(port, ..)| self.lab.udp_server(port))
+            .collect();
+        for &(port, count, ..) in ports {
+            let _ = self.lab.send_udp(&client, port, count, 16);
+        }
+        let stats = poll(
+            "stats --json to count every datagram",
+            || self.json(&["stats", "-i", SERVER_IF, "--json"]),
+            |doc| {
+                ports.iter().all(|&(port, count, ..)| {
+                    port_entry(doc, port)
+                        .is_some_and(|p| p["packets"] == counted_before(port) + count)
+                })
+            },
+        );
+        for (&(port, count, passes, action), server) in ports.iter().zip(&servers) {
+            let entry = port_entry(&stats, port).expect("counted");
+            assert_eq!(
+                entry["action"].as_str(),
+                action,
+                "udp/{port} in stats: {entry}"
+            );
+            let received = count_datagrams(server, SILENCE);
+            assert_eq!(
+                received as u64,
+                if passes { count } else { 0 },
+                "udp/{port}: {count} sent, passes: {passes}"
+            );
+        }
+    }
+
+    /// After the next writer: one instance, running `prog` from its own folder, with
+    /// `bindings`, and no staging folder left.
+    ///
+    /// # Panics
+    /// When anything else is there.
+    pub fn assert_completed(&self, prog: u32, bindings: &[&str]) {
+        assert_eq!(self.staging(), Vec::<PathBuf>::new());
+        assert_eq!(self.prog(), prog);
+        let all = self.json(&["status", "--all", "--json"]);
+        let [one] = all["instances"].as_array().expect("instances").as_slice() else {
+            panic!("one instance: {all}");
+        };
+        assert_eq!(one["state"], "running", "{all}");
+        assert_eq!(one["dir"], self.instance_dir().to_str().expect("UTF-8"));
+        assert_eq!(one["prog_id"], prog, "{all}");
+        let demux = PortDemux::open(&self.scope(), SERVER_IF).expect("open");
+        assert_eq!(demux.pin_dir(), self.instance_dir());
+        assert_eq!(library_rendered(&demux), bindings);
+    }
+}
+
+impl Default for CommitLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn port_entry(stats: &Value, port: u16) -> Option<&Value> {
+    stats["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["proto"] == "udp" && p["port"] == port)
+}
+
+/// The bindings `demux` reads, as `PROTO/PORTS ACTION OWNER`, followed by ` dst PREFIX` for
+/// an address-scoped one.
+fn library_rendered(demux: &PortDemux) -> Vec<String> {
+    let ranges = demux.bindings().expect("bindings");
+    ranges
+        .iter()
+        .map(|b| match b.dst {
+            None => format!("{} {} {}", b.ports, b.action, b.owner),
+            Some(dst) => format!("{} {} {} dst {dst}", b.ports, b.action, b.owner),
+        })
+        .collect()
+}
+
+/// The bindings of a `bindings --json`, as `PROTO/PORTS ACTION OWNER`, followed by
+/// ` dst PREFIX` for an address-scoped one.
+///
+/// # Panics
+/// When `doc` has no `bindings` list.
+#[must_use]
+pub fn rendered_json(doc: &Value) -> Vec<String> {
+    doc["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .map(|b| {
+            let ports = if b["first"] == b["last"] {
+                format!("{}/{}", b["proto"].as_str().unwrap_or("?"), b["first"])
+            } else {
+                format!(
+                    "{}/{}-{}",
+                    b["proto"].as_str().unwrap_or("?"),
+                    b["first"],
+                    b["last"]
+                )
+            };
+            let dst = b["dst"]
+                .as_str()
+                .map_or_else(String::new, |d| format!(" dst {d}"));
+            format!(
+                "{ports} {} {}{dst}",
+                b["action"].as_str().unwrap_or("?"),
+                b["owner"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }

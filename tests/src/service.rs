@@ -189,8 +189,8 @@ fn encode(s: &str) -> String {
 /// its start-up (a few seconds on a loaded machine) plus scrapes a second apart.
 pub const PROMETHEUS_TIMEOUT: Duration = Duration::from_mins(1);
 
-/// Prometheus started from its binary on a free port, scraping `targets` every second, its
-/// storage in a fresh folder; killed and its folder removed on drop.
+/// Prometheus started from its binary on a free port, scraping `targets` every second (or as
+/// told), its storage in a fresh folder; killed and its folder removed on drop.
 #[derive(Debug)]
 pub struct Prometheus {
     // Killed before the folder goes.
@@ -207,6 +207,17 @@ impl Prometheus {
     /// When `prometheus` is not installed (`cargo xtask setup` installs it) or does not start.
     #[must_use]
     pub fn start(job: &str, target: SocketAddr) -> Self {
+        Self::start_every(job, target, 1)
+    }
+
+    /// [`Self::start`] with a scrape every `seconds` (and as long a scrape timeout): for an
+    /// exporter that reads several instances, whose scrape a loaded machine (and a debug
+    /// build) can stretch past a second.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    #[must_use]
+    pub fn start_every(job: &str, target: SocketAddr, seconds: u32) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "pdt-prometheus-{}-{}",
             std::process::id(),
@@ -218,7 +229,7 @@ impl Prometheus {
         fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                "global:\n  scrape_interval: {seconds}s\n  scrape_timeout: {seconds}s\n  evaluation_interval: 1s\n\
                  scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )

@@ -17,6 +17,7 @@ use std::{
 use port_demux::{BindingRange, IpNet, PortDemux, Proto};
 use port_demux_testkit::{
     Lab, SILENCE, Sent,
+    chaos::{CommitLab, rendered_json},
     cli::{assert_refused, command, pd},
     count_datagrams,
     netns::{SERVER_IF, poll, recv_datagrams, unique},
@@ -283,10 +284,8 @@ fn sigkill_during_apply_leaves_the_old_or_the_new_set() {
         thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().expect("waiting for apply");
-        // What a writer does first: complete a swap the kill left committed (the link runs the
-        // new program, the folder is not yet in place) or remove one it left uncommitted.
-        // Until then readers see the old folder, complete, while the data path may run the new.
-        PortDemux::finish_pending(&lab.server.scope()).expect("finishing the killed apply");
+        // No writer since the kill: readers follow the commit point (a swap the kill left
+        // past its link update is read from its staging folder, whose program runs).
         let now = rendered(&bindings(&lab));
         is_new = if now == NEW_SET {
             true
@@ -570,4 +569,42 @@ fn by_prefix(changes: [(char, IpAddr); 2]) -> String {
     });
     lines.sort();
     lines.map(|(_, line)| line).concat()
+}
+
+/// An apply killed exactly at its commit point, between the link update that swaps its program
+/// in and the rename that puts its folder in place (its first rename, strace inject): with no
+/// writer after it, every reader reads the new set and default action from the staging folder,
+/// and the data path does what they say, counted exactly; the next apply completes it. In a
+/// bpffs of its own, so that no other test's writer completes it first.
+#[test]
+fn apply_killed_at_its_commit_point_readers_see_the_new_set() {
+    let c = CommitLab::new();
+    // The new file also changes the default action: a new `META` beside the new `BINDINGS`.
+    let (old, new) = (
+        File::new(OLD),
+        File::new(&NEW.replace("default = \"pass\"", "default = \"drop\"")),
+    );
+    c.ok(&["apply", old.path()]);
+    assert_eq!(
+        rendered_json(&c.json(&["bindings", "-i", SERVER_IF, "--json"])),
+        OLD_SET
+    );
+    let (staging, prog) = c.kill_at_commit(&["apply", new.path()]);
+    c.assert_readers_follow(&staging, prog, &NEW_SET, "drop", false);
+    // udp/1000 passes (the old set dropped it), udp/7777 drops (the old default passed it),
+    // udp/3000 unbound is dropped by the new default (passed by the old one).
+    c.assert_traffic(&[
+        (1000, 3, true, Some("pass")),
+        (7777, 5, false, Some("drop")),
+        (3000, 7, false, None),
+    ]);
+    // The next writer puts the folder in place: the file is then the running state.
+    let next = c.run(&["apply", new.path()]);
+    assert_eq!(
+        (next.code, next.stdout.as_str()),
+        (Some(0), "b0: unchanged\n"),
+        "{next:?}"
+    );
+    c.assert_completed(prog, &NEW_SET);
+    c.assert_traffic(&[(1000, 2, true, Some("pass")), (3000, 1, false, None)]);
 }

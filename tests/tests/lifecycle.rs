@@ -7,14 +7,14 @@
 //! instance elsewhere is still found, upgraded and unloaded
 //! ([`port_demux_testkit::chaos`]).
 //!
-//! Needs root and `strace`. Run time, kept to a few minutes on an idle machine by two knobs
-//! (the full run sets both):
+//! Needs root and `strace`. Run time (about 15 minutes on an idle 2-core machine, 29 under the
+//! load of three concurrent builds) is set by two knobs:
 //! - `PD_CRASH_CAP` (default 20): the most crash points per system call and command. A command
 //!   making more calls of one system call than that (`load` and `load --upgrade` make 70 to 90
 //!   `bpf` calls) is killed at that many of them spread evenly, the first and the last included;
 //!   every call of every other system call is a point. `PD_CRASH_CAP=1000`: every call.
-//! - `PD_RACE_ITERATIONS` (default 10): runs per raced pair, plain and slowed each;
-//!   `PD_RACE_ITERATIONS=50` for the 50.
+//! - `PD_RACE_ITERATIONS` (default 50, the figure): runs per raced pair, plain and
+//!   slowed each (12 pairs: 1,200 races); `PD_RACE_ITERATIONS=5` for a quick look.
 //!
 //! `PD_WITHOUT_STATUS_ALL=1` runs the tests against a binary from before `status --all` and
 //! `prune` (main at 9b4f76c), reading plain `status --json` instead, to record how it fails.
@@ -30,11 +30,12 @@ use std::{
 
 use port_demux_testkit::{
     chaos::{
-        assert_removable, assert_sound, count_syscalls, crash_points, describe, instances_of,
-        killed_at, loaded_prog_ids, netns_cookie, running_on, slowed, status_all,
+        CommitLab, PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points,
+        describe, instances_of, killed_at, loaded_prog_ids, netns_cookie, running_on, slowed,
+        status_all,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
-    netns::{Netns, output, run, unique},
+    netns::{Netns, SERVER_IF, run, unique},
     v2::{bind_v2, load_v2, netns_inode},
 };
 use serde_json::Value;
@@ -600,7 +601,7 @@ fn race(ns: &Netns, a: Writer, b: Writer, iterations: usize, slow: bool) {
 fn race_pairs(tag: &str, pairs: &[(Writer, Writer)]) {
     let witness = V2Witness::new();
     let ns = two_ifaces(tag);
-    let iterations = env_usize("PD_RACE_ITERATIONS", 10);
+    let iterations = env_usize("PD_RACE_ITERATIONS", 50);
     let started = Instant::now();
     for &(a, b) in pairs {
         race(&ns, a, b, iterations, false);
@@ -646,47 +647,6 @@ fn writers_that_remove_nothing_raced_in_pairs() {
             (Writer::Unbind, Writer::Upgrade),
         ],
     );
-}
-
-/// A bpffs of its own mounted at a fresh folder, unmounted (and the folder removed) on drop.
-struct PrivateBpffs(PathBuf);
-
-impl PrivateBpffs {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("pd-bpffs-{}-{}", std::process::id(), unique()));
-        fs::create_dir(&dir).expect("mount point");
-        let fs = Self(dir);
-        run("mount", &["-t", "bpf", "bpf", fs.path()]);
-        fs
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 path")
-    }
-
-    fn remount(&self, mode: &str) {
-        run("mount", &["-o", &format!("remount,{mode}"), self.path()]);
-    }
-
-    fn entries(&self) -> Vec<String> {
-        // Less the kernel's own `maps.debug` and `progs.debug` (bpf preload).
-        let out = output("find", &[self.path(), "-mindepth", "1"]);
-        out.lines()
-            .filter(|l| !["maps.debug", "progs.debug"].iter().any(|k| l.ends_with(k)))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("mount")
-            .args(["-o", "remount,rw", self.path()])
-            .output();
-        let _ = Command::new("umount").arg(&self.0).output();
-        let _ = fs::remove_dir(&self.0);
-    }
 }
 
 fn pd_on(ns: &Netns, bpffs: &str, args: &[&str]) -> Run {
@@ -847,4 +807,50 @@ impl Drop for Unmount {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// `load --upgrade --debug` killed exactly at its commit point, between the link update and its
+/// first rename (strace inject): with no writer after it, every reader reads the staging folder
+/// (its `META` says debug, the replaced folder's does not), the bindings it kept drop and pass
+/// datagrams counted exactly; `prune`, the next writer here, removes the replaced folder and
+/// puts the upgrade in place. In a bpffs of its own, so that no other writer completes it first.
+#[test]
+fn upgrade_killed_at_its_commit_point_readers_see_the_new_instance() {
+    let c = {
+        let _creating = creating();
+        CommitLab::new()
+    };
+    c.ok(&["load", SERVER_IF]);
+    c.ok(&["bind", "udp/5000", "drop", "--owner", "kept"]);
+    c.ok(&["bind", "udp/5001", "pass"]);
+    let bound = ["udp/5000 drop kept", "udp/5001 pass "];
+    let (staging, prog) = c.kill_at_commit(&["load", SERVER_IF, "--upgrade", "--debug"]);
+    c.assert_readers_follow(&staging, prog, &bound, "pass", true);
+    c.assert_traffic(&[
+        (5000, 4, false, Some("drop")),
+        (5001, 6, true, Some("pass")),
+        (6000, 2, true, None),
+    ]);
+    let pruned = c.json(&["prune", "--json"]);
+    let removed: Vec<&Value> = pruned["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| &i["dir"])
+        .collect();
+    assert_eq!(
+        removed,
+        [&Value::from(c.instance_dir().to_str().expect("UTF-8"))],
+        "only the replaced folder: {pruned}"
+    );
+    c.assert_completed(prog, &bound);
+    assert_eq!(
+        c.json(&["status", "--json"])["interfaces"][0]["debug"],
+        true
+    );
+    // The upgrade kept the counters: they go on from where they were.
+    c.assert_traffic(&[
+        (5000, 1, false, Some("drop")),
+        (5001, 1, true, Some("pass")),
+    ]);
 }

@@ -1,11 +1,17 @@
-//! `port-demux exporter --listen ADDR:PORT`: the counters of every instance in the namespace as
-//! Prometheus metrics on `/metrics` (`OpenMetrics` text, from the `prometheus-client` crate).
+//! `port-demux exporter --listen ADDR:PORT`: the counters of every running instance, in every
+//! network namespace (or only `--netns`'s), as Prometheus metrics on `/metrics` (`OpenMetrics`
+//! text, from the `prometheus-client` crate).
 //!
-//! Each scrape opens the instances through their pins afresh and reads the kernel's counters:
-//! an instance unloaded since the last scrape is gone from the output, one loaded again (a new
-//! program, new maps) shows counters that start from zero again, which Prometheus takes as a
-//! counter reset. Nothing is cached between scrapes but the exporter's own error count, so the
-//! exporter follows unloads, loads and upgrades without being told, and keeps serving.
+//! Each scrape lists the running instances ([`crate::running`]: the ones `status --all`
+//! reports as running) and reads each one's counters through its pins, opened afresh: an
+//! instance unloaded since the last scrape (or whose namespace or interface is gone) is gone
+//! from the output, one loaded again (a new program, new maps) shows counters that start from
+//! zero again under the same `interface` and `netns` labels, which Prometheus takes as a counter
+//! reset, and one loaded in another namespace appears. Nothing is cached between scrapes but the
+//! exporter's own error count: a handle kept from one scrape to the next would hold its
+//! namespace open (keeping a deleted namespace, its interfaces and its program alive) and its
+//! maps, and the pins cost a few system calls to open beside the counters' arrays each scrape
+//! reads anyway.
 //!
 //! The HTTP side is a minimal HTTP/1.1 server on tokio (one request per connection, `GET` only):
 //! Prometheus is its only client.
@@ -14,6 +20,7 @@ use std::{
     fmt,
     io::Write,
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -57,11 +64,26 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// What every scrape needs: where to look, what to list, and the exporter's own error count.
 #[derive(Debug)]
 struct Exporter {
-    scope: Scope,
-    /// The `netns` label: the `--netns` given, empty for the exporter's own namespace.
-    netns: String,
+    /// `--netns NS`: that namespace only, its series labelled `netns="NS"`; `None`: every
+    /// namespace's instances in `bpffs`, each labelled by [`netns_label`].
+    only: Option<(Scope, String)>,
+    bpffs: PathBuf,
+    /// The cookie of the exporter's own namespace, whose instances are labelled `netns=""`.
+    own_cookie: u64,
     top: usize,
     errors: AtomicU64,
+}
+
+/// The `netns` label of an instance found in the namespace of cookie `cookie`, named `name`
+/// in `/run/netns` (matched by cookie) if it is: that name; empty for the exporter's own
+/// namespace (cookie `own`); else `cookie:<N>`, the namespace's cookie, which the kernel never
+/// gives another namespace while it runs (inode numbers it reuses).
+fn netns_label(name: Option<&str>, cookie: u64, own: u64) -> String {
+    match name {
+        Some(name) => name.to_owned(),
+        None if cookie == own => String::new(),
+        None => format!("cookie:{cookie}"),
+    }
 }
 
 pub async fn exporter(
@@ -78,8 +100,9 @@ pub async fn exporter(
         code: 1,
     })?;
     let exporter = Arc::new(Exporter {
-        scope: scope.clone(),
-        netns: netns.unwrap_or_default().to_owned(),
+        only: netns.map(|ns| (scope.clone(), ns.to_owned())),
+        bpffs: scope.bpffs().to_owned(),
+        own_cookie: scope.netns_cookie(),
         top: args.top,
         errors: AtomicU64::new(0),
     });
@@ -181,6 +204,8 @@ async fn respond(mut stream: TcpStream, exporter: Arc<Exporter>) {
 #[derive(Debug)]
 struct Instance {
     iface: String,
+    /// The `netns` label.
+    netns: String,
     /// `None` when it could not be read (`port_demux_up` 0).
     read: Option<Reading>,
 }
@@ -192,13 +217,14 @@ struct Reading {
     /// per protocol the other unbound ones summed under `other`.
     ports: Vec<(Proto, String, u64, u64)>,
     bindings: Vec<BindingRange>,
+    /// Address-scoped bindings' own counters (`dst` set).
+    scoped: Vec<crate::PortStat>,
     totals: Totals,
 }
 
 /// Everything one scrape exports, read before encoding (encoding cannot fail on the kernel).
 #[derive(Debug)]
 struct Snapshot {
-    netns: String,
     instances: Vec<Instance>,
     duration: f64,
     errors: u64,
@@ -209,16 +235,17 @@ impl Exporter {
     fn scrape(&self) -> String {
         let start = Instant::now();
         let mut instances = Vec::new();
-        match self.scope.loaded() {
-            Ok(ifaces) => {
-                for iface in ifaces {
-                    let read = self.read(&iface);
+        match self.targets() {
+            Ok(targets) => {
+                for (scope, iface, netns) in targets {
+                    let read = self.read(&scope, &iface);
                     if let Err(e) = &read {
-                        log::warn!("reading {iface}: {e}");
+                        log::warn!("reading {iface}{}: {e}", scope.where_());
                         self.errors.fetch_add(1, Ordering::Relaxed);
                     }
                     instances.push(Instance {
                         iface,
+                        netns,
                         read: read.ok(),
                     });
                 }
@@ -229,7 +256,6 @@ impl Exporter {
             }
         }
         let snapshot = Snapshot {
-            netns: self.netns.clone(),
             instances,
             duration: start.elapsed().as_secs_f64(),
             errors: self.errors.load(Ordering::Relaxed),
@@ -245,14 +271,43 @@ impl Exporter {
         body
     }
 
-    fn read(&self, iface: &str) -> crate::Result<Reading> {
-        let demux = PortDemux::open(&self.scope, iface)?;
-        let attached = demux.status()?.attached;
-        let counters = demux.stats()?;
+    /// The instances to read now, each with its namespace, its interface's name and its
+    /// `netns` label: those running in `--netns`'s namespace, or every running instance of
+    /// the bpffs (stale ones are not served: their series end, as Prometheus expects of a
+    /// thing that is gone).
+    fn targets(&self) -> crate::Result<Vec<(Scope, String, String)>> {
+        if let Some((scope, label)) = &self.only {
+            return Ok(scope
+                .loaded()?
+                .into_iter()
+                .map(|iface| (scope.clone(), iface, label.clone()))
+                .collect());
+        }
+        Ok(crate::running(&self.bpffs)?
+            .into_iter()
+            .map(|crate::Running { instance, scope }| {
+                let iface = instance
+                    .iface
+                    .unwrap_or_else(|| format!("ifindex-{}", instance.ifindex.unwrap_or_default()));
+                let label = netns_label(
+                    instance.netns.as_deref(),
+                    scope.netns_cookie(),
+                    self.own_cookie,
+                );
+                (scope, iface, label)
+            })
+            .collect())
+    }
+
+    fn read(&self, scope: &Scope, iface: &str) -> crate::Result<Reading> {
+        let demux = PortDemux::open(scope, iface)?;
+        // The arrays once each (their batch reads are most of a scrape's cost).
+        let (counters, bindings) = demux.stats_and_bindings()?;
         Ok(Reading {
-            attached,
+            attached: demux.attached()?,
             ports: select(&counters.ports, self.top),
-            bindings: demux.bindings()?,
+            bindings,
+            scoped: counters.scoped,
             totals: counters.totals,
         })
     }
@@ -283,18 +338,21 @@ fn select(ports: &[crate::PortStat], top: usize) -> Vec<(Proto, String, u64, u64
 
 type Labels = Vec<(&'static str, String)>;
 
-impl Snapshot {
-    fn labels(&self, iface: &str) -> Labels {
+impl Instance {
+    /// The labels every series of the instance carries.
+    fn labels(&self) -> Labels {
         vec![
-            ("interface", iface.to_owned()),
+            ("interface", self.iface.clone()),
             ("netns", self.netns.clone()),
         ]
     }
+}
 
-    fn readings(&self) -> impl Iterator<Item = (&str, &Reading)> {
+impl Snapshot {
+    fn readings(&self) -> impl Iterator<Item = (&Instance, &Reading)> {
         self.instances
             .iter()
-            .filter_map(|i| Some((i.iface.as_str(), i.read.as_ref()?)))
+            .filter_map(|i| Some((i, i.read.as_ref()?)))
     }
 }
 
@@ -332,9 +390,9 @@ impl Snapshot {
     fn encode_ports(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let port_samples = |field: fn(&(Proto, String, u64, u64)) -> u64| {
             self.readings()
-                .flat_map(move |(iface, r)| {
+                .flat_map(move |(instance, r)| {
                     r.ports.iter().map(move |p| {
-                        let mut labels = self.labels(iface);
+                        let mut labels = instance.labels();
                         labels.push(("proto", p.0.to_string()));
                         labels.push(("port", p.1.clone()));
                         (labels, field(p))
@@ -362,12 +420,65 @@ impl Snapshot {
             None,
             MetricType::Info,
         )?;
-        for (iface, r) in self.readings() {
-            for b in &r.bindings {
+        // One series per (protocol, port): the scoped bindings have their own family.
+        for (instance, r) in self.readings() {
+            for b in r.bindings.iter().filter(|b| b.dst.is_none()) {
                 for port in b.ports.first..=b.ports.last {
-                    let mut labels = self.labels(iface);
+                    let mut labels = instance.labels();
                     labels.push(("proto", b.ports.proto.to_string()));
                     labels.push(("port", port.to_string()));
+                    labels.push(("action", b.action.to_string()));
+                    labels.push(("owner", b.owner.clone()));
+                    info.encode_info(&labels)?;
+                }
+            }
+        }
+        self.encode_scoped(encoder)
+    }
+
+    /// Address-scoped bindings: their own counters and their binding, by `dst`.
+    fn encode_scoped(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let samples = |field: fn(&crate::PortStat) -> u64| {
+            self.readings()
+                .flat_map(move |(instance, r)| {
+                    r.scoped.iter().filter_map(move |p| {
+                        let mut labels = instance.labels();
+                        labels.push(("proto", p.proto.to_string()));
+                        labels.push(("port", p.port.to_string()));
+                        labels.push(("dst", p.dst?.to_string()));
+                        Some((labels, field(p)))
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            encoder,
+            "port_demux_scoped_packets",
+            "Frames an address-scoped binding decided (also counted under their port) since it was bound.",
+            MetricType::Counter,
+            samples(|p| p.packets),
+        )?;
+        family(
+            encoder,
+            "port_demux_scoped_bytes",
+            "Bytes of those frames as XDP sees them, Ethernet header included.",
+            MetricType::Counter,
+            samples(|p| p.bytes),
+        )?;
+        let mut info = encoder.encode_descriptor(
+            "port_demux_scoped_binding",
+            "An address-scoped binding: its action and owner.",
+            None,
+            MetricType::Info,
+        )?;
+        for (instance, r) in self.readings() {
+            for b in &r.bindings {
+                let Some(dst) = b.dst else { continue };
+                for port in b.ports.first..=b.ports.last {
+                    let mut labels = instance.labels();
+                    labels.push(("proto", b.ports.proto.to_string()));
+                    labels.push(("port", port.to_string()));
+                    labels.push(("dst", dst.to_string()));
                     labels.push(("action", b.action.to_string()));
                     labels.push(("owner", b.owner.clone()));
                     info.encode_info(&labels)?;
@@ -384,12 +495,12 @@ impl Snapshot {
             "port_demux_frames",
             "Frames the program saw, by outcome (demuxed: counted per port).",
             MetricType::Counter,
-            self.readings().flat_map(|(iface, r)| {
+            self.readings().flat_map(|(instance, r)| {
                 outcome::NAMES
                     .iter()
                     .zip(r.totals.outcomes)
                     .map(move |(name, v)| {
-                        let mut labels = self.labels(iface);
+                        let mut labels = instance.labels();
                         labels.push(("outcome", (*name).to_owned()));
                         (labels, v)
                     })
@@ -400,13 +511,13 @@ impl Snapshot {
             "port_demux_redirects",
             "Frames bound to a redirect: redirected, or passed because the target was gone (fallback).",
             MetricType::Counter,
-            self.readings().flat_map(|(iface, r)| {
+            self.readings().flat_map(|(instance, r)| {
                 [
                     ("redirected", r.totals.redirected),
                     ("fallback", r.totals.redirect_fallback),
                 ]
                 .map(|(result, v)| {
-                    let mut labels = self.labels(iface);
+                    let mut labels = instance.labels();
                     labels.push(("result", result.to_owned()));
                     (labels, v)
                 })
@@ -419,7 +530,7 @@ impl Snapshot {
             MetricType::Gauge,
             self.instances
                 .iter()
-                .map(|i| (self.labels(&i.iface), u64::from(i.read.is_some()))),
+                .map(|i| (i.labels(), u64::from(i.read.is_some()))),
         )?;
         family(
             encoder,
@@ -427,7 +538,7 @@ impl Snapshot {
             "1 when the interface runs the instance's pinned program now.",
             MetricType::Gauge,
             self.readings()
-                .map(|(iface, r)| (self.labels(iface), u64::from(r.attached))),
+                .map(|(instance, r)| (instance.labels(), u64::from(r.attached))),
         )?;
         family(
             encoder,
@@ -491,10 +602,10 @@ mod tests {
             ]
         );
         let snapshot = Snapshot {
-            netns: "lab".into(),
             instances: vec![
                 Instance {
                     iface: "b0".into(),
+                    netns: "lab".into(),
                     read: Some(Reading {
                         attached: true,
                         ports: select(&ports, 0),
@@ -508,40 +619,148 @@ mod tests {
                             owner: "dns".into(),
                             dst: None,
                         }],
+                        scoped: Vec::new(),
                         totals: Totals::default(),
                     }),
                 },
                 Instance {
                     iface: "b1".into(),
+                    netns: "lab".into(),
                     read: None,
                 },
             ],
             duration: 0.25,
             errors: 1,
         };
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(snapshot));
-        let mut body = String::new();
-        text::encode(&mut body, &registry).unwrap();
-        for line in [
-            "# TYPE port_demux_port_packets counter",
-            "port_demux_port_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\"} 5",
-            "port_demux_port_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"other\"} 1100",
-            "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7778\",action=\"drop\",owner=\"dns\"} 1",
-            "port_demux_frames_total{interface=\"b0\",netns=\"lab\",outcome=\"not_ip\"} 0",
-            "port_demux_redirects_total{interface=\"b0\",netns=\"lab\",result=\"fallback\"} 0",
-            "port_demux_up{interface=\"b0\",netns=\"lab\"} 1",
-            "port_demux_up{interface=\"b1\",netns=\"lab\"} 0",
-            "port_demux_attached{interface=\"b0\",netns=\"lab\"} 1",
-            "port_demux_exporter_scrape_duration_seconds 0.25",
-            "port_demux_exporter_scrape_errors_total 1",
-            "# EOF",
-        ] {
-            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
-        }
+        let body = serves(
+            snapshot,
+            &[
+                "# TYPE port_demux_port_packets counter",
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\"} 5",
+                "port_demux_port_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"other\"} 1100",
+                "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7778\",action=\"drop\",owner=\"dns\"} 1",
+                "port_demux_frames_total{interface=\"b0\",netns=\"lab\",outcome=\"not_ip\"} 0",
+                "port_demux_redirects_total{interface=\"b0\",netns=\"lab\",result=\"fallback\"} 0",
+                "port_demux_up{interface=\"b0\",netns=\"lab\"} 1",
+                "port_demux_up{interface=\"b1\",netns=\"lab\"} 0",
+                "port_demux_attached{interface=\"b0\",netns=\"lab\"} 1",
+                "port_demux_exporter_scrape_duration_seconds 0.25",
+                "port_demux_exporter_scrape_errors_total 1",
+                "# EOF",
+            ],
+        );
         assert!(
             !body.contains("interface=\"b1\",netns=\"lab\",proto"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn netns_named_by_run_netns_then_own_then_cookie() {
+        assert_eq!(netns_label(Some("blue"), 8995, 1), "blue");
+        // A name wins even for the exporter's own namespace: one name per namespace.
+        assert_eq!(netns_label(Some("host"), 1, 1), "host");
+        assert_eq!(netns_label(None, 1, 1), "");
+        assert_eq!(netns_label(None, 8995, 1), "cookie:8995");
+    }
+
+    #[test]
+    fn one_interface_name_in_two_namespaces_makes_two_series() {
+        let reading = |packets| Reading {
+            attached: true,
+            ports: vec![(Proto::Udp, "7777".to_owned(), packets, packets * 100)],
+            bindings: Vec::new(),
+            scoped: Vec::new(),
+            totals: Totals::default(),
+        };
+        let snapshot = Snapshot {
+            instances: vec![
+                Instance {
+                    iface: "b0".into(),
+                    netns: "red".into(),
+                    read: Some(reading(3)),
+                },
+                Instance {
+                    iface: "b0".into(),
+                    netns: "cookie:8995".into(),
+                    read: Some(reading(5)),
+                },
+            ],
+            duration: 0.0,
+            errors: 0,
+        };
+        serves(
+            snapshot,
+            &[
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"red\",proto=\"udp\",port=\"7777\"} 3",
+                "port_demux_port_packets_total{interface=\"b0\",netns=\"cookie:8995\",proto=\"udp\",port=\"7777\"} 5",
+                "port_demux_up{interface=\"b0\",netns=\"red\"} 1",
+                "port_demux_up{interface=\"b0\",netns=\"cookie:8995\"} 1",
+            ],
+        );
+    }
+
+    /// The text a scrape of `snapshot` serves, which must hold each of `lines`.
+    fn serves(snapshot: Snapshot, lines: &[&str]) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut body = String::new();
+        text::encode(&mut body, &registry).unwrap();
+        for line in lines {
+            assert!(body.lines().any(|l| l == *line), "no {line:?} in\n{body}");
+        }
+        body
+    }
+
+    #[test]
+    fn scoped_bindings_have_their_own_families() {
+        let net: ipnet::IpNet = "192.0.2.0/24".parse().expect("a prefix");
+        let binding = |action, owner: &str, dst| BindingRange {
+            ports: PortSpec::single(Proto::Udp, 7777),
+            action,
+            owner: owner.into(),
+            dst,
+        };
+        let reading = Reading {
+            attached: true,
+            ports: vec![(Proto::Udp, "7777".to_owned(), 9, 900)],
+            bindings: vec![
+                binding(Action::Drop, "dns", None),
+                binding(Action::Pass, "web", Some(net)),
+            ],
+            scoped: vec![PortStat {
+                proto: Proto::Udp,
+                port: 7777,
+                packets: 4,
+                bytes: 400,
+                action: Some(Action::Pass),
+                dst: Some(net),
+            }],
+            totals: Totals::default(),
+        };
+        let snapshot = Snapshot {
+            instances: vec![Instance {
+                iface: "b0".into(),
+                netns: "lab".into(),
+                read: Some(reading),
+            }],
+            duration: 0.0,
+            errors: 0,
+        };
+        let body = serves(
+            snapshot,
+            &[
+                "port_demux_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",action=\"drop\",owner=\"dns\"} 1",
+                "port_demux_scoped_packets_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\"} 4",
+                "port_demux_scoped_bytes_total{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\"} 400",
+                "port_demux_scoped_binding_info{interface=\"b0\",netns=\"lab\",proto=\"udp\",port=\"7777\",dst=\"192.0.2.0/24\",action=\"pass\",owner=\"web\"} 1",
+            ],
+        );
+        // One binding series per port, for the join: the scoped binding is not among them.
+        let infos = body
+            .lines()
+            .filter(|l| l.starts_with("port_demux_binding_info"))
+            .count();
+        assert_eq!(infos, 1, "{body}");
     }
 }
