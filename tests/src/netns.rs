@@ -135,6 +135,41 @@ pub fn poll<T: Debug>(what: &str, mut probe: impl FnMut() -> T, done: impl Fn(&T
     }
 }
 
+/// Makes namespaces with `make` until one has the inode number `ino` (a deleted namespace's),
+/// and returns it; `Err` with how many were made when none got it.
+///
+/// The kernel hands out the lowest free number, and frees a deleted namespace's from its
+/// cleanup work some time after `ip netns del` returns, which nothing shows but the reuse
+/// itself. Namespaces that missed are kept, so that each try takes another number, and a try
+/// that missed waits a little before the next. A new namespace's `/proc/net` entries draw from
+/// the same numbers and may take it first: so in rounds of 40, after which the misses are all
+/// deleted (freeing such an entry again), five rounds at most.
+///
+/// # Errors
+/// When none of 200 namespaces got the number.
+pub fn hunt_inode<T>(
+    ino: u64,
+    mut make: impl FnMut() -> T,
+    ino_of: impl Fn(&T) -> u64,
+) -> Result<T, usize> {
+    let mut tries = 0;
+    for _ in 0..5 {
+        let mut missed = Vec::new();
+        for _ in 0..40 {
+            let ns = make();
+            tries += 1;
+            if ino_of(&ns) == ino {
+                return Ok(ns);
+            }
+            missed.push(ns);
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(missed);
+        thread::sleep(Duration::from_millis(300));
+    }
+    Err(tries)
+}
+
 /// A network namespace named `pdt-<pid>-<n>-<tag>`, deleted on drop together with every
 /// port-demux pin of it.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use port_demux::{
 };
 use port_demux_testkit::{
     cli::{bin, execute, json, pd_json, pd_ok, pd_refused},
-    netns::{Netns, poll},
+    netns::{Netns, hunt_inode, poll},
 };
 use serde_json::Value;
 
@@ -269,21 +269,9 @@ fn a_namespace_that_inherits_an_inode_sees_nothing_of_a_dead_instance() {
         },
         |state| *state == Some(State::NamespaceGone),
     );
-    // New namespaces until one has the dead one's inode; the others are kept meanwhile, so
-    // that each takes another free number.
-    let mut tried = Vec::new();
-    let heir = loop {
-        let ns = Netns::new("heir");
-        if ns.scope().netns_ino() == ino {
-            break ns;
-        }
-        tried.push(ns);
-        assert!(
-            tried.len() < 200,
-            "the kernel did not reuse inode {ino} in 200 new namespaces"
-        );
-    };
-    drop(tried);
+    let heir = hunt_inode(ino, || Netns::new("heir"), |ns| ns.scope().netns_ino()).unwrap_or_else(
+        |made| panic!("the kernel did not reuse inode {ino} in {made} new namespaces"),
+    );
     eprintln!("inode {ino} reused by {}", heir.name());
     assert!(interfaces(&heir).is_empty(), "{:?}", interfaces(&heir));
     pd_refused(&heir, &["stats"], &["not loaded on any interface"]);

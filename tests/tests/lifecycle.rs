@@ -35,7 +35,7 @@ use port_demux_testkit::{
         status_all,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
-    netns::{Netns, SERVER_IF, run, unique},
+    netns::{Netns, SERVER_IF, hunt_inode, run, unique},
     v2::{bind_v2, load_v2, netns_inode},
 };
 use serde_json::Value;
@@ -249,27 +249,18 @@ fn row6_a_deleted_namespace_whose_inode_is_reused() {
     let creating = creating();
     run("ip", &["netns", "del", dead.name()]);
 
-    // The kernel hands out the lowest free inode number: namespaces that did not get it are
-    // kept until the end, so each try takes a number below or at ours. The dead namespace is
-    // freed by the kernel's cleanup work after `ip netns del` returns, which nothing shows but
-    // the reuse itself: a try that missed waits a little before the next.
-    let mut reused = None;
-    let mut missed = Vec::new();
-    for _ in 0..200 {
-        let name = format!("pdt-{}-{}-reuse", std::process::id(), unique());
-        run("ip", &["netns", "add", &name]);
-        let guard = RawNetns(name);
-        if netns_inode(&guard.0) == inode {
-            reused = Some(guard);
-            break;
-        }
-        missed.push(guard);
-        thread::sleep(std::time::Duration::from_millis(10));
-    }
-    drop(missed);
+    let reused = hunt_inode(
+        inode,
+        || {
+            let name = format!("pdt-{}-{}-reuse", std::process::id(), unique());
+            run("ip", &["netns", "add", &name]);
+            RawNetns(name)
+        },
+        |ns| netns_inode(&ns.0),
+    );
     drop(creating);
-    let reused = reused.unwrap_or_else(|| {
-        panic!("the kernel did not reuse inode {inode} in 200 new namespaces: row 6 untested")
+    let reused = reused.unwrap_or_else(|made| {
+        panic!("the kernel did not reuse inode {inode} in {made} new namespaces: row 6 untested")
     });
     let ns_name = reused.0.clone();
     run(
