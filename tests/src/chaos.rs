@@ -18,7 +18,7 @@ use std::{
     process::Command,
 };
 
-use port_demux::{PortDemux, Scope};
+use port_demux::{BindingRange, PortDemux, Scope};
 use serde_json::Value;
 
 use crate::{
@@ -762,10 +762,15 @@ fn port_entry(stats: &Value, port: u16) -> Option<&Value> {
         .find(|p| p["proto"] == "udp" && p["port"] == port)
 }
 
-/// The bindings `demux` reads, as `PROTO/PORTS ACTION OWNER`, followed by ` dst PREFIX` for
-/// an address-scoped one.
+/// The bindings `demux` reads, as [`rendered`] shows them.
 fn library_rendered(demux: &PortDemux) -> Vec<String> {
-    let ranges = demux.bindings().expect("bindings");
+    rendered(&demux.bindings().expect("bindings"))
+}
+
+/// Binding ranges as `PROTO/PORTS ACTION OWNER`, followed by ` dst PREFIX` for an
+/// address-scoped one.
+#[must_use]
+pub fn rendered(ranges: &[BindingRange]) -> Vec<String> {
     ranges
         .iter()
         .map(|b| match b.dst {

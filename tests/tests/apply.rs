@@ -17,7 +17,7 @@ use std::{
 use port_demux::{BindingRange, IpNet, PortDemux, Proto};
 use port_demux_testkit::{
     Lab, SILENCE, Sent,
-    chaos::{CommitLab, rendered_json},
+    chaos::{CommitLab, rendered, rendered_json},
     cli::{assert_refused, command, pd},
     count_datagrams,
     netns::{SERVER_IF, poll, recv_datagrams, unique},
@@ -66,16 +66,6 @@ fn bindings(lab: &Lab) -> Vec<BindingRange> {
     PortDemux::open(&lab.server.scope(), SERVER_IF)
         .and_then(|d| d.bindings())
         .expect("bindings")
-}
-
-fn rendered(ranges: &[BindingRange]) -> Vec<String> {
-    ranges
-        .iter()
-        .map(|b| match b.dst {
-            None => format!("{} {} {}", b.ports, b.action, b.owner),
-            Some(dst) => format!("{} {} {} dst {dst}", b.ports, b.action, b.owner),
-        })
-        .collect()
 }
 
 /// Old: udp/1000-1999 drop "old", tcp/80 pass, udp/2000-2001 drop "old" on `10.0.0.0/8` and
