@@ -423,12 +423,7 @@ impl Snapshot {
         // One series per (protocol, port): the scoped bindings have their own family.
         for (instance, r) in self.readings() {
             for b in r.bindings.iter().filter(|b| b.dst.is_none()) {
-                for port in b.ports.first..=b.ports.last {
-                    let mut labels = instance.labels();
-                    labels.push(("proto", b.ports.proto.to_string()));
-                    labels.push(("port", port.to_string()));
-                    labels.push(("action", b.action.to_string()));
-                    labels.push(("owner", b.owner.clone()));
+                for labels in binding_labels(instance, b) {
                     info.encode_info(&labels)?;
                 }
             }
@@ -472,15 +467,8 @@ impl Snapshot {
             MetricType::Info,
         )?;
         for (instance, r) in self.readings() {
-            for b in &r.bindings {
-                let Some(dst) = b.dst else { continue };
-                for port in b.ports.first..=b.ports.last {
-                    let mut labels = instance.labels();
-                    labels.push(("proto", b.ports.proto.to_string()));
-                    labels.push(("port", port.to_string()));
-                    labels.push(("dst", dst.to_string()));
-                    labels.push(("action", b.action.to_string()));
-                    labels.push(("owner", b.owner.clone()));
+            for b in r.bindings.iter().filter(|b| b.dst.is_some()) {
+                for labels in binding_labels(instance, b) {
                     info.encode_info(&labels)?;
                 }
             }
@@ -555,6 +543,25 @@ impl Snapshot {
             [(Labels::new(), self.errors)],
         )
     }
+}
+
+/// The info labels of each port of `b`: protocol, port, the prefix of an address-scoped
+/// binding, action and owner.
+fn binding_labels<'a>(
+    instance: &'a Instance,
+    b: &'a BindingRange,
+) -> impl Iterator<Item = Labels> + 'a {
+    (b.ports.first..=b.ports.last).map(move |port| {
+        let mut labels = instance.labels();
+        labels.push(("proto", b.ports.proto.to_string()));
+        labels.push(("port", port.to_string()));
+        if let Some(dst) = b.dst {
+            labels.push(("dst", dst.to_string()));
+        }
+        labels.push(("action", b.action.to_string()));
+        labels.push(("owner", b.owner.clone()));
+        labels
+    })
 }
 
 #[cfg(test)]
