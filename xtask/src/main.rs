@@ -98,11 +98,11 @@ fn main() -> Result<()> {
         Cmd::Test => {
             setup::setup()?;
             test()?;
-            vm::vm_test(vm::Series::ALL)
+            vm::vm_test(vm::Series::ALL, &[])
         }
         Cmd::VmTest(args) => {
             setup::setup()?;
-            vm::vm_test(&args.series())
+            vm::vm_test(&args.series(), args.suites())
         }
         Cmd::Fuzz { frames, seed } => {
             setup::setup()?;
