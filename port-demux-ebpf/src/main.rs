@@ -35,12 +35,13 @@ use port_demux_common::{
 };
 
 /// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
-/// port's switch to a new table is one atomic 8-byte store.
+/// port's switch to a new table is one atomic 8-byte store, and readers copy `BINDINGS`
+/// through one instead of a batch lookup.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Bindings, indexed by `port_index(proto, port)`.
 #[map]
-static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, 0);
+static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
 
 /// Packets and bytes per (protocol, destination port), per CPU.
 #[map]

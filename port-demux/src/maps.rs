@@ -223,15 +223,22 @@ impl Maps {
     }
 
     /// Every `BINDINGS` entry as the data path reads it, the `SCOPED` flag included.
+    ///
+    /// Read through a memory mapping when the map has `BPF_F_MMAPABLE` (one copy, no system
+    /// call per entry: the batch lookup costs about 0.4 us an entry), else with a batch
+    /// lookup (the maps of instances loaded by builds before it).
     pub(crate) fn read_raw_bindings(&self) -> Result<Vec<Binding>> {
+        let io = |e| Error::io("cannot read", self.dir.join("BINDINGS"), e);
         let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
-        sys::lookup_array_batch(
-            self.bindings.as_fd(),
-            BINDINGS_LEN,
-            size_of::<Binding>(),
-            bytemuck::cast_slice_mut(&mut all),
-        )
-        .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))?;
+        let fd = self.bindings.as_fd();
+        let out: &mut [u8] = bytemuck::cast_slice_mut(&mut all);
+        if sys::map_info(fd).map_err(io)?.map_flags & sys::BPF_F_MMAPABLE != 0 {
+            sys::Mapped::read_only(fd, out.len())
+                .map_err(io)?
+                .read(0, out);
+        } else {
+            sys::lookup_array_batch(fd, BINDINGS_LEN, size_of::<Binding>(), out).map_err(io)?;
+        }
         Ok(all)
     }
 

@@ -21,6 +21,17 @@ pub fn open(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
     sys::obj_get(path, read_only)
 }
 
+/// `BPF_F_MMAPABLE`, a bit of [`map_flags`]: the array's values can be memory-mapped.
+pub const BPF_F_MMAPABLE: u32 = sys::BPF_F_MMAPABLE;
+
+/// The `BPF_F_*` flags the map `fd` was created with.
+///
+/// # Errors
+/// The kernel's error as an [`io::Error`].
+pub fn map_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    sys::map_info(fd).map(|info| info.map_flags)
+}
+
 /// Every element of the array map `fd`, in one batch lookup: `V` is the map's value type; for
 /// a per-CPU array, one CPU's value, and the result holds each entry's values for every
 /// possible CPU one after the other (entry-major).

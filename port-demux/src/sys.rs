@@ -406,7 +406,11 @@ pub fn memlock(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub struct Mapped {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    writable: bool,
 }
+
+/// `BPF_F_MMAPABLE`: an array map whose values can be memory-mapped.
+pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 impl Mapped {
     /// Maps the first `len` bytes of the array map `fd`, read-write.
@@ -414,12 +418,30 @@ impl Mapped {
     /// # Errors
     /// The kernel's error (`EPERM` for a read-only descriptor, `EINVAL` past the map).
     pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, true)
+    }
+
+    /// Maps the first `len` bytes of the array map `fd`, read-only (a read-only descriptor
+    /// will do).
+    ///
+    /// # Errors
+    /// The kernel's error (`EINVAL` past the map or for a map without `BPF_F_MMAPABLE`).
+    pub fn read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, false)
+    }
+
+    fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel checks the length.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 raw(fd).cast_signed(),
                 0,
@@ -429,7 +451,24 @@ impl Mapped {
             return Err(io::Error::last_os_error());
         }
         let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { ptr, len })
+        Ok(Self { ptr, len, writable })
+    }
+
+    /// Copies the mapping's bytes from byte `offset` into `out`.
+    ///
+    /// # Panics
+    /// When they are not all inside the mapping.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.len, "read inside the mapping");
+        // SAFETY: inside the mapping (checked). Writers may change it meanwhile, as they may
+        // during a batch lookup: a value read while it is rewritten can mix old and new.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+        }
     }
 
     /// Copies `bytes` in at byte `offset`.
@@ -437,6 +476,7 @@ impl Mapped {
     /// # Panics
     /// When they do not fit.
     pub fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(self.writable, "a writable mapping");
         assert!(offset + bytes.len() <= self.len, "write inside the mapping");
         // SAFETY: inside the mapping (checked); the data path reads it concurrently, which
         // is why only regions no port points at yet are written this way.
@@ -465,6 +505,7 @@ impl Mapped {
     /// # Panics
     /// When it is outside the mapping or not aligned.
     pub fn store_u64(&self, offset: usize, value: u64) {
+        assert!(self.writable, "a writable mapping");
         self.atomic(offset)
             .store(value, std::sync::atomic::Ordering::Release);
     }

@@ -643,6 +643,64 @@ fn assert_cli_refuses_layout(lab: &Lab, dir: &Path, found: u32, what: &str) {
     }
 }
 
+/// The `BPF_F_*` flags of the map pinned at `path`.
+fn map_flags(path: &Path) -> u32 {
+    let fd =
+        pinned::open(path, true).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
+    pinned::map_flags(fd.as_fd()).unwrap_or_else(|e| panic!("map info {}: {e}", path.display()))
+}
+
+/// Readers copy a fresh instance's `BINDINGS` through a memory mapping (the map is created
+/// mmapable): what they see is what a batch lookup of the kernel returns, entry for entry, at
+/// both ends of the array and of both protocols.
+#[test]
+fn bindings_read_through_the_mapping_agree_with_a_batch_lookup() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let (demux, _) =
+        PortDemux::load(&ns.scope(), SERVER_IF, &LoadOptions::default()).expect("load");
+    let bound: [(&str, Action, &str); 5] = [
+        ("udp/0-9", Action::Drop, "low"),
+        ("udp/1000-1999", Action::Pass, "range"),
+        ("tcp/443", Action::Drop, "web"),
+        ("tcp/65535", Action::Pass, ""),
+        ("udp/65530-65535", Action::Drop, "top"),
+    ];
+    for (spec, act, label) in &bound {
+        let opts = BindOptions {
+            replace: false,
+            owner: (*label).into(),
+        };
+        demux
+            .bind(spec.parse().expect("spec"), act, &opts)
+            .expect("bind");
+    }
+    let dir = demux.pin_dir();
+    assert_ne!(map_flags(&dir.join("BINDINGS")) & pinned::BPF_F_MMAPABLE, 0);
+    let raw = raw_bindings(dir);
+    let mut seen = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+    for range in demux.bindings().expect("bindings") {
+        assert_eq!(range.dst, None);
+        let act = match range.action {
+            Action::Pass => action::PASS,
+            Action::Drop => action::DROP,
+            Action::Redirect(_) => panic!("no redirect was bound"),
+        };
+        for port in range.ports.ports() {
+            seen[port_index(range.ports.proto.index(), port) as usize] = Binding {
+                action: act,
+                slot: 0,
+                owner: owner(&range.owner),
+            };
+        }
+    }
+    assert_eq!(first_difference(&seen, &raw), None, "mapping against batch");
+    let bound_ports = raw.iter().filter(|b| b.action != action::UNBOUND).count();
+    assert_eq!(bound_ports, 10 + 1000 + 1 + 1 + 6);
+    drop(demux);
+    PortDemux::unload(&ns.scope(), SERVER_IF).expect("unload");
+}
+
 #[test]
 fn layout_mismatch_is_refused() {
     let lab = Lab::new();

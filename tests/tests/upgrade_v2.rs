@@ -27,6 +27,7 @@ use port_demux::{
         BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, PROTO_UDP, PortCounters, action,
         port_index,
     },
+    pinned,
 };
 use port_demux_testkit::{
     cli::{assert_refused, json_port, pd, pd_json, pd_ok},
@@ -382,6 +383,15 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     for map in SCOPE_MAPS {
         assert!(new_dir.join(map).exists(), "{map}");
     }
+    // v3's BINDINGS is kept as it was made, without BPF_F_MMAPABLE: readers fall back from
+    // the mapping to a batch lookup for it (the `bindings` below).
+    let kept = pinned::open(&new_dir.join("BINDINGS"), true).expect("BINDINGS");
+    let flags = pinned::map_flags(std::os::fd::AsFd::as_fd(&kept)).expect("map info");
+    assert_eq!(
+        flags & pinned::BPF_F_MMAPABLE,
+        0,
+        "v3's BINDINGS: {flags:#x}"
+    );
     let stats = pd_json(ns, &["stats", "--json"]);
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
     assert_eq!(
