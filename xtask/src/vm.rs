@@ -224,26 +224,58 @@ pub fn vm_test(series: &[Series], suites: &[String]) -> Result<()> {
     for &series in series {
         let kernel = Kernel::fetch(series, &dir)?;
         let modules = kernel.modules(MODULES)?;
-        let initrd = dir.join(format!("{}.cpio", kernel.release));
-        payload.initramfs(&modules, &initrd)?;
-        let log = dir.join(format!("{}.log", kernel.release));
-        eprintln!(
-            "xtask vm-test: booting {} ({}) under qemu, console in {}",
-            kernel.release,
-            kernel.package,
-            log.display()
-        );
-        let (status, took) = boot(&kernel, &initrd, &log)?;
-        let text = fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
-        let console = Console::parse(&String::from_utf8_lossy(&text));
-        let release = console.release.as_deref().unwrap_or(&kernel.release);
-        let verdict = match status {
-            None => Err(format!(
-                "timed out after {} s; last console line: {:?}",
-                TIMEOUT.as_secs(),
-                console.last_line
-            )),
-            Some(_) => console.verdict_of(&payload.suites),
+        let first = Boot::run(&payload, &kernel, &modules, &payload.suites, "")?;
+        let release = first.release(&kernel).to_owned();
+        let mut took = first.took;
+        let verdict = match &first.verdict {
+            Err(reason) if first.console.panicked && first.console.release.is_some() => {
+                // A kernel panic is the kernel's failure, not a test's: its trace goes to
+                // the output, and a second boot runs the suite it cut short and those after
+                // it. The result line says so either way.
+                let during = first.console.suites.last().map_or("", |r| r.name.as_str());
+                println!(
+                    "vm-test {release}: the kernel panicked during {during} after {} s ({reason})",
+                    first.took.as_secs()
+                );
+                first.print_tail(&release);
+                let finished: BTreeSet<String> = payload
+                    .suites
+                    .iter()
+                    .filter(|&name| first.console.finished(name))
+                    .cloned()
+                    .collect();
+                let rest: BTreeSet<String> =
+                    payload.suites.difference(&finished).cloned().collect();
+                match first.console.verdict_of_finished(&finished) {
+                    Ok(done) => {
+                        let again = Boot::run(&payload, &kernel, &modules, &rest, "-again")?;
+                        took += again.took;
+                        let names: Vec<&str> = rest.iter().map(String::as_str).collect();
+                        match &again.verdict {
+                            Ok(summary) => Ok(format!(
+                                "{done}{}{summary}; the first boot's kernel panicked during \
+                                 {during} (console above), a second boot ran {}",
+                                if done.is_empty() { "" } else { "; " },
+                                names.join(", ")
+                            )),
+                            Err(reason) => {
+                                again.print_tail(&release);
+                                Err(format!(
+                                    "after a kernel panic during {during}, a second boot of {}: \
+                                     {reason}",
+                                    names.join(", ")
+                                ))
+                            }
+                        }
+                    }
+                    Err(reason) => Err(reason),
+                }
+            }
+            Err(reason) => {
+                first.print_tail(&release);
+                Err(reason.clone())
+            }
+            Ok(summary) => Ok(summary.clone()),
         };
         match verdict {
             Ok(summary) => println!(
@@ -252,19 +284,7 @@ pub fn vm_test(series: &[Series], suites: &[String]) -> Result<()> {
             ),
             Err(reason) => {
                 println!("vm-test {release}: FAIL ({reason}) in {} s", took.as_secs());
-                // CI keeps stdout, not target/: the console's end (a kernel oops or panic
-                // trace, the failing test's output) must be in it to be diagnosed.
-                let text = String::from_utf8_lossy(&text);
-                let lines: Vec<&str> = text.lines().collect();
-                let from = lines.len().saturating_sub(CONSOLE_TAIL);
-                println!(
-                    "vm-test {release}: the console's last {} lines:",
-                    lines.len() - from
-                );
-                for line in &lines[from..] {
-                    println!("| {}", line.trim_end_matches('\r'));
-                }
-                failed.push(format!("{release} (console: {})", log.display()));
+                failed.push(format!("{release} (console: {})", first.log.display()));
             }
         }
     }
@@ -272,6 +292,83 @@ pub fn vm_test(series: &[Series], suites: &[String]) -> Result<()> {
         bail!("vm-test failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// One boot of a kernel running some suites.
+struct Boot {
+    console: Console,
+    /// The console as written.
+    text: String,
+    log: PathBuf,
+    verdict: Result<String, String>,
+    took: Duration,
+}
+
+impl Boot {
+    /// Boots `kernel` with an initramfs of `payload`'s `suites`; `tag` tells this boot's
+    /// initramfs and console log from another's.
+    fn run(
+        payload: &Payload,
+        kernel: &Kernel,
+        modules: &[(String, Vec<u8>)],
+        suites: &BTreeSet<String>,
+        tag: &str,
+    ) -> Result<Self> {
+        let dir = workspace().join("target/vm");
+        let initrd = dir.join(format!("{}{tag}.cpio", kernel.release));
+        payload.initramfs(modules, suites, &initrd)?;
+        let log = dir.join(format!("{}{tag}.log", kernel.release));
+        eprintln!(
+            "xtask vm-test: booting {} ({}) under qemu for {}, console in {}",
+            kernel.release,
+            kernel.package,
+            suites
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            log.display()
+        );
+        let (status, took) = boot(kernel, &initrd, &log)?;
+        let bytes = fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let console = Console::parse(&text);
+        let verdict = match status {
+            None => Err(format!(
+                "timed out after {} s; last console line: {:?}",
+                TIMEOUT.as_secs(),
+                console.last_line
+            )),
+            Some(_) => console.verdict_of(suites),
+        };
+        Ok(Self {
+            console,
+            text,
+            log,
+            verdict,
+            took,
+        })
+    }
+
+    /// `uname -r` in the VM, or the package's release when the kernel never said.
+    fn release<'a>(&'a self, kernel: &'a Kernel) -> &'a str {
+        self.console.release.as_deref().unwrap_or(&kernel.release)
+    }
+
+    /// Prints the console's end: CI keeps stdout, not target/, and a kernel oops or panic
+    /// trace or the failing test's output must be in it to be diagnosed.
+    fn print_tail(&self, release: &str) {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let from = lines.len().saturating_sub(CONSOLE_TAIL);
+        println!(
+            "vm-test {release}: the console's last {} lines ({}):",
+            lines.len() - from,
+            self.log.display()
+        );
+        for line in &lines[from..] {
+            println!("| {}", line.trim_end_matches('\r'));
+        }
+    }
 }
 
 /// Runs `cmd` and returns its stdout; fails with its stderr.
@@ -636,8 +733,13 @@ impl Payload {
         })
     }
 
-    /// Writes the initramfs with `modules` (loaded in that order) to `out`.
-    fn initramfs(&self, modules: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
+    /// Writes the initramfs with `modules` (loaded in that order), running `suites`, to `out`.
+    fn initramfs(
+        &self,
+        modules: &[(String, Vec<u8>)],
+        suites: &BTreeSet<String>,
+        out: &Path,
+    ) -> Result<()> {
         let mut a = cpio::Archive::default();
         for dir in ["/proc", "/sys", "/dev", "/run", "/tmp", "/root"] {
             a.dir(dir);
@@ -660,13 +762,13 @@ impl Payload {
             a.bytes(&format!("/lib/modules/{name}.ko"), object.clone(), 0o644);
             names.push(name.as_str());
         }
-        a.bytes("/init", self.init_script(&names), 0o755);
+        a.bytes("/init", self.init_script(&names, suites), 0o755);
         a.write_to(out)
     }
 
     /// `/init`: mounts what the tests need, loads the modules, runs each suite between
     /// `@@ begin NAME` and `@@ end NAME rc=N` lines, then powers off.
-    fn init_script(&self, modules: &[&str]) -> String {
+    fn init_script(&self, modules: &[&str], suites: &BTreeSet<String>) -> String {
         let lib_path: Vec<&str> = self.lib_dirs.iter().map(String::as_str).collect();
         let mut s = format!(
             "#!/bin/sh\n\
@@ -690,7 +792,7 @@ impl Payload {
             );
         }
         s.push_str("cd /tmp\n");
-        for suite in SUITES.iter().filter(|s| self.suites.contains(s.name)) {
+        for suite in SUITES.iter().filter(|s| suites.contains(s.name)) {
             let mut line = String::from("env");
             for (k, v) in suite.env {
                 let _ = write!(line, " {k}={v}");
@@ -704,7 +806,8 @@ impl Payload {
             }
             let _ = write!(
                 s,
-                "echo \"@@ begin {0}\"\n{line} </dev/null\necho \"@@ end {0} rc=$?\"\n",
+                "echo \"@@ begin {0}\"\n{line} </dev/null\necho \"@@ end {0} rc=$?\"\n\
+                 echo \"@@ memory $(grep MemAvailable /proc/meminfo)\"\n",
                 suite.name
             );
         }
@@ -845,6 +948,8 @@ struct Console {
     /// Modules that did not load.
     insmod_failed: Vec<String>,
     done: bool,
+    /// The kernel panicked (`Kernel panic - not syncing`).
+    panicked: bool,
     last_line: String,
 }
 
@@ -886,6 +991,8 @@ impl Console {
                 }
             } else if line == "@@ done" {
                 c.done = true;
+            } else if line.contains("Kernel panic - not syncing") {
+                c.panicked = true;
             } else if let Some(result) = line.strip_prefix("test result: ") {
                 if let Some(suite) = c.suites.last_mut() {
                     for part in result.split(';') {
@@ -930,6 +1037,11 @@ impl Console {
         c
     }
 
+    /// Whether suite `name` ran to its end (whatever its result).
+    fn finished(&self, name: &str) -> bool {
+        self.suites.iter().any(|r| r.name == name && r.rc.is_some())
+    }
+
     /// The result of a run of every suite: what passed (`Ok`), or why it failed (`Err`).
     #[cfg(test)]
     fn verdict(&self) -> Result<String, String> {
@@ -938,6 +1050,16 @@ impl Console {
 
     /// The result of a run of the suites `ran`: what passed (`Ok`), or why it failed (`Err`).
     fn verdict_of(&self, ran: &BTreeSet<String>) -> Result<String, String> {
+        self.judge(ran, true)
+    }
+
+    /// As [`Console::verdict_of`], for the suites of a run that ended before /init did.
+    fn verdict_of_finished(&self, ran: &BTreeSet<String>) -> Result<String, String> {
+        self.judge(ran, false)
+    }
+
+    /// `whole`: /init must have finished too.
+    fn judge(&self, ran: &BTreeSet<String>, whole: bool) -> Result<String, String> {
         if let Some((program, reason)) = &self.rejected {
             return Err(format!("the verifier rejected {program}: {reason}"));
         }
@@ -988,7 +1110,7 @@ impl Console {
                 parts.push(format!("{} {} passed", run.name, run.passed));
             }
         }
-        if !self.done {
+        if whole && !self.done {
             problems.push("/init did not finish".to_owned());
         }
         if !problems.is_empty() {
@@ -1133,6 +1255,25 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 5 filtered out\r
             .expect_err("cut short");
         assert!(verdict.starts_with("cli did not finish"), "{verdict}");
         assert!(!verdict.contains("reliability"), "{verdict}");
+    }
+
+    #[test]
+    fn a_kernel_panic_is_told_from_a_failure() {
+        let cut = &PASSING[..PASSING.find("@@ end reliability").expect("reliability")];
+        let panicked = format!(
+            "{cut}[  402.1] Kernel panic - not syncing: Fatal exception in interrupt\r\n\
+             [  402.7] Kernel Offset: 0x16000000 from 0xffffffff81000000\r\n"
+        );
+        let c = Console::parse(&panicked);
+        assert!(c.panicked);
+        assert!(c.finished("cli"));
+        assert!(!c.finished("reliability"));
+        let ran = ["kernel", "test_run", "differential", "traffic", "cli"];
+        let ran = ran.iter().map(|&n| n.to_owned()).collect();
+        assert!(c.verdict_of(&ran).is_err(), "/init did not finish");
+        assert!(c.verdict_of_finished(&ran).is_ok());
+        assert!(!Console::parse(cut).panicked);
+        assert!(!Console::parse(PASSING).panicked);
     }
 
     #[test]
