@@ -35,8 +35,8 @@ use port_demux_common::{
 };
 
 /// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
-/// port's switch to a new table is one atomic 8-byte store, and readers copy `BINDINGS`
-/// through one instead of a batch lookup.
+/// port's switch to a new table is one atomic 8-byte store, and readers copy `BINDINGS` and
+/// `SCOPED` through one instead of a batch lookup.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Bindings, indexed by `port_index(proto, port)`.
@@ -77,7 +77,7 @@ static SCOPE_V6: Array<ScopeV6> = Array::with_max_entries(SCOPE_RECORDS, BPF_F_M
 
 /// The address-scoped bindings as the loader recorded them; never read here.
 #[map]
-static SCOPED: Array<ScopedBinding> = Array::with_max_entries(SCOPED_LEN, 0);
+static SCOPED: Array<ScopedBinding> = Array::with_max_entries(SCOPED_LEN, BPF_F_MMAPABLE);
 
 /// Packets and bytes per address-scoped binding (`SCOPED`'s index), per CPU.
 #[map]

@@ -531,10 +531,11 @@ impl PortDemux {
                 .then((a.proto, a.port, a.dst).cmp(&(b.proto, b.port, b.dst)))
         };
         ports.sort_by(by_traffic);
-        let scoped_counters = if live.is_empty() {
+        let below = live.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+        let scoped_counters = if below == 0 {
             Vec::new()
         } else {
-            self.maps.scoped_counters()?
+            self.maps.scoped_counters(below)?
         };
         let mut scoped: Vec<PortStat> = live
             .iter()

@@ -28,7 +28,8 @@ use std::{
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use bytemuck::Zeroable as _;
 use port_demux::{
-    Action, BindOptions, BindingRange, DirLock, Error, LoadOptions, PortDemux, Proto, Scope, Stats,
+    Action, BindOptions, BindingRange, DirLock, Error, IpNet, LoadOptions, PortDemux, Proto, Scope,
+    Stats,
     common::{
         BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PortCounters,
         action, outcome, port_index,
@@ -675,12 +676,45 @@ fn bindings_read_through_the_mapping_agree_with_a_batch_lookup() {
             .bind(spec.parse().expect("spec"), act, &opts)
             .expect("bind");
     }
+    // SCOPED, the scoped bindings' entries, is read the same way.
+    let dst: IpNet = "192.0.2.0/24".parse().expect("prefix");
+    let opts = BindOptions {
+        replace: false,
+        owner: "scoped".into(),
+    };
+    demux
+        .bind_dst(
+            "udp/53".parse().expect("spec"),
+            &[dst],
+            &Action::Drop,
+            &opts,
+        )
+        .expect("bind --dst");
     let dir = demux.pin_dir();
-    assert_ne!(map_flags(&dir.join("BINDINGS")) & pinned::BPF_F_MMAPABLE, 0);
+    for map in ["BINDINGS", "SCOPED"] {
+        assert_ne!(
+            map_flags(&dir.join(map)) & pinned::BPF_F_MMAPABLE,
+            0,
+            "{map}"
+        );
+    }
     let raw = raw_bindings(dir);
     let mut seen = vec![Binding::zeroed(); BINDINGS_LEN as usize];
     for range in demux.bindings().expect("bindings") {
-        assert_eq!(range.dst, None);
+        if let Some(prefix) = range.dst {
+            assert_eq!(
+                (
+                    range.ports.to_string(),
+                    &range.action,
+                    prefix,
+                    range.owner.as_str()
+                ),
+                ("udp/53".to_owned(), &Action::Drop, dst, "scoped")
+            );
+            // The port's own entry is unbound, with the data path's SCOPED flag.
+            seen[port_index(range.ports.proto.index(), 53) as usize].action = action::SCOPED;
+            continue;
+        }
         let act = match range.action {
             Action::Pass => action::PASS,
             Action::Drop => action::DROP,
@@ -696,7 +730,7 @@ fn bindings_read_through_the_mapping_agree_with_a_batch_lookup() {
     }
     assert_eq!(first_difference(&seen, &raw), None, "mapping against batch");
     let bound_ports = raw.iter().filter(|b| b.action != action::UNBOUND).count();
-    assert_eq!(bound_ports, 10 + 1000 + 1 + 1 + 6);
+    assert_eq!(bound_ports, 10 + 1000 + 1 + 1 + 6 + 1);
     drop(demux);
     PortDemux::unload(&ns.scope(), SERVER_IF).expect("unload");
 }
