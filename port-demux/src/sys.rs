@@ -216,7 +216,7 @@ pub(crate) fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
     }
 }
 
-/// Reads every element of an array map of `len` entries into `values` (`len` values of
+/// Reads the first `len` elements of an array map into `values` (`len` values of
 /// `value_size` bytes each; for per-CPU arrays `value_size` is the rounded size times the
 /// number of possible CPUs), in one `BPF_MAP_LOOKUP_BATCH` call.
 ///
@@ -233,14 +233,33 @@ pub(crate) fn lookup_array_batch(
     value_size: usize,
     values: &mut [u8],
 ) -> io::Result<()> {
-    check_batch(fd, len as usize, value_size, values.len())?;
+    lookup_array_batch_at(fd, 0, len, value_size, values)
+}
+
+/// As [`lookup_array_batch`], for the `len` elements from key `first` on: batches of one
+/// array from several threads read it in parallel.
+///
+/// # Errors
+/// As [`lookup_array_batch`]; keys past the map's entries are [`io::ErrorKind::InvalidInput`].
+///
+/// # Panics
+/// Only on impossible sizes: descriptors, counts and buffer lengths the kernel gave or took.
+pub(crate) fn lookup_array_batch_at(
+    fd: BorrowedFd<'_>,
+    first: u32,
+    len: u32,
+    value_size: usize,
+    values: &mut [u8],
+) -> io::Result<()> {
+    check_batch(fd, first as usize, len as usize, value_size, values.len())?;
     let mut keys = vec![0u32; len as usize];
     let mut out_batch = 0u32;
     let mut done = 0u32;
-    let mut in_batch_storage = 0u32;
+    // The kernel continues after the key in `in_batch`: the one before `first`.
+    let mut in_batch_storage = first.wrapping_sub(1);
     while done < len {
         let mut attr = BatchAttr {
-            in_batch: if done == 0 {
+            in_batch: if done == 0 && first == 0 {
                 0
             } else {
                 std::ptr::from_ref(&in_batch_storage) as u64
@@ -282,7 +301,7 @@ pub(crate) fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> i
         return Ok(());
     }
     let (_, value_size) = element_sizes(fd)?;
-    check_batch(fd, keys.len(), value_size, values.len())?;
+    check_batch(fd, 0, keys.len(), value_size, values.len())?;
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -304,8 +323,10 @@ pub(crate) fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u8]) -> i
 
 /// Checks a batch of `count` 4-byte keys and `count` values of `value_size` bytes in a buffer of
 /// `buffer` bytes against the map: its key size, its value size, its number of entries.
+/// Checks a batch of `count` entries (from key `first` on, for a lookup) against the map.
 fn check_batch(
     fd: BorrowedFd<'_>,
+    first: usize,
     count: usize,
     value_size: usize,
     buffer: usize,
@@ -321,9 +342,9 @@ fn check_batch(
             "batch of {value_size}-byte values where the map's are {map_value_size}"
         )));
     }
-    if count > info.max_entries as usize {
+    if first + count > info.max_entries as usize {
         return Err(invalid(format!(
-            "batch of {count} entries in a map of {}",
+            "batch of {count} entries from key {first} in a map of {}",
             info.max_entries
         )));
     }
@@ -646,6 +667,32 @@ mod tests {
         assert_eq!(
             update_batch(fd, &[0, 1], &[0u8; 24]).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn batches_from_a_key_read_that_part_of_the_array() {
+        let map = array(8, 10);
+        let fd = map.as_fd();
+        let keys: Vec<u32> = (0..10).collect();
+        let values: Vec<u8> = keys
+            .iter()
+            .flat_map(|k| u64::from(k * 3 + 1).to_ne_bytes())
+            .collect();
+        update_batch(fd, &keys, &values).expect("update");
+        for (first, len) in [(0, 10), (0, 4), (4, 6), (9, 1), (3, 0)] {
+            let mut part = vec![0u8; len as usize * 8];
+            lookup_array_batch_at(fd, first, len, 8, &mut part).expect("lookup");
+            let from = first as usize * 8;
+            assert_eq!(part, values[from..from + part.len()], "{first} + {len}");
+        }
+        let mut one = [0u8; 16];
+        assert_eq!(
+            lookup_array_batch_at(fd, 9, 2, 8, &mut one)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidInput,
+            "past the end"
         );
     }
 

@@ -4,10 +4,18 @@ use std::io::Write;
 
 use clap::Args;
 use port_demux_common::outcome;
-use serde_json::json;
 
 use super::{Failure, open};
-use crate::{PortStat, Scope};
+use crate::{PortStat, Scope, Totals};
+
+/// What `stats --json` prints.
+#[derive(serde::Serialize)]
+struct StatsDoc<'a> {
+    interface: &'a str,
+    ports: &'a [&'a PortStat],
+    scoped: &'a [PortStat],
+    totals: &'a Totals,
+}
 
 /// Unbound ports shown besides the bound ones without `--all`.
 const BUSIEST_UNBOUND: usize = 10;
@@ -57,13 +65,19 @@ pub fn stats(scope: &Scope, args: &StatsArgs, out: &mut dyn Write) -> Result<(),
     }
     let (ports, hidden) = select(&stats.ports, args.all);
     if args.json {
-        let doc = json!({
-            "interface": demux.iface(),
-            "ports": ports,
-            "scoped": stats.scoped,
-            "totals": stats.totals,
-        });
-        writeln!(out, "{doc}")?;
+        let doc = StatsDoc {
+            interface: demux.iface(),
+            ports: &ports,
+            scoped: &stats.scoped,
+            totals: &stats.totals,
+        };
+        // Written straight from the types through one buffer: with every port bound and
+        // 20,000 scoped bindings, building a `serde_json::Value` first and writing it to
+        // the line-buffered stdout took about a third of the command's time.
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut *out);
+        serde_json::to_writer(&mut buffered, &doc).map_err(std::io::Error::from)?;
+        buffered.write_all(b"\n")?;
+        buffered.flush()?;
         return Ok(());
     }
     let t = &stats.totals;
