@@ -13,15 +13,19 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
 /// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
 /// moves to a new devmap: see `port-demux`'s upgrade).
 pub const LAYOUT_VERSION_V2: u32 = 2;
-/// The layout before address-scoped bindings: every map of v4 but the scope maps
+/// The layout before address-scoped bindings: every map of v4 and v5 but the scope maps
 /// (`SCOPES`, `SCOPE_V4`, `SCOPE_V6`, `SCOPED`, `SCOPED_STATS`), which `load --upgrade`
 /// creates empty.
 pub const LAYOUT_VERSION_V3: u32 = 3;
+/// The layout whose `SCOPE_V4` and `SCOPE_V6` were arrays of [`SCOPE_RECORDS`] records; v5's
+/// are one-entry arrays holding the same bytes as one value, which `load --upgrade` copies
+/// into new maps (every other map is kept).
+pub const LAYOUT_VERSION_V4: u32 = 4;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -374,6 +378,12 @@ pub struct ScopeV6 {
     pub pad: u32,
 }
 const _: () = assert!(size_of::<ScopeV6>() == 24);
+
+/// The value of the one-entry `SCOPE_V4` map: every IPv4 interval record (layout v5; v4 had an
+/// array of [`SCOPE_RECORDS`] records, the same bytes).
+pub type ScopeTableV4 = [ScopeV4; SCOPE_RECORDS as usize];
+/// The value of the one-entry `SCOPE_V6` map: every IPv6 interval record.
+pub type ScopeTableV6 = [ScopeV6; SCOPE_RECORDS as usize];
 
 /// Value of the `SCOPED` array: one address-scoped binding, as the loader records it (the data
 /// path never reads it; it reads the [`target`]s built from these). Free when `action` is

@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
-    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeV4, ScopeV6, ScopedBinding, action,
+    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4, ScopeTableV6, ScopedBinding, action,
     model::ETH_LEN, untarget,
 };
 
@@ -67,13 +67,16 @@ static REDIRECT: DevMap = DevMap::with_max_entries(REDIRECT_SLOTS, 0);
 #[map]
 static SCOPES: Array<PortScope> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
 
-/// IPv4 interval records of every scoped port, each port's sorted by start.
+/// IPv4 interval records of every scoped port, each port's sorted by start: one value, the
+/// whole table. A search looks it up once and indexes the records with a bounds check: an
+/// array of records would take a lookup (a helper call to the compiler, whose argument
+/// registers it must spill and reload around) at every step.
 #[map]
-static SCOPE_V4: Array<ScopeV4> = Array::with_max_entries(SCOPE_RECORDS, BPF_F_MMAPABLE);
+static SCOPE_V4: Array<ScopeTableV4> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// IPv6 interval records of every scoped port, each port's sorted by start.
+/// IPv6 interval records of every scoped port, each port's sorted by start; as `SCOPE_V4`.
 #[map]
-static SCOPE_V6: Array<ScopeV6> = Array::with_max_entries(SCOPE_RECORDS, BPF_F_MMAPABLE);
+static SCOPE_V6: Array<ScopeTableV6> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The address-scoped bindings as the loader recorded them; never read here.
 #[map]
@@ -242,69 +245,62 @@ macro_rules! unrolled {
 const _: () = assert!(SEARCH_STEPS == 17);
 
 /// The target of the IPv4 interval (of the table `word` packs) holding the destination of the
-/// IPv4 header at `l3`: the last record whose start is at most the address. A binary search
-/// of at most [`SEARCH_STEPS`] steps over an array the verifier inlines.
+/// IPv4 header at `l3`.
 #[inline(always)]
-#[expect(
-    unused_assignments,
-    reason = "the last unrolled step's count is not read"
-)]
 fn search_v4(start: usize, end: usize, l3: usize, word: u64) -> u32 {
-    let (mut lo, mut n) = PortScope::unpack(word);
-    if n == 0 {
+    if PortScope::unpack(word).1 == 0 {
         return 0;
     }
+    let Some(table) = SCOPE_V4.get(0) else {
+        return 0;
+    };
     let addr = parse::dst_v4(start, end, l3);
-    'search: {
-        unrolled!({
-            if n <= 1 {
-                break 'search;
-            }
-            let half = n >> 1;
-            let Some(r) = SCOPE_V4.get(lo + half) else {
-                return 0;
-            };
-            if addr >= r.start {
-                lo += half;
-                n -= half;
-            } else {
-                n = half;
-            }
-        });
-    }
-    SCOPE_V4.get(lo).map_or(0, |r| r.target)
+    search(table, word, |r| addr >= r.start).map_or(0, |r| r.target)
 }
 
 /// As [`search_v4`], for IPv6: addresses compare as (bytes 0..8, bytes 8..16).
 #[inline(always)]
+fn search_v6(start: usize, end: usize, l3: usize, word: u64) -> u32 {
+    if PortScope::unpack(word).1 == 0 {
+        return 0;
+    }
+    let Some(table) = SCOPE_V6.get(0) else {
+        return 0;
+    };
+    let (hi, lo) = parse::dst_v6(start, end, l3);
+    search(table, word, |r| hi > r.hi || (hi == r.hi && lo >= r.lo)).map_or(0, |r| r.target)
+}
+
+/// The last record of the port's table (`word`: where it lies in `table`, and its length, at
+/// least 1) that the address is at or past (`past`; the first record starts at the family's
+/// first address). A binary search of at most [`SEARCH_STEPS`] steps, each a bounds-checked
+/// index into the table the caller looked up once: the range halves whatever the comparison
+/// says (the number of steps depends on the table's length only) and only its start moves.
+#[inline(always)]
 #[expect(
     unused_assignments,
     reason = "the last unrolled step's count is not read"
 )]
-fn search_v6(start: usize, end: usize, l3: usize, word: u64) -> u32 {
-    let (mut lo, mut n) = PortScope::unpack(word);
-    if n == 0 {
-        return 0;
-    }
-    let (hi, low) = parse::dst_v6(start, end, l3);
+fn search<R>(
+    table: &[R; SCOPE_RECORDS as usize],
+    word: u64,
+    past: impl Fn(&R) -> bool,
+) -> Option<&R> {
+    let (lo, n) = PortScope::unpack(word);
+    let (mut lo, mut n) = (lo as usize, n as usize);
     'search: {
         unrolled!({
             if n <= 1 {
                 break 'search;
             }
             let half = n >> 1;
-            let Some(r) = SCOPE_V6.get(lo + half) else {
-                return 0;
-            };
-            if hi > r.hi || (hi == r.hi && low >= r.lo) {
+            if past(table.get(lo + half)?) {
                 lo += half;
-                n -= half;
-            } else {
-                n = half;
             }
+            n -= half;
         });
     }
-    SCOPE_V6.get(lo).map_or(0, |r| r.target)
+    table.get(lo)
 }
 
 /// Redirects through devmap `slot`; passes the frame when the slot is empty.

@@ -11,8 +11,8 @@ use aya::programs::ProgramInfo;
 use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
-    Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_SKB, Meta,
-    OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
+    Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
+    MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -144,6 +144,12 @@ impl PortDemux {
         }
         if meta.layout_version == LAYOUT_VERSION_V3 {
             return Err(Error::LayoutV3 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V4 {
+            return Err(Error::LayoutV4 {
                 path: dir,
                 iface: iface.to_owned(),
             });

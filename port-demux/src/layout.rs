@@ -19,7 +19,8 @@ use std::{
 use bytemuck::Zeroable as _;
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PortCounters, PortScope,
-    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeV4, ScopeV6, ScopedBinding,
+    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopeV4, ScopeV6,
+    ScopedBinding,
 };
 
 use crate::{Error, Result, is_bpffs, spec::valid_ifname, sys};
@@ -31,7 +32,8 @@ const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 pub(crate) const DEVMAP_VALUE: u32 = 8;
 
 /// The pinned maps: name, type, value size, entries. Layout v2 had the first five, v3 the
-/// first six ([`MAPS_V3`]); v4 added the scope maps.
+/// first six ([`MAPS_V3`]); v4 added the scope maps, with `SCOPE_V4` and `SCOPE_V6` as arrays
+/// of records ([`SCOPE_TABLES_V4`]); v5 has them as one value each (the same bytes).
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
 pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
     (
@@ -74,14 +76,14 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
     (
         "SCOPE_V4",
         BPF_MAP_TYPE_ARRAY,
-        size_of::<ScopeV4>() as u32,
-        SCOPE_RECORDS,
+        size_of::<ScopeTableV4>() as u32,
+        1,
     ),
     (
         "SCOPE_V6",
         BPF_MAP_TYPE_ARRAY,
-        size_of::<ScopeV6>() as u32,
-        SCOPE_RECORDS,
+        size_of::<ScopeTableV6>() as u32,
+        1,
     ),
     (
         "SCOPED",
@@ -98,6 +100,23 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
 ];
 /// The maps of layout v3, which `load --upgrade` from v3 keeps (and creates the rest).
 pub(crate) const MAPS_V3: usize = 6;
+/// Layout v4's `SCOPE_V4` and `SCOPE_V6`: arrays of [`SCOPE_RECORDS`] records, whose bytes
+/// `load --upgrade` copies into v5's one-value maps.
+#[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
+pub(crate) const SCOPE_TABLES_V4: [(&str, u32, u32, u32); 2] = [
+    (
+        "SCOPE_V4",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<ScopeV4>() as u32,
+        SCOPE_RECORDS,
+    ),
+    (
+        "SCOPE_V6",
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<ScopeV6>() as u32,
+        SCOPE_RECORDS,
+    ),
+];
 /// The map layout v3 added; `load --upgrade` from v2 creates it.
 pub(crate) const GLOBALS2: &str = "GLOBALS2";
 /// The devmap of redirect targets.

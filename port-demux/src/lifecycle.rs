@@ -21,8 +21,8 @@ use aya::{
 };
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, MODE_SKB, Meta,
-    ScopedBinding, action,
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, MODE_NATIVE,
+    MODE_SKB, Meta, ScopedBinding, action,
 };
 
 use crate::{
@@ -30,8 +30,8 @@ use crate::{
     instance::{self, Found, attached_prog},
     kernel,
     layout::{
-        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, Stage, check_ifname,
-        instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
+        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage,
+        check_ifname, instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
     maps::{self, Maps},
     netlink,
@@ -222,9 +222,9 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     let meta = read_meta(&dir)?;
     let from = meta.layout_version;
     // Every map of the layout checked: v2 had the first five, v3 the first six
-    // (`MAPS_V3`, before the scope maps).
+    // (`MAPS_V3`, before the scope maps), v4 all, its interval tables as arrays of records.
     let had = match from {
-        LAYOUT_VERSION => MAPS.len(),
+        LAYOUT_VERSION | LAYOUT_VERSION_V4 => MAPS.len(),
         LAYOUT_VERSION_V3 => MAPS_V3,
         LAYOUT_VERSION_V2 => 5,
         found => {
@@ -236,7 +236,11 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
         }
     };
     for map in &MAPS[..had] {
-        open_maps(&dir, &[*map])?;
+        let v4_table = SCOPE_TABLES_V4.iter().find(|t| t.0 == map.0);
+        match v4_table {
+            Some(table) if from == LAYOUT_VERSION_V4 => open_maps(&dir, &[*table])?,
+            _ => open_maps(&dir, &[*map])?,
+        };
     }
     let cookie = scope.netns_cookie();
     let ifindex = found.link.ifindex;
@@ -350,7 +354,8 @@ fn swap_program(
     next: Option<Next>,
 ) -> Result<UpgradeReport> {
     // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
-    // devmap and `GLOBALS2`, and (v4) the scope maps; the ones an older layout lacked are
+    // devmap and `GLOBALS2`, and (v4) the scope maps but the interval tables, which v5 holds
+    // as one value each (new maps, v4's bytes copied in); the ones an older layout lacked are
     // created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
     // lets a devmap serve only programs that agree on multi-buffer support): the successor
     // gets a new one with the same slots; bindings name slots, so they stay valid. With
@@ -372,10 +377,17 @@ fn swap_program(
         "SCOPED",
         "SCOPED_STATS",
     ];
-    let kept: &[&str] = match from {
-        LAYOUT_VERSION_V2 => &all[..3],
-        LAYOUT_VERSION_V3 => &all[..5],
-        _ => all,
+    let kept: Vec<&str> = match from {
+        LAYOUT_VERSION_V2 => all[..3].to_vec(),
+        LAYOUT_VERSION_V3 => all[..5].to_vec(),
+        // v4's interval tables have this layout's bytes in maps of another shape: new ones
+        // are created and the bytes copied.
+        LAYOUT_VERSION_V4 => all
+            .iter()
+            .copied()
+            .filter(|name| !matches!(*name, "SCOPE_V4" | "SCOPE_V6"))
+            .collect(),
+        _ => all.to_vec(),
     };
     let renewed = |name: &str| {
         next.is_some_and(|next| {
@@ -401,6 +413,9 @@ fn swap_program(
     )?;
     if v2 {
         maps::copy_devmap(scope, &dir.join(REDIRECT), &staging.join(REDIRECT))?;
+    }
+    if from == LAYOUT_VERSION_V4 {
+        Maps::open(staging)?.copy_tables_from_v4(dir)?;
     }
     if let Some(next) = next {
         let maps = Maps::open(staging)?;

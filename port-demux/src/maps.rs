@@ -8,7 +8,7 @@ use std::{
 
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PortCounters, PortScope,
-    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeV4, ScopeV6, ScopedBinding, action, outcome,
+    REDIRECT_SLOTS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopedBinding, action, outcome,
     port_index,
 };
 
@@ -114,17 +114,29 @@ impl Maps {
                 "SCOPES",
                 BINDINGS_LEN as usize * size_of::<PortScope>(),
             )?,
-            v4: map(
-                &self.scope_v4,
-                "SCOPE_V4",
-                SCOPE_RECORDS as usize * size_of::<ScopeV4>(),
-            )?,
-            v6: map(
-                &self.scope_v6,
-                "SCOPE_V6",
-                SCOPE_RECORDS as usize * size_of::<ScopeV6>(),
-            )?,
+            v4: map(&self.scope_v4, "SCOPE_V4", size_of::<ScopeTableV4>())?,
+            v6: map(&self.scope_v6, "SCOPE_V6", size_of::<ScopeTableV6>())?,
         })
+    }
+
+    /// Copies layout v4's interval records (`SCOPE_V4` and `SCOPE_V6` pinned in `old`, arrays
+    /// of records) into this instance's one-value tables, which hold the same bytes: the
+    /// `SCOPES` words kept with them stay valid.
+    pub(crate) fn copy_tables_from_v4(&self, old: &Path) -> Result<()> {
+        let tables = self.scope_maps()?;
+        for (name, to, len) in [
+            ("SCOPE_V4", &tables.v4, size_of::<ScopeTableV4>()),
+            ("SCOPE_V6", &tables.v6, size_of::<ScopeTableV6>()),
+        ] {
+            let path = old.join(name);
+            let fd = sys::obj_get(&path, true).map_err(|e| Error::io("cannot open", &path, e))?;
+            let from = sys::Mapped::read_only(fd.as_fd(), len)
+                .map_err(|e| Error::io("cannot map", &path, e))?;
+            let mut bytes = vec![0u8; len];
+            from.read(0, &mut bytes);
+            to.write(0, &bytes);
+        }
+        Ok(())
     }
 
     /// Every `SCOPED` entry (free ones have action `UNBOUND`), by id.

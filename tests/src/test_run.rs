@@ -15,8 +15,8 @@ use aya::{
 };
 use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, pinned, prefix::Tables};
 use port_demux_common::{
-    Binding, GlobalCounters, Globals, PortCounters, PortScope, REDIRECT_SLOTS, ScopeV4, ScopeV6,
-    action, family,
+    Binding, GlobalCounters, Globals, PortCounters, PortScope, REDIRECT_SLOTS, ScopeTableV4,
+    ScopeTableV6, action, family,
     model::{self, ScopedRule, Verdict},
     outcome,
 };
@@ -142,6 +142,20 @@ pub struct Snapshot {
     pub ports: Vec<PortCounters>,
 }
 
+/// A whole interval table (`SCOPE_V4` or `SCOPE_V6`'s one value) holding `records` from 0,
+/// on the heap (1.5 MiB for IPv6).
+#[expect(
+    clippy::unnecessary_box_returns,
+    reason = "1.5 MiB: never on the stack"
+)]
+fn table<R: Copy + Default, const N: usize>(records: &[R]) -> Box<[R; N]> {
+    let mut all = vec![R::default(); N];
+    all[..records.len()].copy_from_slice(records);
+    all.into_boxed_slice()
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N records"))
+}
+
 /// One private instance of the XDP program, for `BPF_PROG_TEST_RUN`.
 pub struct Harness {
     ebpf: Ebpf,
@@ -151,8 +165,8 @@ pub struct Harness {
     globals2: PerCpuArray<MapData, Globals>,
     redirect: DevMap<MapData>,
     scopes: Array<MapData, PortScope>,
-    scope_v4: Array<MapData, ScopeV4>,
-    scope_v6: Array<MapData, ScopeV6>,
+    scope_v4: Array<MapData, ScopeTableV4>,
+    scope_v6: Array<MapData, ScopeTableV6>,
     scoped_stats: PerCpuArray<MapData, PortCounters>,
     /// Scoped bindings written through [`Harness::set_scoped`].
     shadow_rules: Vec<ScopedRule>,
@@ -332,12 +346,11 @@ impl Harness {
                 .expect("cannot clear SCOPES");
         }
         let tables = Tables::build(&rules);
-        for (i, r) in (0u32..).zip(&tables.v4) {
-            self.scope_v4.set(i, *r, 0).expect("cannot write SCOPE_V4");
-        }
-        for (i, r) in (0u32..).zip(&tables.v6) {
-            self.scope_v6.set(i, *r, 0).expect("cannot write SCOPE_V6");
-        }
+        // Each map's one value is the whole table: its records from 0, the rest zero.
+        let v4: Box<ScopeTableV4> = table(&tables.v4);
+        self.scope_v4.set(0, v4, 0).expect("cannot write SCOPE_V4");
+        let v6: Box<ScopeTableV6> = table(&tables.v6);
+        self.scope_v6.set(0, v6, 0).expect("cannot write SCOPE_V6");
         for (index, scope) in &tables.scopes {
             self.scopes
                 .set(*index, *scope, 0)

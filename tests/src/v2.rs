@@ -15,7 +15,8 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use port_demux::common::{
-    Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, MODE_NATIVE, Meta, PROTO_UDP, action, port_index,
+    Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, MODE_NATIVE, Meta, PROTO_UDP,
+    PortScope, ScopeV4, ScopeV6, ScopedBinding, action, port_index,
 };
 
 use crate::netns::Netns;
@@ -76,6 +77,7 @@ pub fn load_v2(ns: &Netns, iface: &str) -> PathBuf {
         "port-demux-v2.o",
         &V2_PINS[..5],
         LAYOUT_VERSION_V2,
+        None,
     )
 }
 
@@ -92,29 +94,108 @@ pub fn load_v3(ns: &Netns, iface: &str) -> PathBuf {
         "port-demux-v3.o",
         &V3_PINS[..6],
         LAYOUT_VERSION_V3,
+        None,
     )
 }
 
+/// The v4 pins (main at b3c145c, interval tables as arrays of records; its object is kept as
+/// `tests/fixtures/port-demux-v4.o`): v3's and the scope maps.
+pub const V4_MAPS: [&str; 11] = [
+    "BINDINGS",
+    "PORT_STATS",
+    "GLOBALS",
+    "REDIRECT",
+    "META",
+    "GLOBALS2",
+    "SCOPES",
+    "SCOPE_V4",
+    "SCOPE_V6",
+    "SCOPED",
+    "SCOPED_STATS",
+];
+
+/// Loads the v4 object on `iface` of `ns` in native mode, as main's `port-demux load IFACE`
+/// did before the interval tables became one value each, in its folder layout
+/// (`ns-<cookie>/if-<ifindex>`); returns the pin folder.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
+    let dir = Path::new(port_demux::BPFFS)
+        .join("port-demux")
+        .join(format!("ns-{}", ns.scope().netns_cookie()))
+        .join(format!("if-{}", ns.ifindex(iface)));
+    load_old(
+        ns,
+        iface,
+        "port-demux-v4.o",
+        &V4_MAPS,
+        LAYOUT_VERSION_V4,
+        Some(dir),
+    )
+}
+
+/// Adds the address-scoped binding `b` (its id 0, the port's only one, with no binding
+/// without a prefix) to the v4 instance pinned in `dir` by writing its maps as v4's `bind
+/// --dst` did: `SCOPED`, the port's interval table from record 0 of `SCOPE_V4` or
+/// `SCOPE_V6` (arrays of records), its `SCOPES` word, then the `SCOPED` flag in its binding.
+///
+/// # Panics
+/// When a map cannot be written.
+pub fn bind_scoped_v4(dir: &Path, b: ScopedBinding) {
+    fn array<V: aya::Pod>(dir: &Path, name: &str) -> Array<MapData, V> {
+        let data = MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Array::try_from(aya::maps::Map::Array(data)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+    array::<ScopedBinding>(dir, "SCOPED")
+        .set(0, b, 0)
+        .expect("SCOPED");
+    let tables = port_demux::prefix::Tables::build(&[port_demux::prefix::rule_of(0, &b)]);
+    let mut v4 = array::<ScopeV4>(dir, "SCOPE_V4");
+    for (i, r) in (0u32..).zip(&tables.v4) {
+        v4.set(i, *r, 0).expect("SCOPE_V4");
+    }
+    let mut v6 = array::<ScopeV6>(dir, "SCOPE_V6");
+    for (i, r) in (0u32..).zip(&tables.v6) {
+        v6.set(i, *r, 0).expect("SCOPE_V6");
+    }
+    let mut scopes = array::<PortScope>(dir, "SCOPES");
+    for (index, scope) in &tables.scopes {
+        scopes.set(*index, *scope, 0).expect("SCOPES");
+    }
+    let mut flagged: Binding = bytemuck::Zeroable::zeroed();
+    flagged.action = action::UNBOUND | action::SCOPED;
+    array::<Binding>(dir, "BINDINGS")
+        .set(b.index, flagged, 0)
+        .expect("BINDINGS");
+}
+
 /// Loads an older release's object (`fixture` in `tests/fixtures`) on `iface` of `ns`, pinning
-/// `maps` and writing `META` of layout `version` in main's folder layout
-/// (`netns-<inode>/<iface>`); returns the pin folder.
-fn load_old(ns: &Netns, iface: &str, fixture_name: &str, maps: &[&str], version: u32) -> PathBuf {
+/// `maps` and writing `META` of layout `version` in `dir`, or in main's folder layout before
+/// v4 (`netns-<inode>/<iface>`); returns the pin folder.
+fn load_old(
+    ns: &Netns,
+    iface: &str,
+    fixture_name: &str,
+    maps: &[&str],
+    version: u32,
+    dir: Option<PathBuf>,
+) -> PathBuf {
     let scope = ns.scope();
     // Made under the writers' lock, as v2's loader made it under its own: a writer sweeping
     // meanwhile would take the half-made folder for a dead writer's.
     let _writers = port_demux::DirLock::writers(Path::new(port_demux::BPFFS))
         .unwrap_or_else(|e| panic!("the writers' lock: {e}"));
     let ino = netns_inode(ns.name());
-    let ns_dir = Path::new(port_demux::BPFFS)
-        .join("port-demux")
-        .join(format!("netns-{ino}"));
+    let dir = dir.unwrap_or_else(|| {
+        Path::new(port_demux::BPFFS)
+            .join("port-demux")
+            .join(format!("netns-{ino}"))
+            .join(iface)
+    });
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
-        .create(&ns_dir)
-        .expect("creating the namespace folder");
-    let dir = ns_dir.join(iface);
-    fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
         .expect("creating the pin folder");

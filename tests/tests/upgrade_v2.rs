@@ -24,18 +24,18 @@ use aya::maps::{Array, DevMap, MapData, PerCpuArray};
 use port_demux::{
     Error, PortDemux,
     common::{
-        BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, PROTO_UDP, PortCounters, action,
-        port_index,
+        BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PROTO_UDP, PortCounters,
+        ScopedBinding, action, family, port_index,
     },
     pinned,
 };
 use port_demux_testkit::{
     cli::{assert_refused, json_port, pd, pd_json, pd_ok},
     netns::{
-        Capture, Lab, REDIRECT_IF, SERVER_IF, SINK_IF, UDP_OVERHEAD, poll, recv_datagrams,
-        set_rcvbuf, udp_to,
+        Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD, count_datagrams,
+        poll, recv_datagrams, set_rcvbuf, udp_to,
     },
-    v2::{bind_v2, load_v2, load_v3},
+    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4},
 };
 
 const PASS_PORT: u16 = 7911;
@@ -433,4 +433,98 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     assert_eq!(json_port(&stats, "udp", PASS_PORT).0, 25, "{stats}");
     pd_ok(ns, &["unload", SERVER_IF]);
     assert!(!new_dir.exists());
+}
+
+/// A v4 instance (interval tables as arrays of records) with a plain and an address-scoped
+/// binding: the CLI refuses it with one line naming the upgrade; `load --upgrade` copies its
+/// tables into this layout's one-value maps, keeps every other map, and the scoped binding
+/// goes on dropping its address, its counters carried over.
+#[test]
+fn upgrade_from_v4_moves_the_interval_tables_and_keeps_everything() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v4(&lab.server, SERVER_IF);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+    let server = lab.server_addr();
+    let mut owner = [0u8; OWNER_LEN];
+    owner[..2].copy_from_slice(b"v4");
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&server.octets());
+    bind_scoped_v4(
+        &dir,
+        ScopedBinding {
+            index: port_index(PROTO_UDP, DROP_PORT),
+            action: action::DROP,
+            slot: 0,
+            family: family::IPV4,
+            len: 32,
+            pad: [0; 2],
+            addr,
+            owner,
+        },
+    );
+    assert_refused(
+        &pd(ns, &["stats"]),
+        "stats of v4 pins",
+        &["layout version 4", "load b0 --upgrade"],
+    );
+
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    let dropped = lab.udp_server(DROP_PORT);
+    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    poll(
+        "v4 counts 30",
+        || {
+            let stats = port_stats(&dir);
+            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
+        },
+        |&n| n == 30,
+    );
+
+    let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    let stats = pd_json(ns, &["stats", "--json"]);
+    assert_eq!(
+        json_port(&stats, "udp", PASS_PORT),
+        (20, 20 * frame),
+        "{stats}"
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (10, 10 * frame),
+        "{stats}"
+    );
+    let scoped = &stats["scoped"][0];
+    assert_eq!(
+        (&scoped["dst"], &scoped["packets"], &scoped["bytes"]),
+        (
+            &serde_json::json!(format!("{server}/32")),
+            &serde_json::json!(10),
+            &serde_json::json!(10 * frame)
+        ),
+        "{stats}"
+    );
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    let owners: Vec<&str> = bindings["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .filter_map(|b| b["owner"].as_str())
+        .collect();
+    assert_eq!(owners, ["v2", "v4"], "{bindings}");
+
+    // The copied table decides frames: the address is still dropped, and counted.
+    let _ = lab.send_udp(&client, DROP_PORT, 5, PAYLOAD);
+    let stats = poll(
+        "the scoped binding to count 15",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| s["scoped"][0]["packets"] == 15,
+    );
+    assert_eq!(json_port(&stats, "udp", DROP_PORT).0, 15, "{stats}");
+    assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/{DROP_PORT}");
+    pd_ok(ns, &["unload", SERVER_IF]);
 }

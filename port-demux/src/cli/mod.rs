@@ -105,7 +105,9 @@ fn hint(e: &Error) -> String {
         Error::Detached { iface, .. } => {
             format!(" (`port-demux unload {iface}`, or `port-demux prune`)")
         }
-        Error::LayoutV2 { iface, .. } | Error::LayoutV3 { iface, .. } => {
+        Error::LayoutV2 { iface, .. }
+        | Error::LayoutV3 { iface, .. }
+        | Error::LayoutV4 { iface, .. } => {
             format!(" (`port-demux load {iface} --upgrade`)")
         }
         Error::Conflict { .. } => " (`unbind`, or `bind --replace`)".into(),
