@@ -145,20 +145,23 @@ impl Maps {
     }
 
     /// The whole plain array `fd` (`name` in errors) of `len` values `T`: copied through a
-    /// read-only memory mapping when the map has `BPF_F_MMAPABLE` (one copy, where the
-    /// kernel's generic batch lookup costs about 0.4 us an entry), else with a batch lookup
-    /// (the maps of instances loaded by builds before it: an upgrade keeps them as they were).
+    /// read-only memory mapping when the map has `BPF_F_MMAPABLE` and `fd` may be mapped (one
+    /// copy, where the kernel's generic batch lookup costs about 0.4 us an entry), else with a
+    /// batch lookup (the maps of instances loaded by builds before it, which an upgrade keeps
+    /// as they were, and descriptors opened read-only).
     fn read_plain<T: bytemuck::Pod>(&self, fd: &OwnedFd, name: &str, len: u32) -> Result<Vec<T>> {
         let io = |e| Error::io("cannot read", self.dir.join(name), e);
         let mut all = vec![T::zeroed(); len as usize];
         let out: &mut [u8] = bytemuck::cast_slice_mut(&mut all);
         if sys::map_info(fd.as_fd()).map_err(io)?.map_flags & sys::BPF_F_MMAPABLE != 0 {
-            sys::Mapped::read_only(fd.as_fd(), out.len())
-                .map_err(io)?
-                .read(0, out);
-        } else {
-            sys::lookup_array_batch(fd.as_fd(), len, size_of::<T>(), out).map_err(io)?;
+            // A read-only descriptor (a reader granted read access to the pins, not write)
+            // cannot be mapped shared: the kernel says EINVAL, and the batch lookup serves.
+            if let Ok(mapped) = sys::Mapped::read_only(fd.as_fd(), out.len()) {
+                mapped.read(0, out);
+                return Ok(all);
+            }
         }
+        sys::lookup_array_batch(fd.as_fd(), len, size_of::<T>(), out).map_err(io)?;
         Ok(all)
     }
 

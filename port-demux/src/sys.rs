@@ -442,11 +442,12 @@ impl Mapped {
         Self::map(fd, len, true)
     }
 
-    /// Maps the first `len` bytes of the array map `fd`, read-only (a read-only descriptor
-    /// will do).
+    /// Maps the first `len` bytes of the array map `fd`, read-only.
     ///
     /// # Errors
-    /// The kernel's error (`EINVAL` past the map or for a map without `BPF_F_MMAPABLE`).
+    /// The kernel's error: `EINVAL` past the map, for a map without `BPF_F_MMAPABLE`, and for
+    /// a descriptor opened read-only (`mmap` turns a shared mapping of a file not open for
+    /// writing into a private one, which the kernel refuses for maps).
     pub fn read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         Self::map(fd, len, false)
     }
