@@ -129,7 +129,8 @@ impl Maps {
             ("SCOPE_V6", &tables.v6, size_of::<ScopeTableV6>()),
         ] {
             let path = old.join(name);
-            let fd = sys::obj_get(&path, true).map_err(|e| Error::io("cannot open", &path, e))?;
+            // Read-write: a descriptor opened read-only cannot be mapped shared.
+            let fd = sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
             let from = sys::Mapped::read_only(fd.as_fd(), len)
                 .map_err(|e| Error::io("cannot map", &path, e))?;
             let mut bytes = vec![0u8; len];
