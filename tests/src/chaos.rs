@@ -344,6 +344,19 @@ pub fn assert_sound(ns: &Netns, ifaces: &[&str], run: Option<&Run>, context: &st
     }
 }
 
+/// Serializes `prune` in this process with tests that count on a stale instance staying listed
+/// until they prune it themselves: `prune` removes every stale instance of the bpffs, so one
+/// run by a test beside them (each test runs in a thread of one process) would take theirs.
+static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`PRUNING`]: taken by [`assert_removable`] around its `prune`, and by a test for as
+/// long as its stale instance must stay.
+pub fn no_other_prune() -> std::sync::MutexGuard<'static, ()> {
+    PRUNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `prune` then `unload` of each of `ifaces` remove everything of `ns`: no instance of it left
 /// in `status --all`, no XDP program on `ifaces`, and every program id its instances named
 /// gone from the kernel (unless `keep` names it: an instance that must survive elsewhere).
@@ -354,6 +367,7 @@ pub fn assert_removable(ns: &Netns, ifaces: &[&str], context: &str) {
     let cookie = netns_cookie(ns);
     let before = instances_of(&status_all(ns, context), cookie);
     if !without_status_all() {
+        let _pruning = no_other_prune();
         let prune = execute(command(ns, &["prune", "--json"]));
         assert_eq!(prune.code, Some(0), "{context}: prune: {prune:?}");
     }

@@ -31,8 +31,8 @@ use std::{
 use port_demux_testkit::{
     chaos::{
         CommitLab, PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points,
-        describe, instances_of, killed_at, loaded_prog_ids, netns_cookie, running_on, slowed,
-        status_all,
+        describe, instances_of, killed_at, loaded_prog_ids, netns_cookie, no_other_prune,
+        running_on, slowed, status_all,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
     netns::{Netns, SERVER_IF, hunt_inode, run, unique},
@@ -246,6 +246,9 @@ fn row6_a_deleted_namespace_whose_inode_is_reused() {
     let prog = dead.xdp_prog(IF_B).expect("attached");
     let inode = netns_inode(dead.name());
     let cookie = netns_cookie(&dead);
+    // Its instance, stale once the namespace is gone, must stay listed until its own prune
+    // below: no other test of this process prunes meanwhile.
+    let _no_other_prune = no_other_prune();
     let creating = creating();
     run("ip", &["netns", "del", dead.name()]);
 
