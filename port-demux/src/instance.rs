@@ -225,18 +225,54 @@ fn linked(bpffs: &Path) -> Result<Vec<Found>> {
 
 /// The instance running on interface `ifindex` of `scope`: the folder whose link is attached to
 /// that index and runs the program the interface runs.
+///
+/// A writer at its commit point (an upgrade or `apply`) may switch the interface's program
+/// between the query and the folders' scan: the scan then holds the successor, whose link runs
+/// a program newer than the one queried. So a miss is checked by querying again: the same
+/// program twice means no folder runs it; another one, that a writer switched it meanwhile.
 pub(crate) fn find_running(scope: &Scope, ifindex: u32) -> Result<Option<Found>> {
-    let Some(prog_id) = attached_prog(scope, ifindex)? else {
-        return Ok(None);
-    };
-    Ok(linked(scope.bpffs())?.into_iter().find(|f| {
-        f.link.ifindex == ifindex
-            && (f.link.prog_id == prog_id || reader_match(f, scope, Some(prog_id)))
-    }))
+    let mut queried = attached_prog(scope, ifindex)?;
+    for _ in 0..SWITCHES_FOLLOWED {
+        let Some(prog_id) = queried else {
+            return Ok(None);
+        };
+        let found = linked(scope.bpffs())?.into_iter().find(|f| {
+            f.link.ifindex == ifindex
+                && (f.link.prog_id == prog_id || reader_match(f, scope, Some(prog_id)))
+        });
+        let again = attached_prog(scope, ifindex)?;
+        if found.is_some() || again == queried {
+            return Ok(found);
+        }
+        queried = again;
+    }
+    Ok(None)
 }
 
-/// Every instance running in `scope`, with its interface's name now, sorted by name.
+/// Program switches a reader follows before it reports what it sees (each one a writer's
+/// commit, which takes a program load and a verification: a few per second at most).
+const SWITCHES_FOLLOWED: usize = 3;
+
+/// Every instance running in `scope`, with its interface's name now, sorted by name. Computed
+/// until two computations agree (a few times at most), for the reason [`find_running`]
+/// queries twice: an instance whose program a writer switched between the scan and the query
+/// would be left out.
 pub(crate) fn running_in(scope: &Scope) -> Result<Vec<(String, Found)>> {
+    let mut seen = running_once(scope)?;
+    for _ in 0..SWITCHES_FOLLOWED {
+        let again = running_once(scope)?;
+        let dirs = |list: &[(String, Found)]| -> Vec<PathBuf> {
+            list.iter().map(|(_, f)| f.dir().to_owned()).collect()
+        };
+        if dirs(&again) == dirs(&seen) {
+            return Ok(again);
+        }
+        seen = again;
+    }
+    Ok(seen)
+}
+
+fn running_once(scope: &Scope) -> Result<Vec<(String, Found)>> {
     let mut running = Vec::new();
     for found in linked(scope.bpffs())? {
         let ifindex = found.link.ifindex;
