@@ -16,6 +16,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use port_demux::{BindingRange, PortDemux, Scope};
@@ -268,6 +269,27 @@ pub fn loaded_prog_ids() -> Vec<u32> {
         .collect()
 }
 
+/// Waits until none of `ids` is a loaded program, for up to 10 s; returns those still loaded
+/// then. Removing the last pin of a program does not free it at once: bpffs drops the pin's
+/// reference when the inode is freed, an RCU callback, and a link is released from a work
+/// item; on a busy machine either can lag the command that removed the pin.
+#[must_use]
+pub fn still_loaded_after_release(ids: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded = loaded_prog_ids();
+        let left: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What must hold after any command, however it ended, on namespace `ns` whose port-demux
 /// interfaces are `ifaces`:
 /// - `status --all --json` succeeds and is true: each running instance of `ns` names the
@@ -390,15 +412,16 @@ pub fn assert_removable(ns: &Netns, ifaces: &[&str], context: &str) {
         after.is_empty(),
         "{context}: left after prune and unload: {after:?}"
     );
-    let loaded = loaded_prog_ids();
-    for i in before {
-        if let Some(id) = i["prog_id"].as_u64() {
-            assert!(
-                !loaded.iter().any(|&p| u64::from(p) == id),
-                "{context}: program {id} of {i} is still loaded after prune and unload"
-            );
-        }
-    }
+    let ids: Vec<u32> = before
+        .iter()
+        .filter_map(|i| i["prog_id"].as_u64())
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    let left = still_loaded_after_release(&ids);
+    assert!(
+        left.is_empty(),
+        "{context}: programs {left:?} of {before:?} are still loaded 10 s after prune and unload"
+    );
 }
 
 /// The arguments of `cmd`, for messages.

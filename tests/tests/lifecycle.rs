@@ -31,8 +31,8 @@ use std::{
 use port_demux_testkit::{
     chaos::{
         CommitLab, PrivateBpffs, assert_removable, assert_sound, count_syscalls, crash_points,
-        describe, instances_of, killed_at, loaded_prog_ids, netns_cookie, no_other_prune,
-        running_on, slowed, status_all,
+        describe, instances_of, killed_at, netns_cookie, no_other_prune, running_on, slowed,
+        status_all, still_loaded_after_release,
     },
     cli::{Run, command, execute, pd, pd_json, pd_ok},
     netns::{Netns, SERVER_IF, hunt_inode, run, unique},
@@ -219,7 +219,11 @@ fn row5_a_moved_interface_takes_its_instance_along() {
     assert_sound(&to, &[IF_B], None, "after the move");
     pd_ok(&to, &["unload", IF_B]);
     assert_eq!(to.xdp_prog(IF_B), None);
-    assert!(!loaded_prog_ids().contains(&prog), "program {prog} freed");
+    assert_eq!(
+        still_loaded_after_release(&[prog]),
+        Vec::<u32>::new(),
+        "program {prog} is still loaded 10 s after unload"
+    );
     assert_removable(&to, &[IF_B], "after the move");
     assert_removable(&from, &[], "after the move");
 }
@@ -305,9 +309,10 @@ fn row6_a_deleted_namespace_whose_inode_is_reused() {
     assert_eq!(gone[0]["state"], "namespace-gone", "{doc}");
     let prune = pd_in(&["prune", "--json"]);
     assert_eq!(prune.code, Some(0), "{prune:?}");
-    assert!(
-        !loaded_prog_ids().contains(&prog),
-        "program {prog} of the dead namespace is still loaded after prune"
+    assert_eq!(
+        still_loaded_after_release(&[prog]),
+        Vec::<u32>::new(),
+        "program {prog} of the dead namespace is still loaded 10 s after prune"
     );
     let all = pd_in(&["status", "--all", "--json"]);
     let doc: Value = serde_json::from_str(&all.stdout).expect("JSON");
