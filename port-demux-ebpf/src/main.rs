@@ -4,13 +4,16 @@
 //!
 //! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
 //!
-//! Shape, for speed: the common frame (untagged IPv4 TCP/UDP, any IHL) takes a fast parse and
-//! costs one per-CPU counter update, its port's; other frames (tagged, IPv6, everything not
-//! demultiplexed) are classified step by step; IPv6 frames also count in `GLOBALS`, others by
-//! outcome. Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first
-//! buffer only. All of it is one function: a bpf-to-bpf call costs more here (a return through
-//! the kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it
-//! would spare the fast path. The program loaded with `--debug` is a second entry point,
+//! Shape, for speed: the common frames (IPv4 TCP/UDP, any IHL; IPv6 with TCP/UDP right after
+//! the fixed header; untagged or behind one or two VLAN tags) take a fast parse with constant
+//! offsets; untagged IPv4 costs one per-CPU counter update, its port's (IPv6 a second, its
+//! family's cell in `GLOBALS2`), and keeps the frame pointers in registers for a scoped
+//! port's search. Other frames (extension headers, everything not demultiplexed) are
+//! classified step by step; IPv6 frames also count in `GLOBALS2`, others by outcome.
+//! Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first buffer
+//! only. All of it is one function: a bpf-to-bpf call costs more here (a return through the
+//! kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it would
+//! spare the fast path. The program loaded with `--debug` is a second entry point,
 //! `port_demux_debug`; the default one holds no logging code at all.
 #![no_std]
 #![no_main]
@@ -28,6 +31,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
+use parse::Fast;
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
     SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4, ScopeTableV6, ScopedBinding, action,
@@ -118,17 +122,30 @@ pub fn port_demux_debug(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if let Some(index) = parse::fast(ctx) {
-        // The frame length from the pointers the parse already loaded, before the map
-        // lookups: after them, the context would have to be kept and read again.
-        let at = Ip {
-            frame: Some((start, end)),
-            l3: ETH_LEN,
-            ipv6: false,
-        };
-        return apply::<LOG>(ctx, index, (end - start) as u64, &at);
-    }
-    match parse::full(ctx) {
+    // The frame length from the pointers the parse already loaded, before the map lookups:
+    // after them, the context would have to be kept and read again.
+    let found = match parse::fast(ctx) {
+        Fast::Ipv4(index) => {
+            let at = Ip {
+                frame: Some((start, end)),
+                l3: ETH_LEN,
+                ipv6: false,
+            };
+            return apply::<LOG>(ctx, index, (end - start) as u64, &at);
+        }
+        Fast::Ipv6(index) => {
+            count(Globals::DEMUXED_IPV6);
+            let at = Ip {
+                frame: Some((start, end)),
+                l3: ETH_LEN,
+                ipv6: true,
+            };
+            return apply::<LOG>(ctx, index, (end - start) as u64, &at);
+        }
+        Fast::Tagged(found) => Ok(found),
+        Fast::Other => parse::full(ctx),
+    };
+    match found {
         Ok(found) => {
             if found.ipv6 {
                 count(Globals::DEMUXED_IPV6);

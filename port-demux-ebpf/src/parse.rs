@@ -29,8 +29,11 @@ use port_demux_common::{
 /// Bytes 12..16 of an IPv4 frame, little-endian, masked to the Ethernet type and the IP
 /// version.
 const W12_IPV4: u32 = ETH_P_IP.to_be() as u32 | 0x0040_0000;
-/// Bytes 20..24 of an unfragmented IPv4 header carrying UDP, little-endian, masked to the
-/// fragment offset and the protocol.
+/// Bytes 12..16 of an IPv6 frame, little-endian, masked to the Ethernet type and the IP
+/// version.
+const W12_IPV6: u32 = ETH_P_IPV6.to_be() as u32 | 0x0060_0000;
+/// Bytes 6..10 of an unfragmented IPv4 header carrying UDP (20..24 of an untagged frame),
+/// little-endian, masked to the fragment offset and the protocol.
 const W20_UDP: u32 = (IPPROTO_UDP as u32) << 24;
 /// As [`W20_UDP`], for TCP.
 const W20_TCP: u32 = (IPPROTO_TCP as u32) << 24;
@@ -42,43 +45,109 @@ unsafe fn load<T: Copy>(addr: usize) -> T {
     unsafe { (addr as *const T).read() }
 }
 
-/// The `PORT_STATS`/`BINDINGS` index of the common frame: IPv4 (options or not) carrying TCP
-/// or UDP, not a fragment, lengths consistent. Four loads; Ethernet type and IP version are
-/// one test, fragment offset and protocol another. `None` sends the frame to [`full`], which
-/// classifies everything (short, malformed, non-IPv4, other protocols, fragments).
+/// What [`fast`] made of a frame.
+pub enum Fast {
+    /// Untagged IPv4 TCP/UDP: its `PORT_STATS`/`BINDINGS` index.
+    Ipv4(u32),
+    /// Untagged IPv6 whose fixed header is followed by TCP/UDP: its index.
+    Ipv6(u32),
+    /// The same behind one or two VLAN tags.
+    Tagged(Demuxed),
+    /// Anything else, for [`full`].
+    Other,
+}
+
+/// The common frames, parsed with constant offsets: IPv4 (options or not) carrying TCP or
+/// UDP, not a fragment, lengths consistent, or IPv6 whose next header is TCP or UDP (no
+/// extension header), lengths consistent; untagged or behind one or two VLAN tags. Four
+/// loads for untagged IPv4: Ethernet type and IP version are one test, fragment offset and
+/// protocol another. `Other` sends the frame to [`full`], which classifies everything
+/// (short, malformed, extension headers, other protocols, fragments, deeper tag stacks);
+/// where both take a frame they agree, as the differential test checks.
 #[inline(always)]
-pub fn fast(ctx: &XdpContext) -> Option<u32> {
+pub fn fast(ctx: &XdpContext) -> Fast {
     let start = ctx.data();
     let end = ctx.data_end();
     // Ethernet + IPv4 without options + UDP header: the shortest frame the fast path takes.
     if start + ETH_LEN + IPV4_MIN_LEN + UDP_LEN > end {
-        return None;
+        return Fast::Other;
     }
-    // SAFETY: 42 bytes are there. Little-endian words: bytes 12..16 are EtherType,
-    // version/IHL and TOS; bytes 20..24 are flags/fragment offset, TTL and protocol.
+    // SAFETY: 42 bytes are there. A little-endian word: bytes 12..16 are EtherType,
+    // version/IHL and TOS.
     let w12 = unsafe { load::<u32>(start + 12) };
     // EtherType IPv4 and IP version 4, in one test.
     if w12 & 0x00f0_ffff != W12_IPV4 {
-        return None;
+        return not_ipv4(start, end, w12);
+    }
+    v4::<ETH_LEN>(start, end, w12).map_or(Fast::Other, Fast::Ipv4)
+}
+
+/// [`fast`] for frames that are not untagged IPv4 (`w12`: bytes 12..16, little-endian).
+#[inline(always)]
+fn not_ipv4(start: usize, end: usize, w12: u32) -> Fast {
+    if w12 & 0x00f0_ffff == W12_IPV6 {
+        return v6::<ETH_LEN>(start, end).map_or(Fast::Other, Fast::Ipv6);
+    }
+    if !is_vlan(ether_type(w12)) {
+        return Fast::Other;
+    }
+    // SAFETY: 42 bytes are there: the word after the tag's TCI.
+    let w16 = unsafe { load::<u32>(start + ETH_LEN + 2) };
+    if !is_vlan(ether_type(w16)) {
+        return tagged::<{ ETH_LEN + VLAN_LEN }>(start, end, w16);
     }
     // SAFETY: as above.
-    let (w20, total_len) = unsafe { (load::<u32>(start + 20), load::<u16>(start + 16)) };
+    let w20 = unsafe { load::<u32>(start + ETH_LEN + VLAN_LEN + 2) };
+    tagged::<{ ETH_LEN + 2 * VLAN_LEN }>(start, end, w20)
+}
+
+/// [`fast`] behind tags: the IP header at `L3`, `w` the word at `L3 - 2` (`EtherType`,
+/// version/IHL, TOS).
+#[inline(always)]
+fn tagged<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
+    let (found, ipv6) = if w & 0x00f0_ffff == W12_IPV4 {
+        (v4::<L3>(start, end, w), false)
+    } else if w & 0x00f0_ffff == W12_IPV6 {
+        (v6::<L3>(start, end), true)
+    } else {
+        return Fast::Other;
+    };
+    match found {
+        Some(index) => Fast::Tagged(Demuxed {
+            index,
+            len: (end - start) as u64,
+            ipv6,
+            l3: L3,
+        }),
+        None => Fast::Other,
+    }
+}
+
+/// The index of an IPv4 TCP/UDP datagram at `L3` (`w`: the word at `L3 - 2`, whose version
+/// the caller checked), when it is not a fragment and its lengths are consistent.
+#[inline(always)]
+fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Option<u32> {
+    // The fixed header and a UDP header.
+    if start + L3 + IPV4_MIN_LEN + UDP_LEN > end {
+        return None;
+    }
+    // SAFETY: checked just above. Bytes L3+6..L3+10 are flags/fragment offset, TTL and
+    // protocol.
+    let (w6, total_len) = unsafe { (load::<u32>(start + L3 + 6), load::<u16>(start + L3 + 2)) };
     // Fragment offset 0 and the protocol, in one test.
-    let (proto, l4_len) = match w20 & 0xff00_ff1f {
+    let (proto, l4_len) = match w6 & 0xff00_ff1f {
         W20_UDP => (PROTO_UDP, UDP_LEN),
         W20_TCP => (PROTO_TCP, TCP_MIN_LEN),
         _ => return None,
     };
-    let header_len = ((w12 >> 14) & 0x3c) as usize;
+    let header_len = ((w >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
     // Scalars only: see the module's doc.
-    if header_len < IPV4_MIN_LEN
-        || total_len < header_len + l4_len
-        || ETH_LEN + total_len > end - start
+    if header_len < IPV4_MIN_LEN || total_len < header_len + l4_len || L3 + total_len > end - start
     {
         return None;
     }
-    let l4 = start + ETH_LEN + header_len;
+    let l4 = start + L3 + header_len;
     // Implied by the lengths above; this is the form the verifier follows.
     if l4 + 4 > end {
         return None;
@@ -86,6 +155,34 @@ pub fn fast(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: checked just above.
     let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
     Some(port_index(proto, dest_port))
+}
+
+/// The index of an IPv6 datagram at `L3` (whose `EtherType` and version the caller checked)
+/// with TCP or UDP right after the fixed header, when its payload length is consistent (as
+/// `ipv6_rcv` checks it, as a scalar). Three loads.
+#[inline(always)]
+fn v6<const L3: usize>(start: usize, end: usize) -> Option<u32> {
+    if start + L3 + IPV6_LEN + 4 > end {
+        return None;
+    }
+    // SAFETY: checked just above: payload length, next header, destination port.
+    let (payload_len, next, dest_port) = unsafe {
+        (
+            load::<u16>(start + L3 + 4),
+            load::<u8>(start + L3 + 6),
+            load::<u16>(start + L3 + IPV6_LEN + 2),
+        )
+    };
+    let (proto, l4_len) = match next {
+        IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
+        IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
+        _ => return None,
+    };
+    let payload_len = usize::from(u16::from_be(payload_len));
+    if payload_len < l4_len || L3 + IPV6_LEN + payload_len > end - start {
+        return None;
+    }
+    Some(port_index(proto, u16::from_be(dest_port)))
 }
 
 /// The destination address of the IPv4 header at offset `l3` (14, 18 or 22) of the frame
@@ -169,6 +266,16 @@ fn datagram_len(ctx: &XdpContext, ip_end: usize, linear: usize) -> Result<u64, u
         return Err(outcome::MALFORMED);
     }
     Ok(whole as u64)
+}
+
+/// The big-endian `EtherType` at the start of a little-endian word read at its offset.
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the word's low half is the EtherType"
+)]
+const fn ether_type(word: u32) -> u16 {
+    word as u16
 }
 
 /// Whether a big-endian `EtherType` is a VLAN tag's TPID.

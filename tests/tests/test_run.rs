@@ -1079,6 +1079,35 @@ fn ipv6_truncated_at_every_length() {
             );
         }
     }
+    // Without extension headers (the fast parse's frames): UDP and TCP cut at every length,
+    // the payload length as sent, then made to match the cut.
+    for (b, l4_len) in [(udp6(), 8), (Ipv6Builder::tcp(TCP_PORT, 4), 20)] {
+        let full = b.build();
+        for len in TEST_RUN_MIN..=full.len() {
+            let cut = &full[..len];
+            let outcome = if len == full.len() {
+                DEMUXED
+            } else {
+                MALFORMED
+            };
+            c.pass6(&format!("no extension header, cut at {len}"), cut, outcome);
+            if len >= l3 + 40 {
+                let mut fixed = cut.to_vec();
+                let payload = u16::try_from(len - l3 - 40).unwrap();
+                fixed[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+                let outcome = if len >= l3 + 40 + l4_len {
+                    DEMUXED
+                } else {
+                    MALFORMED
+                };
+                c.pass6(
+                    &format!("no extension header, cut at {len}, payload length fixed"),
+                    &fixed,
+                    outcome,
+                );
+            }
+        }
+    }
     c.finish();
 }
 
@@ -1167,6 +1196,44 @@ fn vlan_tags() {
         .tag(ETH_P_8021Q, 2)
         .build();
     c.pass("QinQ ICMPv6", &frame, NOT_TCP_UDP);
+    c.finish();
+}
+
+/// The fast parse's tagged frames (one and two tags, IPv4 with and without options, IPv6,
+/// UDP and TCP) cut at every length, their lengths as sent: malformed until whole; whole and
+/// padded, demultiplexed at their full length.
+#[test]
+fn tagged_frames_cut_at_every_length() {
+    let mut c = Checker::new(PASS);
+    let frames = [
+        ("IPv4 UDP", udp_frame()),
+        ("IPv4 TCP", tcp_frame()),
+        (
+            "IPv4 UDP with options",
+            FrameBuilder::udp(UDP_PORT, 6)
+                .options(nop_options(12))
+                .build(),
+        ),
+        ("IPv6 UDP", udp6().build()),
+        ("IPv6 TCP", Ipv6Builder::tcp(TCP_PORT, 4).build()),
+    ];
+    for (what, frame) in frames {
+        let one = tagged(&frame, ETH_P_8021Q, 10);
+        let two = tagged(&one, ETH_P_8021AD, 20);
+        for (tags, tagged_frame) in [("one tag", one), ("two tags", two)] {
+            for len in TEST_RUN_MIN..tagged_frame.len() {
+                c.pass(
+                    &format!("{what}, {tags}, cut at {len}"),
+                    &tagged_frame[..len],
+                    MALFORMED,
+                );
+            }
+            c.pass(&format!("{what}, {tags}, whole"), &tagged_frame, DEMUXED);
+            let mut padded = tagged_frame.clone();
+            padded.extend_from_slice(&[0; 9]);
+            c.pass(&format!("{what}, {tags}, padded"), &padded, DEMUXED);
+        }
+    }
     c.finish();
 }
 
