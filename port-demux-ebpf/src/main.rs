@@ -142,7 +142,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
             };
             return apply::<LOG>(ctx, index, (end - start) as u64, &at);
         }
-        Fast::Tagged(found) => Ok(found),
+        Fast::Parsed(found) => found,
         Fast::Other => parse::full(ctx),
     };
     match found {

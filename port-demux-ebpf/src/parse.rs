@@ -51,8 +51,9 @@ pub enum Fast {
     Ipv4(u32),
     /// Untagged IPv6 whose fixed header is followed by TCP/UDP: its index.
     Ipv6(u32),
-    /// The same behind one or two VLAN tags.
-    Tagged(Demuxed),
+    /// The same behind one or two VLAN tags, and untagged IPv6 with extension headers
+    /// (walked from where the fast parse stopped): classified.
+    Parsed(Result<Demuxed, usize>),
     /// Anything else, for [`full`].
     Other,
 }
@@ -77,16 +78,22 @@ pub fn fast(ctx: &XdpContext) -> Fast {
     let w12 = unsafe { load::<u32>(start + 12) };
     // EtherType IPv4 and IP version 4, in one test.
     if w12 & 0x00f0_ffff != W12_IPV4 {
-        return not_ipv4(start, end, w12);
+        return not_ipv4(ctx, start, end, w12);
     }
     v4::<ETH_LEN>(start, end, w12).map_or(Fast::Other, Fast::Ipv4)
 }
 
 /// [`fast`] for frames that are not untagged IPv4 (`w12`: bytes 12..16, little-endian).
 #[inline(always)]
-fn not_ipv4(start: usize, end: usize, w12: u32) -> Fast {
+fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
     if w12 & 0x00f0_ffff == W12_IPV6 {
-        return v6::<ETH_LEN>(start, end).map_or(Fast::Other, Fast::Ipv6);
+        return match v6::<ETH_LEN>(start, end) {
+            V6::Port(index) => Fast::Ipv6(index),
+            V6::Next(next, ip_end) => {
+                Fast::Parsed(ipv6_walk(ctx, start, end, ETH_LEN, next, ip_end))
+            }
+            V6::Other => Fast::Other,
+        };
     }
     if !is_vlan(ether_type(w12)) {
         return Fast::Other;
@@ -108,17 +115,21 @@ fn tagged<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     let (found, ipv6) = if w & 0x00f0_ffff == W12_IPV4 {
         (v4::<L3>(start, end, w), false)
     } else if w & 0x00f0_ffff == W12_IPV6 {
-        (v6::<L3>(start, end), true)
+        match v6::<L3>(start, end) {
+            V6::Port(index) => (Some(index), true),
+            // Extension headers behind tags: the full parse walks them.
+            V6::Next(..) | V6::Other => (None, true),
+        }
     } else {
         return Fast::Other;
     };
     match found {
-        Some(index) => Fast::Tagged(Demuxed {
+        Some(index) => Fast::Parsed(Ok(Demuxed {
             index,
             len: (end - start) as u64,
             ipv6,
             l3: L3,
-        }),
+        })),
         None => Fast::Other,
     }
 }
@@ -157,13 +168,24 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Option<u32> {
     Some(port_index(proto, dest_port))
 }
 
-/// The index of an IPv6 datagram at `L3` (whose `EtherType` and version the caller checked)
-/// with TCP or UDP right after the fixed header, when its payload length is consistent (as
-/// `ipv6_rcv` checks it, as a scalar). Three loads.
+/// What [`v6`] found.
+enum V6 {
+    /// TCP or UDP right after the fixed header: the index.
+    Port(u32),
+    /// Another next header (`.0`), the datagram ending at offset `.1`: for the walk.
+    Next(u8, usize),
+    /// Lengths inconsistent, or the ports past the first buffer: for [`full`].
+    Other,
+}
+
+/// An IPv6 datagram at `L3` (whose `EtherType` and version the caller checked): the index
+/// when TCP or UDP follows the fixed header and the payload length is consistent (as
+/// `ipv6_rcv` checks it, as a scalar); else the next header for the extension header walk.
+/// Three loads.
 #[inline(always)]
-fn v6<const L3: usize>(start: usize, end: usize) -> Option<u32> {
+fn v6<const L3: usize>(start: usize, end: usize) -> V6 {
     if start + L3 + IPV6_LEN + 4 > end {
-        return None;
+        return V6::Other;
     }
     // SAFETY: checked just above: payload length, next header, destination port.
     let (payload_len, next, dest_port) = unsafe {
@@ -173,16 +195,16 @@ fn v6<const L3: usize>(start: usize, end: usize) -> Option<u32> {
             load::<u16>(start + L3 + IPV6_LEN + 2),
         )
     };
+    let ip_end = L3 + IPV6_LEN + usize::from(u16::from_be(payload_len));
     let (proto, l4_len) = match next {
         IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
         IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
-        _ => return None,
+        _ => return V6::Next(next, ip_end),
     };
-    let payload_len = usize::from(u16::from_be(payload_len));
-    if payload_len < l4_len || L3 + IPV6_LEN + payload_len > end - start {
-        return None;
+    if L3 + IPV6_LEN + l4_len > ip_end || ip_end > end - start {
+        return V6::Other;
     }
-    Some(port_index(proto, u16::from_be(dest_port)))
+    V6::Port(port_index(proto, u16::from_be(dest_port)))
 }
 
 /// The destination address of the IPv4 header at offset `l3` (14, 18 or 22) of the frame
@@ -406,13 +428,27 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
         return Err(past_first_buffer(l3 + IPV6_LEN, whole_len(ctx)));
     }
     // SAFETY: the fixed IPv6 header is there.
-    let (version, payload_len, mut next) =
+    let (version, payload_len, next) =
         unsafe { (load::<u8>(ip), load::<u16>(ip + 4), load::<u8>(ip + 6)) };
     if version & 0xf0 != 0x60 {
         return Err(outcome::MALFORMED);
     }
     // A scalar, compared with scalars only (issue 13); as `ipv6_rcv` checks it.
     let ip_end = l3 + IPV6_LEN + usize::from(u16::from_be(payload_len));
+    ipv6_walk(ctx, start, end, l3, next, ip_end)
+}
+
+/// The rest of the IPv6 datagram at `l3` of the frame `start..end` (its fixed header read:
+/// `next`, and `ip_end` from the payload length): its length, then its extension headers.
+#[inline(always)]
+fn ipv6_walk(
+    ctx: &XdpContext,
+    start: usize,
+    end: usize,
+    l3: usize,
+    mut next: u8,
+    ip_end: usize,
+) -> Result<Demuxed, usize> {
     let len = datagram_len(ctx, ip_end, end - start)?;
     // Offset of the header `next` names. Each step adds a byte times a constant plus a
     // constant, a range the verifier follows (at most 22 + 40 + 6 * 2,048).
