@@ -212,20 +212,24 @@ impl Maps {
         };
         let per_thread = len.div_ceil(u32::try_from(threads).unwrap_or(1));
         let fd = fd.as_fd();
-        let read = std::thread::scope(|scope| {
-            let batches: Vec<_> = (0u32..)
-                .zip(raw.chunks_mut(per_thread as usize * stride))
-                .map(|(i, chunk)| {
-                    let count = u32::try_from(chunk.len() / stride).expect("at most len");
-                    scope.spawn(move || {
-                        sys::lookup_array_batch_at(fd, i * per_thread, count, stride, chunk)
+        let read = if threads == 1 {
+            sys::lookup_array_batch_at(fd, 0, len, stride, &mut raw)
+        } else {
+            std::thread::scope(|scope| {
+                let batches: Vec<_> = (0u32..)
+                    .zip(raw.chunks_mut(per_thread as usize * stride))
+                    .map(|(i, chunk)| {
+                        let count = u32::try_from(chunk.len() / stride).expect("at most len");
+                        scope.spawn(move || {
+                            sys::lookup_array_batch_at(fd, i * per_thread, count, stride, chunk)
+                        })
                     })
-                })
-                .collect();
-            batches
-                .into_iter()
-                .try_for_each(|b| b.join().expect("a batch lookup does not panic"))
-        });
+                    .collect();
+                batches
+                    .into_iter()
+                    .try_for_each(|b| b.join().expect("a batch lookup does not panic"))
+            })
+        };
         read.map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
         Ok(raw
             .chunks_exact(stride)
