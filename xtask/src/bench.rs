@@ -1024,8 +1024,8 @@ fn live(
         }
         writeln!(
             text,
-            "  {:<16} {:<12} {:>8} {:>10} {:>14}",
-            "frame", "receiver", "Mpps", "ns/frame", "over drop-only"
+            "  {:<16} {:<12} {:>8} {:>10} {:>14} {:>20}",
+            "frame", "receiver", "Mpps", "ns/frame", "over drop-only", "quartiles"
         )?;
         let mut figures = Vec::new();
         let mut exact = true;
@@ -1079,18 +1079,31 @@ fn live(
                 }
             }
             exact &= mismatches.is_empty();
-            let drop_ns = median(&mut ns_per_frame[1].clone());
             for (i, (_, _, what)) in receivers.iter().map(|r| **r).enumerate() {
+                // Over drop-only: the median of the differences within a round (the two ran
+                // next to each other), with their quartiles, which say how far one run's
+                // figure can be trusted.
+                let mut diffs: Vec<f64> = ns_per_frame[i]
+                    .iter()
+                    .zip(&ns_per_frame[1])
+                    .map(|(r, d)| r - d)
+                    .collect();
+                let over = median(&mut diffs);
+                let (q1, q3) = (diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]);
                 let ns = median(&mut ns_per_frame[i]);
-                let over = ns - drop_ns;
                 writeln!(
                     text,
-                    "  {name:<16} {what:<12} {:>8.2} {ns:>10.1} {:>14}",
+                    "  {name:<16} {what:<12} {:>8.2} {ns:>10.1} {:>14} {:>20}",
                     1e3 / ns,
                     if what == "drop-only" {
                         String::new()
                     } else {
                         format!("{over:+.1} ns")
+                    },
+                    if what == "drop-only" {
+                        String::new()
+                    } else {
+                        format!("{q1:+.1} .. {q3:+.1}")
                     }
                 )?;
                 figures.push(json!({
@@ -1099,6 +1112,7 @@ fn live(
                     "mpps": 1e3 / ns,
                     "ns_per_frame": ns,
                     "over_drop_only_ns": over,
+                    "over_drop_only_quartiles_ns": [q1, q3],
                 }));
             }
             for m in &mismatches {
