@@ -1045,6 +1045,38 @@ fn ipv6_payload_length_and_version() {
     c.finish();
 }
 
+/// Cuts the untagged IPv6 frame `b` builds at every length the kernel runs: with the payload
+/// length unchanged, past the end until the frame is whole; with it made to match the cut,
+/// malformed until the whole L4 header (`l4_len`) is there. `what` prefixes the messages.
+fn truncate_ipv6_everywhere(c: &mut Checker, b: &Ipv6Builder, l4_len: usize, what: &str) {
+    let full = b.build();
+    let (l3, l4) = (b.l3(), b.l4_offset());
+    for len in TEST_RUN_MIN..=full.len() {
+        let cut = &full[..len];
+        let outcome = if len == full.len() {
+            DEMUXED
+        } else {
+            MALFORMED
+        };
+        c.pass6(&format!("{what}cut at {len}"), cut, outcome);
+        if len >= l3 + 40 {
+            let mut fixed = cut.to_vec();
+            let payload = u16::try_from(len - l3 - 40).unwrap();
+            fixed[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+            let outcome = if len >= l4 + l4_len {
+                DEMUXED
+            } else {
+                MALFORMED
+            };
+            c.pass6(
+                &format!("{what}cut at {len}, payload length fixed"),
+                &fixed,
+                outcome,
+            );
+        }
+    }
+}
+
 #[test]
 fn ipv6_truncated_at_every_length() {
     let mut c = Checker::new(PASS);
@@ -1052,62 +1084,18 @@ fn ipv6_truncated_at_every_length() {
         .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
         .ext(ExtHeader::fragment(0, false))
         .ext(ExtHeader::ah(0));
-    let full = b.build();
-    let l3 = ETH_LEN;
     let l4 = b.l4_offset();
     // Every header boundary: 54 (IPv6), 62, 70, 78 (AH), 86 (UDP header).
-    assert_eq!((l3 + 40, l4, l4 + 8), (54, 78, 86));
-    for len in TEST_RUN_MIN..=full.len() {
-        let cut = &full[..len];
-        // The payload length unchanged: past the end until the frame is whole.
-        let outcome = if len == full.len() {
-            DEMUXED
-        } else {
-            MALFORMED
-        };
-        c.pass6(&format!("cut at {len}"), cut, outcome);
-        if len >= l3 + 40 {
-            // The payload length made to match the cut: malformed until the UDP header is whole.
-            let mut fixed = cut.to_vec();
-            let payload = u16::try_from(len - l3 - 40).unwrap();
-            fixed[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
-            let outcome = if len >= l4 + 8 { DEMUXED } else { MALFORMED };
-            c.pass6(
-                &format!("cut at {len}, payload length fixed"),
-                &fixed,
-                outcome,
-            );
-        }
-    }
-    // Without extension headers (the fast parse's frames): UDP and TCP cut at every length,
-    // the payload length as sent, then made to match the cut.
-    for (b, l4_len) in [(udp6(), 8), (Ipv6Builder::tcp(TCP_PORT, 4), 20)] {
-        let full = b.build();
-        for len in TEST_RUN_MIN..=full.len() {
-            let cut = &full[..len];
-            let outcome = if len == full.len() {
-                DEMUXED
-            } else {
-                MALFORMED
-            };
-            c.pass6(&format!("no extension header, cut at {len}"), cut, outcome);
-            if len >= l3 + 40 {
-                let mut fixed = cut.to_vec();
-                let payload = u16::try_from(len - l3 - 40).unwrap();
-                fixed[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
-                let outcome = if len >= l3 + 40 + l4_len {
-                    DEMUXED
-                } else {
-                    MALFORMED
-                };
-                c.pass6(
-                    &format!("no extension header, cut at {len}, payload length fixed"),
-                    &fixed,
-                    outcome,
-                );
-            }
-        }
-    }
+    assert_eq!((ETH_LEN + 40, l4, l4 + 8), (54, 78, 86));
+    truncate_ipv6_everywhere(&mut c, &b, 8, "");
+    // Without extension headers (the fast parse's frames): UDP and TCP.
+    truncate_ipv6_everywhere(&mut c, &udp6(), 8, "no extension header, ");
+    truncate_ipv6_everywhere(
+        &mut c,
+        &Ipv6Builder::tcp(TCP_PORT, 4),
+        20,
+        "no extension header, ",
+    );
     c.finish();
 }
 
