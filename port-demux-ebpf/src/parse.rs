@@ -34,9 +34,9 @@ const W12_IPV4: u32 = ETH_P_IP.to_be() as u32 | 0x0040_0000;
 const W12_IPV6: u32 = ETH_P_IPV6.to_be() as u32 | 0x0060_0000;
 /// Bytes 6..10 of an unfragmented IPv4 header carrying UDP (20..24 of an untagged frame),
 /// little-endian, masked to the fragment offset and the protocol.
-const W20_UDP: u32 = (IPPROTO_UDP as u32) << 24;
-/// As [`W20_UDP`], for TCP.
-const W20_TCP: u32 = (IPPROTO_TCP as u32) << 24;
+const FRAG_PROTO_UDP: u32 = (IPPROTO_UDP as u32) << 24;
+/// As [`FRAG_PROTO_UDP`], for TCP.
+const FRAG_PROTO_TCP: u32 = (IPPROTO_TCP as u32) << 24;
 
 /// Reads a `T` at `addr`, which the caller has bounds-checked.
 #[inline(always)]
@@ -112,26 +112,25 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
 /// version/IHL, TOS).
 #[inline(always)]
 fn tagged<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
-    let (found, ipv6) = if w & 0x00f0_ffff == W12_IPV4 {
-        (v4::<L3>(start, end, w), false)
+    let found = if w & 0x00f0_ffff == W12_IPV4 {
+        v4::<L3>(start, end, w).map(|index| (index, false))
     } else if w & 0x00f0_ffff == W12_IPV6 {
         match v6::<L3>(start, end) {
-            V6::Port(index) => (Some(index), true),
+            V6::Port(index) => Some((index, true)),
             // Extension headers behind tags: the full parse walks them.
-            V6::Next(..) | V6::Other => (None, true),
+            V6::Next(..) | V6::Other => None,
         }
     } else {
-        return Fast::Other;
+        None
     };
-    match found {
-        Some(index) => Fast::Parsed(Ok(Demuxed {
+    found.map_or(Fast::Other, |(index, ipv6)| {
+        Fast::Parsed(Ok(Demuxed {
             index,
             len: (end - start) as u64,
             ipv6,
             l3: L3,
-        })),
-        None => Fast::Other,
-    }
+        }))
+    })
 }
 
 /// The index of an IPv4 TCP/UDP datagram at `L3` (`w`: the word at `L3 - 2`, whose version
@@ -147,8 +146,8 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Option<u32> {
     let (w6, total_len) = unsafe { (load::<u32>(start + L3 + 6), load::<u16>(start + L3 + 2)) };
     // Fragment offset 0 and the protocol, in one test.
     let (proto, l4_len) = match w6 & 0xff00_ff1f {
-        W20_UDP => (PROTO_UDP, UDP_LEN),
-        W20_TCP => (PROTO_TCP, TCP_MIN_LEN),
+        FRAG_PROTO_UDP => (PROTO_UDP, UDP_LEN),
+        FRAG_PROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
         _ => return None,
     };
     let header_len = ((w >> 14) & 0x3c) as usize;
