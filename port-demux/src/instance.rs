@@ -258,12 +258,12 @@ const SWITCHES_FOLLOWED: usize = 3;
 /// queries twice: an instance whose program a writer switched between the scan and the query
 /// would be left out.
 pub(crate) fn running_in(scope: &Scope) -> Result<Vec<(String, Found)>> {
+    let dirs = |list: &[(String, Found)]| -> Vec<PathBuf> {
+        list.iter().map(|(_, f)| f.dir().to_owned()).collect()
+    };
     let mut seen = running_once(scope)?;
     for _ in 0..SWITCHES_FOLLOWED {
         let again = running_once(scope)?;
-        let dirs = |list: &[(String, Found)]| -> Vec<PathBuf> {
-            list.iter().map(|(_, f)| f.dir().to_owned()).collect()
-        };
         if dirs(&again) == dirs(&seen) {
             return Ok(again);
         }

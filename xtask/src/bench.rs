@@ -1088,6 +1088,7 @@ fn live(
                     .zip(&ns_per_frame[1])
                     .map(|(r, d)| r - d)
                     .collect();
+                // `median` sorts `diffs`: the quartiles are read from the sorted list.
                 let over = median(&mut diffs);
                 let (q1, q3) = (diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]);
                 let ns = median(&mut ns_per_frame[i]);
