@@ -35,7 +35,7 @@ use parse::Fast;
 use port_demux_common::{
     BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
     SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4, ScopeTableV6, ScopedBinding, action,
-    model::ETH_LEN, untarget,
+    untarget,
 };
 
 /// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
@@ -127,8 +127,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
     let found = match parse::fast(ctx) {
         Fast::Ipv4(index) => {
             let at = Ip {
-                frame: Some((start, end)),
-                l3: ETH_LEN,
+                frame: Frame::Fast(start, end),
                 ipv6: false,
             };
             return apply::<LOG>(ctx, index, (end - start) as u64, &at);
@@ -136,8 +135,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
         Fast::Ipv6(index) => {
             count(Globals::DEMUXED_IPV6);
             let at = Ip {
-                frame: Some((start, end)),
-                l3: ETH_LEN,
+                frame: Frame::Fast(start, end),
                 ipv6: true,
             };
             return apply::<LOG>(ctx, index, (end - start) as u64, &at);
@@ -151,8 +149,7 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
                 count(Globals::DEMUXED_IPV6);
             }
             let at = Ip {
-                frame: None,
-                l3: found.l3,
+                frame: Frame::Full(found.l3),
                 ipv6: found.ipv6,
             };
             apply::<LOG>(ctx, found.index, found.len, &at)
@@ -166,16 +163,24 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
 
 /// Where a demultiplexed frame's IP header is, for a scoped port's search.
 struct Ip {
-    /// The fast path's `(ctx.data(), ctx.data_end())`, kept in registers from the parse on (a
-    /// map lookup does not invalidate packet pointers): it keeps no context on the stack for
-    /// them. `None` on the full path, which reads them from the context again: there the
-    /// pointers come out of many parse paths with different proven lengths, which the verifier
-    /// would then walk through the search one by one.
-    frame: Option<(usize, usize)>,
-    /// Offset of the IP header.
-    l3: usize,
+    /// The frame and where its IP header is.
+    frame: Frame,
     /// IPv6 (else IPv4).
     ipv6: bool,
+}
+
+/// How a scoped port's search finds the IP header.
+enum Frame {
+    /// The fast parse's `(ctx.data(), ctx.data_end())`, kept in registers from the parse on
+    /// (a map lookup does not invalidate packet pointers): no context on the stack for them.
+    /// The IP header's offset, which differs with the tags, is found again from the frame
+    /// ([`parse::l3_of`]) only for a scoped port, so that no register holds it on the way.
+    Fast(usize, usize),
+    /// The full parse's frame, with the offset of its IP header: the search reads the
+    /// pointers from the context again. There they come out of many parse paths with
+    /// different proven lengths, which the verifier would then walk through the search one
+    /// by one.
+    Full(usize),
 }
 
 /// Counts a demultiplexed frame of `len` bytes under its port and applies its binding; a
@@ -221,10 +226,13 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
 /// without a prefix (the low byte of `act`, and `slot`) or the default action.
 #[inline(always)]
 fn scoped(ctx: &XdpContext, index: u32, len: u64, at: &Ip, act: u32, slot: u32) -> u32 {
-    let (start, end) = at.frame.unwrap_or_else(|| (ctx.data(), ctx.data_end()));
+    let (start, end, l3) = match at.frame {
+        Frame::Fast(start, end) => (start, end, parse::l3_of(start, end)),
+        Frame::Full(l3) => (ctx.data(), ctx.data_end(), l3),
+    };
     let target = match SCOPES.get(index) {
-        Some(scope) if at.ipv6 => search_v6(start, end, at.l3, scope.v6),
-        Some(scope) => search_v4(start, end, at.l3, scope.v4),
+        Some(scope) if at.ipv6 => search_v6(start, end, l3, scope.v6),
+        Some(scope) => search_v4(start, end, l3, scope.v4),
         None => 0,
     };
     let (mut act, mut slot) = match untarget(target) {

@@ -47,12 +47,14 @@ unsafe fn load<T: Copy>(addr: usize) -> T {
 
 /// What [`fast`] made of a frame.
 pub enum Fast {
-    /// Untagged IPv4 TCP/UDP: its `PORT_STATS`/`BINDINGS` index.
+    /// IPv4 TCP/UDP, untagged or behind one or two VLAN tags: its `PORT_STATS`/`BINDINGS`
+    /// index. The frame is in the first buffer: its bytes are `data_end - data`.
     Ipv4(u32),
-    /// Untagged IPv6 whose fixed header is followed by TCP/UDP: its index.
+    /// IPv6 whose fixed header is followed by TCP/UDP (or, untagged, by one or two 8-byte
+    /// extension headers and TCP/UDP): its index.
     Ipv6(u32),
-    /// The same behind one or two VLAN tags, and untagged IPv6 with extension headers
-    /// (walked from where the fast parse stopped): classified.
+    /// Other untagged IPv6 with extension headers (walked from where the fast parse
+    /// stopped): classified.
     Parsed(Result<Demuxed, usize>),
     /// Anything else, for [`full`].
     Other,
@@ -89,9 +91,10 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
     if w12 & 0x00f0_ffff == W12_IPV6 {
         return match v6::<ETH_LEN>(start, end) {
             V6::Port(index) => Fast::Ipv6(index),
-            V6::Next(next, ip_end) => {
-                Fast::Parsed(ipv6_walk(ctx, start, end, ETH_LEN, next, ip_end))
-            }
+            V6::Next(next, ip_end) => match ext8(start, end, next, ip_end) {
+                Some(index) => Fast::Ipv6(index),
+                None => Fast::Parsed(ipv6_walk(ctx, start, end, ETH_LEN, ip_end)),
+            },
             V6::Other => Fast::Other,
         };
     }
@@ -109,28 +112,38 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
 }
 
 /// [`fast`] behind tags: the IP header at `L3`, `w` the word at `L3 - 2` (`EtherType`,
-/// version/IHL, TOS).
+/// version/IHL, TOS). Tagged frames share the untagged frames' apply site, pointers in
+/// registers; a scoped port's search finds the IP header again ([`l3_of`]).
 #[inline(always)]
 fn tagged<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
-    let found = if w & 0x00f0_ffff == W12_IPV4 {
-        v4::<L3>(start, end, w).map(|index| (index, false))
-    } else if w & 0x00f0_ffff == W12_IPV6 {
-        match v6::<L3>(start, end) {
-            V6::Port(index) => Some((index, true)),
+    if w & 0x00f0_ffff == W12_IPV4 {
+        return v4::<L3>(start, end, w).map_or(Fast::Other, Fast::Ipv4);
+    }
+    if w & 0x00f0_ffff == W12_IPV6 {
+        return match v6::<L3>(start, end) {
+            V6::Port(index) => Fast::Ipv6(index),
             // Extension headers behind tags: the full parse walks them.
-            V6::Next(..) | V6::Other => None,
-        }
+            V6::Next(..) | V6::Other => Fast::Other,
+        };
+    }
+    Fast::Other
+}
+
+/// The offset of the IP header of a frame [`fast`] demultiplexed: after no, one or two tags.
+#[inline(always)]
+pub fn l3_of(start: usize, end: usize) -> usize {
+    if start + ETH_LEN + VLAN_LEN > end {
+        return ETH_LEN;
+    }
+    // SAFETY: checked just above: the `EtherType`, and the one after a first tag.
+    let (outer, inner) = unsafe { (load::<u16>(start + 12), load::<u16>(start + ETH_LEN + 2)) };
+    if !is_vlan(outer) {
+        ETH_LEN
+    } else if is_vlan(inner) {
+        ETH_LEN + 2 * VLAN_LEN
     } else {
-        None
-    };
-    found.map_or(Fast::Other, |(index, ipv6)| {
-        Fast::Parsed(Ok(Demuxed {
-            index,
-            len: (end - start) as u64,
-            ipv6,
-            l3: L3,
-        }))
-    })
+        ETH_LEN + VLAN_LEN
+    }
 }
 
 /// The index of an IPv4 TCP/UDP datagram at `L3` (`w`: the word at `L3 - 2`, whose version
@@ -204,6 +217,89 @@ fn v6<const L3: usize>(start: usize, end: usize) -> V6 {
         return V6::Other;
     }
     V6::Port(port_index(proto, u16::from_be(dest_port)))
+}
+
+/// Offset of the first extension header of an untagged IPv6 frame.
+const EXT1: usize = ETH_LEN + IPV6_LEN;
+
+/// [`fast`] for untagged IPv6 whose fixed header is followed by one or two 8-byte extension
+/// headers, then TCP or UDP: hop-by-hop (first only), routing or destination options of
+/// length 0, or a fragment header at offset 0, as most chains are. Every header is read at a
+/// constant offset, so no load waits for the length of the header before it (the walk's
+/// chain of dependent loads, about 2 ns a header). `None` for anything else, for the walk,
+/// which classifies it from the fixed header on; where this takes a frame, the walk
+/// demultiplexes it the same, as the differential test checks.
+#[inline(always)]
+fn ext8(start: usize, end: usize, next: u8, ip_end: usize) -> Option<u32> {
+    // One header and the ports after it.
+    if start + EXT1 + 8 + 4 > end || ip_end > end - start {
+        return None;
+    }
+    // SAFETY: checked just above: the first header's next header and length, and what a
+    // fragment header holds there (its offset).
+    let (w1, f1) = unsafe { (load::<u16>(start + EXT1), load::<u16>(start + EXT1 + 2)) };
+    if !ext8_ok::<true>(next, w1, f1) {
+        return None;
+    }
+    let next1 = low_byte(w1);
+    if next1 == IPPROTO_UDP || next1 == IPPROTO_TCP {
+        return l4_at::<{ EXT1 + 8 }>(start, next1, ip_end);
+    }
+    if start + EXT1 + 16 + 4 > end {
+        return None;
+    }
+    // SAFETY: checked just above: the second header.
+    let (w2, f2) = unsafe {
+        (
+            load::<u16>(start + EXT1 + 8),
+            load::<u16>(start + EXT1 + 10),
+        )
+    };
+    if !ext8_ok::<false>(next1, w2, f2) {
+        return None;
+    }
+    l4_at::<{ EXT1 + 16 }>(start, low_byte(w2), ip_end)
+}
+
+/// Whether an extension header of kind `kind` (its first word `w`, little-endian: next header
+/// and length; `frag`: its next word) is 8 bytes long and the walk goes on after it:
+/// hop-by-hop only `FIRST`, routing or destination options of length 0, a fragment at offset 0.
+#[inline(always)]
+fn ext8_ok<const FIRST: bool>(kind: u8, w: u16, frag: u16) -> bool {
+    match kind {
+        IPPROTO_HOPOPTS => FIRST && w >> 8 == 0,
+        IPPROTO_ROUTING | IPPROTO_DSTOPTS => w >> 8 == 0,
+        // Fragment offset: the high 13 bits of the big-endian word.
+        IPPROTO_FRAGMENT => frag & 0xfff8u16.to_be() == 0,
+        _ => false,
+    }
+}
+
+/// The index of the TCP/UDP header (`next`) at the constant offset `OFF`, whose ports the
+/// caller bounds-checked, when the datagram (ending at `ip_end`, in the first buffer) holds it.
+#[inline(always)]
+fn l4_at<const OFF: usize>(start: usize, next: u8, ip_end: usize) -> Option<u32> {
+    let (proto, l4_len) = match next {
+        IPPROTO_UDP => (PROTO_UDP, UDP_LEN),
+        IPPROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
+        _ => return None,
+    };
+    if OFF + l4_len > ip_end {
+        return None;
+    }
+    // SAFETY: the caller checked `start + OFF + 4 <= end`.
+    let dest_port = u16::from_be(unsafe { load::<u16>(start + OFF + 2) });
+    Some(port_index(proto, dest_port))
+}
+
+/// The low byte of a little-endian word: the first byte in the frame.
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low byte is the one wanted"
+)]
+const fn low_byte(word: u16) -> u8 {
+    word as u8
 }
 
 /// The destination address of the IPv4 header at offset `l3` (14, 18 or 22) of the frame
@@ -427,28 +523,35 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Demuxed, usize> {
         return Err(past_first_buffer(l3 + IPV6_LEN, whole_len(ctx)));
     }
     // SAFETY: the fixed IPv6 header is there.
-    let (version, payload_len, next) =
-        unsafe { (load::<u8>(ip), load::<u16>(ip + 4), load::<u8>(ip + 6)) };
+    let (version, payload_len) = unsafe { (load::<u8>(ip), load::<u16>(ip + 4)) };
     if version & 0xf0 != 0x60 {
         return Err(outcome::MALFORMED);
     }
     // A scalar, compared with scalars only (issue 13); as `ipv6_rcv` checks it.
     let ip_end = l3 + IPV6_LEN + usize::from(u16::from_be(payload_len));
-    ipv6_walk(ctx, start, end, l3, next, ip_end)
+    ipv6_walk(ctx, start, end, l3, ip_end)
 }
 
-/// The rest of the IPv6 datagram at `l3` of the frame `start..end` (its fixed header read:
-/// `next`, and `ip_end` from the payload length): its length, then its extension headers.
+/// The rest of the IPv6 datagram at `l3` of the frame `start..end`, whose fixed header the
+/// caller checked (`ip_end` from its payload length): its length, then its extension headers.
 #[inline(always)]
 fn ipv6_walk(
     ctx: &XdpContext,
     start: usize,
     end: usize,
     l3: usize,
-    mut next: u8,
     ip_end: usize,
 ) -> Result<Demuxed, usize> {
     let len = datagram_len(ctx, ip_end, end - start)?;
+    // The next header read again after `datagram_len`'s helper call rather than kept across
+    // it: kept, it takes a callee-saved register the fast IPv6 path then spills for.
+    let ip = start + l3;
+    if ip + IPV6_LEN > end {
+        // The callers read the fixed header: never taken.
+        return Err(outcome::MALFORMED);
+    }
+    // SAFETY: checked just above.
+    let mut next = unsafe { load::<u8>(ip + 6) };
     // Offset of the header `next` names. Each step adds a byte times a constant plus a
     // constant, a range the verifier follows (at most 22 + 40 + 6 * 2,048).
     let mut off = l3 + IPV6_LEN;

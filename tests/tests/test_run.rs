@@ -1088,6 +1088,30 @@ fn ipv6_truncated_at_every_length() {
     // Every header boundary: 54 (IPv6), 62, 70, 78 (AH), 86 (UDP header).
     assert_eq!((ETH_LEN + 40, l4, l4 + 8), (54, 78, 86));
     truncate_ipv6_everywhere(&mut c, &b, 8, "");
+    // The chains the program reads at constant offsets (one or two 8-byte headers).
+    for (what, b, l4_len) in [
+        (
+            "hop-by-hop, destination options, ",
+            udp6()
+                .ext(ExtHeader::options(IPPROTO_HOPOPTS, 0))
+                .ext(ExtHeader::options(IPPROTO_DSTOPTS, 0)),
+            8,
+        ),
+        (
+            "routing, first fragment, ",
+            udp6()
+                .ext(ExtHeader::options(IPPROTO_ROUTING, 0))
+                .ext(ExtHeader::fragment(0, true)),
+            8,
+        ),
+        (
+            "first fragment, TCP, ",
+            Ipv6Builder::tcp(TCP_PORT, 4).ext(ExtHeader::fragment(0, false)),
+            20,
+        ),
+    ] {
+        truncate_ipv6_everywhere(&mut c, &b, l4_len, what);
+    }
     // Without extension headers (the fast parse's frames): UDP and TCP.
     truncate_ipv6_everywhere(&mut c, &udp6(), 8, "no extension header, ");
     truncate_ipv6_everywhere(
