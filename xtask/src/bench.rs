@@ -989,12 +989,77 @@ fn bound_udp_count(bin: &Path) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// Where the receivers of [`LIVE_RECEIVERS`] run: port-demux and drop-only trade veth pairs
+/// every round (`swapped`: port-demux on drop-only's pair and the other way round), the others
+/// stay on their own.
+fn live_pair(i: usize, swapped: bool) -> usize {
+    match i {
+        0 | 1 if swapped => 1 - i,
+        _ => i,
+    }
+}
+
+/// Moves port-demux and drop-only to each other's veth pair (`to_swapped`: port-demux to
+/// drop-only's first pair): port-demux unloaded and loaded again with udp/[`BOUND_UDP`] bound
+/// to drop, drop-only detached and attached.
+fn swap_live_receivers(
+    bin: &Path,
+    drop_only: &std::os::fd::OwnedFd,
+    to_swapped: bool,
+) -> Result<()> {
+    let (home, other) = (LIVE_RECEIVERS[0].1, LIVE_RECEIVERS[1].1);
+    let (from, to) = if to_swapped {
+        (home, other)
+    } else {
+        (other, home)
+    };
+    pd(bin, &["unload", from])?;
+    nsenter(ns_rx(), &["ip", "link", "set", "dev", to, "xdpdrv", "off"])?;
+    attach(drop_only, ns_rx(), from, "xdpdrv")?;
+    pd(bin, &["load", to, "--mode", "native"])?;
+    pd(bin, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
+    Ok(())
+}
+
+/// Pins the calling thread to the last CPU it may run on. The receiving veth's NAPI poll is
+/// scheduled on the sending CPU and runs in its softirq, so with the sender pinned a run's
+/// sender and receiver share one CPU from start to end instead of the sender migrating
+/// mid-run (unpinned, the quartiles of one run's differences spanned 24-31 ns on these
+/// machines).
+fn pin_to_last_cpu() -> std::io::Result<()> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `cpu_set_t` is plain data; zeroed, it is the empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the calling thread's affinity, written into `allowed`, whose size is passed.
+    if unsafe { libc::sched_getaffinity(0, size, &raw mut allowed) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let cpus = usize::try_from(libc::CPU_SETSIZE).map_err(std::io::Error::other)?;
+    let last = (0..cpus)
+        .rev()
+        // SAFETY: `c` is below CPU_SETSIZE.
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .ok_or_else(|| std::io::Error::other("the thread may run on no CPU"))?;
+    // SAFETY: as above.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `last` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(last, &mut one) };
+    // SAFETY: the calling thread's affinity, from `one`, whose size is passed.
+    if unsafe { libc::sched_setaffinity(0, size, &raw const one) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Live traffic: an `XDP_TX` program run with `BPF_PROG_TEST_RUN` in live-frames mode on each
 /// sending veth pushes `live_frames` frames into its peer, per frame kind, receiver and round
-/// (receivers in turns, the order reversed every other round). Every frame must reach the
-/// peer's XDP program (`rx_xdp` packets, none refused for a full ring) and, for port-demux,
-/// its port counter; with no program on the peer, none reaches it (the veth frees them at
-/// transmit: that figure is the sender's cost alone).
+/// (receivers in turns, the order reversed every other round), the sender pinned to one CPU.
+/// Port-demux and drop-only run twice a round, trading veth pairs in between, so that what a
+/// pair itself adds (a few nanoseconds a frame, the same every run) cancels out of the
+/// difference between them. Every frame must reach the peer's XDP program (`rx_xdp` packets,
+/// none refused for a full ring) and, for port-demux, its port counter; with no program on
+/// the peer, none reaches it (the veth frees them at transmit: that figure is the sender's
+/// cost alone).
 fn live(
     bin: &Path,
     tx: &Netns,
@@ -1009,14 +1074,15 @@ fn live(
         ns_rx(),
         &["xdp-filter", "load", "-m", "native", LIVE_RECEIVERS[2].1],
     );
-    let receivers: Vec<_> = LIVE_RECEIVERS
-        .iter()
-        .filter(|r| r.2 != "xdp-filter" || filter.is_ok())
+    let receivers: Vec<usize> = (0..LIVE_RECEIVERS.len())
+        .filter(|&i| LIVE_RECEIVERS[i].2 != "xdp-filter" || filter.is_ok())
         .collect();
+    let mut swapped = false;
     let result = (|| -> Result<(Value, String)> {
         let mut text = format!(
             "live traffic (XDP_TX in BPF_PROG_TEST_RUN live-frames mode -> veth -> receiver in native mode, \
-             udp/{BOUND_UDP} drop), {repeat} frames a run, median of {} rounds:\n",
+             udp/{BOUND_UDP} drop, sender pinned to one CPU, port-demux and drop-only trading veth pairs \
+             each round), {repeat} frames a run, median of {} rounds:\n",
             args.rounds
         );
         if let Err(e) = &filter {
@@ -1035,61 +1101,80 @@ fn live(
                 .find(|(n, _)| *n == name)
                 .context("no such frame")?
                 .1;
-            let mut ns_per_frame: Vec<Vec<f64>> = vec![Vec::new(); receivers.len()];
+            // Per receiver, its ns/frame in each round (port-demux's and drop-only's: the mean
+            // of their two runs), and its difference to drop-only within the round.
+            let mut ns_per_frame: Vec<Vec<f64>> = vec![Vec::new(); LIVE_RECEIVERS.len()];
+            let mut over: Vec<Vec<f64>> = vec![Vec::new(); LIVE_RECEIVERS.len()];
             let mut mismatches = Vec::new();
             for round in 0..args.rounds {
-                let mut order: Vec<usize> = (0..receivers.len()).collect();
+                let mut first = receivers.clone();
+                let mut second = vec![0, 1];
                 if round % 2 == 1 {
-                    order.reverse();
+                    first.reverse();
+                    second.reverse();
                 }
-                for i in order {
-                    let (tx_if, rx_if, what) = *receivers[i];
-                    let ifindex = tx.ifindex(tx_if);
-                    let (seen0, refused0) = veth_counts(tx_if, rx_if)?;
-                    let counted0 = if what == "port-demux" {
-                        bound_udp_count(bin)?
-                    } else {
-                        0
-                    };
-                    let start = Instant::now();
-                    tx.run(|| bpf::test_run_live(&sender, frame, repeat, ifindex))
-                        .with_context(|| format!("live frames out of {tx_if}"))?;
-                    let elapsed = start.elapsed().as_secs_f64();
-                    ns_per_frame[i].push(elapsed * 1e9 / f64::from(repeat));
-                    let (seen1, refused1) = veth_counts(tx_if, rx_if)?;
-                    let (seen, refused) = (seen1 - seen0, refused1 - refused0);
-                    let want = u64::from(repeat);
-                    let counted = if what == "port-demux" {
-                        bound_udp_count(bin)? - counted0
-                    } else {
-                        want
-                    };
-                    let ok = if what == "no program" {
-                        // The veth hands frames only to a peer with NAPI on (an XDP program
-                        // or GRO): these are freed at transmit, uncounted by veth's statistics.
-                        seen == 0
-                    } else {
-                        seen == want && refused == 0 && counted == want
-                    };
-                    if !ok {
-                        mismatches.push(format!(
-                            "{what}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
-                        ));
+                let mut times = vec![Vec::new(); LIVE_RECEIVERS.len()];
+                for (half, order) in [first, second].iter().enumerate() {
+                    if half == 1 {
+                        swapped = !swapped;
+                        swap_live_receivers(bin, &drop_only, swapped)?;
                     }
+                    for &i in order {
+                        let (tx_if, rx_if, _) = LIVE_RECEIVERS[live_pair(i, swapped)];
+                        let what = LIVE_RECEIVERS[i].2;
+                        let ifindex = tx.ifindex(tx_if);
+                        let (seen0, refused0) = veth_counts(tx_if, rx_if)?;
+                        let counted0 = if what == "port-demux" {
+                            bound_udp_count(bin)?
+                        } else {
+                            0
+                        };
+                        let start = Instant::now();
+                        tx.run(|| {
+                            pin_to_last_cpu()?;
+                            bpf::test_run_live(&sender, frame, repeat, ifindex)
+                        })
+                        .with_context(|| format!("live frames out of {tx_if}"))?;
+                        let elapsed = start.elapsed().as_secs_f64();
+                        times[i].push(elapsed * 1e9 / f64::from(repeat));
+                        let (seen1, refused1) = veth_counts(tx_if, rx_if)?;
+                        let (seen, refused) = (seen1 - seen0, refused1 - refused0);
+                        let want = u64::from(repeat);
+                        let counted = if what == "port-demux" {
+                            bound_udp_count(bin)? - counted0
+                        } else {
+                            want
+                        };
+                        let ok = if what == "no program" {
+                            // The veth hands frames only to a peer with NAPI on (an XDP
+                            // program or GRO): these are freed at transmit, uncounted by
+                            // veth's statistics.
+                            seen == 0
+                        } else {
+                            seen == want && refused == 0 && counted == want
+                        };
+                        if !ok {
+                            mismatches.push(format!(
+                                "{what} on {rx_if}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
+                            ));
+                        }
+                    }
+                }
+                let mean = |t: &[f64]| t.iter().sum::<f64>() / t.len() as f64;
+                let drop_mean = mean(&times[1]);
+                for &i in &receivers {
+                    ns_per_frame[i].push(mean(&times[i]));
+                    // Port-demux against drop-only on the same pair is not possible (one
+                    // program a device): each on one pair, then the other, and the mean.
+                    over[i].push(mean(&times[i]) - drop_mean);
                 }
             }
             exact &= mismatches.is_empty();
-            for (i, (_, _, what)) in receivers.iter().map(|r| **r).enumerate() {
-                // Over drop-only: the median of the differences within a round (the two ran
-                // next to each other), with their quartiles, which say how far one run's
-                // figure can be trusted.
-                let mut diffs: Vec<f64> = ns_per_frame[i]
-                    .iter()
-                    .zip(&ns_per_frame[1])
-                    .map(|(r, d)| r - d)
-                    .collect();
-                // `median` sorts `diffs`: the quartiles are read from the sorted list.
-                let over = median(&mut diffs);
+            for &i in &receivers {
+                let what = LIVE_RECEIVERS[i].2;
+                // `median` sorts: the quartiles are read from the sorted list.
+                let diffs = &mut over[i];
+                let over = median(diffs);
                 let (q1, q3) = (diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]);
                 let ns = median(&mut ns_per_frame[i]);
                 writeln!(
@@ -1151,6 +1236,10 @@ fn live(
     })();
     if filter.is_ok() {
         let _ = nsenter(ns_rx(), &["xdp-filter", "unload", LIVE_RECEIVERS[2].1]);
+    }
+    // Port-demux back on its own pair, where the bench unloads it.
+    if swapped {
+        swap_live_receivers(bin, &drop_only, false)?;
     }
     result
 }
