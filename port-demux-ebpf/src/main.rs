@@ -140,6 +140,10 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
             };
             return apply::<LOG>(ctx, index, (end - start) as u64, &at);
         }
+        Fast::Counted(outcome) => {
+            count(Globals::outcome_cell(outcome));
+            return XDP_PASS;
+        }
         Fast::Parsed(found) => found,
         Fast::Other => parse::full(ctx),
     };

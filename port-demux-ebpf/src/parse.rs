@@ -56,6 +56,9 @@ pub enum Fast {
     /// Other untagged IPv6 with extension headers (walked from where the fast parse
     /// stopped): classified.
     Parsed(Result<Demuxed, usize>),
+    /// Not demultiplexed, and certainly so: the outcome (frames neither IP nor tagged), as
+    /// [`full`] would find it.
+    Counted(usize),
     /// Anything else, for [`full`].
     Other,
 }
@@ -82,7 +85,7 @@ pub fn fast(ctx: &XdpContext) -> Fast {
     if w12 & 0x00f0_ffff != W12_IPV4 {
         return not_ipv4(ctx, start, end, w12);
     }
-    v4::<ETH_LEN>(start, end, w12).map_or(Fast::Other, Fast::Ipv4)
+    v4::<ETH_LEN>(start, end, w12)
 }
 
 /// [`fast`] for frames that are not untagged IPv4 (`w12`: bytes 12..16, little-endian).
@@ -98,7 +101,13 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
             V6::Other => Fast::Other,
         };
     }
-    if !is_vlan(ether_type(w12)) {
+    let ether = ether_type(w12);
+    if !is_vlan(ether) {
+        // Neither IP nor a tag: what the full parse would count it as. (IPv4 or IPv6 whose
+        // version does not match is the full parse's, which calls it malformed.)
+        if ether != ETH_P_IP.to_be() && ether != ETH_P_IPV6.to_be() {
+            return Fast::Counted(outcome::NOT_IP);
+        }
         return Fast::Other;
     }
     // SAFETY: 42 bytes are there: the word after the tag's TCI.
@@ -117,7 +126,7 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
 #[inline(always)]
 fn tagged<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     if w & 0x00f0_ffff == W12_IPV4 {
-        return v4::<L3>(start, end, w).map_or(Fast::Other, Fast::Ipv4);
+        return v4::<L3>(start, end, w);
     }
     if w & 0x00f0_ffff == W12_IPV6 {
         return match v6::<L3>(start, end) {
@@ -149,10 +158,10 @@ pub fn l3_of(start: usize, end: usize) -> usize {
 /// The index of an IPv4 TCP/UDP datagram at `L3` (`w`: the word at `L3 - 2`, whose version
 /// the caller checked), when it is not a fragment and its lengths are consistent.
 #[inline(always)]
-fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Option<u32> {
+fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     // The fixed header and a UDP header.
     if start + L3 + IPV4_MIN_LEN + UDP_LEN > end {
-        return None;
+        return Fast::Other;
     }
     // SAFETY: checked just above. Bytes L3+6..L3+10 are flags/fragment offset, TTL and
     // protocol.
@@ -161,23 +170,23 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Option<u32> {
     let (proto, l4_len) = match w6 & 0xff00_ff1f {
         FRAG_PROTO_UDP => (PROTO_UDP, UDP_LEN),
         FRAG_PROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
-        _ => return None,
+        _ => return Fast::Other,
     };
     let header_len = ((w >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
     // Scalars only: see the module's doc.
     if header_len < IPV4_MIN_LEN || total_len < header_len + l4_len || L3 + total_len > end - start
     {
-        return None;
+        return Fast::Other;
     }
     let l4 = start + L3 + header_len;
     // Implied by the lengths above; this is the form the verifier follows.
     if l4 + 4 > end {
-        return None;
+        return Fast::Other;
     }
     // SAFETY: checked just above.
     let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
-    Some(port_index(proto, dest_port))
+    Fast::Ipv4(port_index(proto, dest_port))
 }
 
 /// What [`v6`] found.
