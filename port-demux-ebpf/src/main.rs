@@ -5,11 +5,13 @@
 //! Semantics: `port_demux_common::model::classify`, which the tests hold this program to.
 //!
 //! Shape, for speed: the common frames (IPv4 TCP/UDP, any IHL; IPv6 with TCP/UDP right after
-//! the fixed header; untagged or behind one or two VLAN tags) take a fast parse with constant
-//! offsets; untagged IPv4 costs one per-CPU counter update, its port's (IPv6 a second, its
-//! family's cell in `GLOBALS2`), and keeps the frame pointers in registers for a scoped
-//! port's search. Other frames (extension headers, everything not demultiplexed) are
-//! classified step by step; IPv6 frames also count in `GLOBALS2`, others by outcome.
+//! the fixed header; untagged or behind one or two VLAN tags; untagged IPv6 behind one or two
+//! 8-byte extension headers) take a fast parse with constant offsets; IPv4 costs one per-CPU
+//! counter update, its port's (IPv6 a second, its family's cell in `GLOBALS2`), and keeps the
+//! frame pointers in registers for a scoped port's search. Frames neither IP nor tagged are
+//! counted from the fast parse. Other frames (other extension header chains, everything not
+//! demultiplexed) are classified step by step; IPv6 frames also count in `GLOBALS2`, others
+//! by outcome.
 //! Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first buffer
 //! only. All of it is one function: a bpf-to-bpf call costs more here (a return through the
 //! kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it would
