@@ -512,7 +512,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     )?;
     writeln!(
         text,
-        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12} {:>10} {:>8}",
+        "  {:<20} {:>8} {:>12} {:>8} {:>13} {:>8} {:>12} {:>10} {:>8} {:>16}",
         "frame",
         "floor ns",
         "port-demux",
@@ -521,7 +521,8 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         "ratio",
         "xf/pd",
         "prev ns",
-        "pd-prev"
+        "pd-prev",
+        "quartiles"
     )?;
     let kernel_ns = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let mut per_packet = Vec::new();
@@ -538,6 +539,8 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         // differences within a round.
         let mut diffs: Vec<f64> = d.iter().zip(p.iter()).map(|(d, p)| d - p).collect();
         let over_previous = median(&mut diffs);
+        // `median` sorts: the quartiles, which say how far the median can be trusted.
+        let previous_quartiles = [diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]];
         let previous_ns = median(p);
         let (filter_ratio, filter_over_demux) = (paired(x, f), paired(x, d));
         let (floor_ns, demux_ns) = (median(f), median(d));
@@ -546,10 +549,12 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
 
         writeln!(
             text,
-            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12} {previous_ns:>7.1} ns {over_previous:>+7.2}",
+            "  {name:<20} {floor_ns:>8.1} {demux_ns:>9.1} ns {demux_ratio:>7.2}x {:>10} {:>8} {:>12} {previous_ns:>7.1} ns {over_previous:>+7.2} {:>+6.2} .. {:>+5.2}",
             filter_ns.map_or("-".into(), |x| format!("{x:.1} ns")),
             filter_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             filter_over_demux.map_or("-".into(), |r| format!("{r:.2}x")),
+            previous_quartiles[0],
+            previous_quartiles[1],
         )?;
         per_packet.push(json!({
             "frame": name,
@@ -565,6 +570,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
             "previous_ns": previous_ns,
             "previous_action": actions[i][3],
             "port_demux_minus_previous_ns": over_previous,
+            "port_demux_minus_previous_quartiles_ns": previous_quartiles,
             "kernel_duration_ns": {
                 "floor": kernel_ns(kf),
                 "port_demux": kernel_ns(kd),
