@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// program by default; any build of port-demux-ebpf (a variant under study) also loads.
     #[arg(long, default_value = "tests/fixtures/port-demux-v2.o")]
     previous: PathBuf,
+    /// Only these frames in the per-packet part (names as in its table, comma-separated): a
+    /// longer run on the rows a question is about. Targets whose rows are left out are not
+    /// judged.
+    #[arg(long, value_delimiter = ',')]
+    frames: Vec<String>,
 }
 
 /// The bench's sending and receiving namespaces: the kit's unique names
@@ -473,7 +478,19 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
     }
-    let frames = all_frames();
+    let all = all_frames();
+    for name in &args.frames {
+        ensure!(
+            all.iter().any(|(n, _)| n == name),
+            "--frames: no frame {name}; the frames: {}",
+            all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let frames: Vec<_> = all
+        .iter()
+        .filter(|(n, _)| args.frames.is_empty() || args.frames.iter().any(|f| f == n))
+        .cloned()
+        .collect();
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
@@ -580,7 +597,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         }));
     }
     report["per_packet"] = json!(per_packet);
-    match run_time_stats(&frames[0].1, args.repeat, filter.is_ok()) {
+    match run_time_stats(&all[0].1, args.repeat, filter.is_ok()) {
         Ok((figures, summary)) => {
             text.push_str(&summary);
             report["bpf_run_time_stats"] = figures;
@@ -594,7 +611,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
 
     // Live traffic, unless `--live-frames 0` (a shorter run; the kernel would take a repeat
     // of 0 as 1).
-    match (args.live_frames > 0).then(|| live(bin, tx, &frames, args)) {
+    match (args.live_frames > 0).then(|| live(bin, tx, &all, args)) {
         None => {
             writeln!(text, "\nlive traffic: skipped (--live-frames 0)")?;
             report["live"] = json!({ "skipped": "--live-frames 0" });
