@@ -305,6 +305,12 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// The median of `values` and their quartiles, which say how far the median can be trusted.
+fn median_quartiles(values: &mut [f64]) -> (f64, [f64; 2]) {
+    let m = median(values);
+    (m, [values[values.len() / 4], values[values.len() * 3 / 4]])
+}
+
 /// Runs `port-demux --netns RX ARGS` (RX: [`ns_rx`]), returning stdout and the wall time.
 fn pd(bin: &Path, args: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
@@ -556,9 +562,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         // The change against the previous program, in nanoseconds: the median of the
         // differences within a round.
         let mut diffs: Vec<f64> = d.iter().zip(p.iter()).map(|(d, p)| d - p).collect();
-        let over_previous = median(&mut diffs);
-        // `median` sorts: the quartiles, which say how far the median can be trusted.
-        let previous_quartiles = [diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]];
+        let (over_previous, previous_quartiles) = median_quartiles(&mut diffs);
         let previous_ns = median(p);
         let (filter_ratio, filter_over_demux) = (paired(x, f), paired(x, d));
         let (floor_ns, demux_ns) = (median(f), median(d));
@@ -1201,10 +1205,7 @@ fn live(
             exact &= mismatches.is_empty();
             for &i in &receivers {
                 let what = LIVE_RECEIVERS[i].2;
-                // `median` sorts: the quartiles are read from the sorted list.
-                let diffs = &mut over[i];
-                let over = median(diffs);
-                let (q1, q3) = (diffs[diffs.len() / 4], diffs[diffs.len() * 3 / 4]);
+                let (over, [q1, q3]) = median_quartiles(&mut over[i]);
                 let ns = median(&mut ns_per_frame[i]);
                 writeln!(
                     text,
