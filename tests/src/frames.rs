@@ -551,6 +551,12 @@ pub const ODD_ETHERTYPES: [u16; 10] = [
     0x05dc,
 ];
 
+/// Ethertypes that share a byte with a VLAN TPID (0x8100, 0x88a8), either way round, and zero:
+/// not tags, which a table keyed by one byte could take for one.
+pub const NEAR_TPIDS: [u16; 10] = [
+    0x0000, 0x8000, 0x8800, 0x81a8, 0x8108, 0x0081, 0xa888, 0x0088, 0x00a8, 0xa800,
+];
+
 /// The kinds of frame [`Generator::frame`] makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -944,19 +950,25 @@ impl Generator {
         b
     }
 
-    /// 1 to 3 random VLAN tags.
+    /// 1 to 3 random VLAN tags; one in eight has a tag whose TPID is not one (a value
+    /// sharing a byte with a TPID, or zero): the frame is then not IP at that tag.
     fn tags(&mut self) -> Vec<(u16, u16)> {
         let n = match self.rng.below(8) {
             0 => 3,
             1..=3 => 2,
             _ => 1,
         };
-        (0..n)
+        let mut tags: Vec<(u16, u16)> = (0..n)
             .map(|_| {
                 let tpid = self.rng.pick(&[ETH_P_8021Q, ETH_P_8021AD]);
                 (tpid, self.rng.u16())
             })
-            .collect()
+            .collect();
+        if self.rng.one_in(8) {
+            let at = self.rng.index(n);
+            tags[at].0 = self.rng.pick(&NEAR_TPIDS);
+        }
+        tags
     }
 
     /// A frame of one of the kinds added with IPv6 and VLAN support.
