@@ -11,8 +11,9 @@
 //! 3. Live traffic: an `XDP_TX` program run by `BPF_PROG_TEST_RUN` in live-frames mode sends
 //!    frames out of one veth into its peer, where port-demux, a drop-only program or
 //!    xdp-filter runs in native mode (or nothing, and the veth drops them): frames per second,
-//!    the nanoseconds each receiver adds over the drop-only one, and exact counting against
-//!    the peer's `rx_xdp` statistics.
+//!    the nanoseconds each receiver adds over the drop-only one (the kernel's time per frame:
+//!    ~240 ns figures, where whole nanoseconds are fine), and exact counting against the
+//!    peer's `rx_xdp` statistics.
 
 use std::{
     fmt::Write as _,
@@ -35,8 +36,8 @@ pub struct BenchArgs {
     /// Interleaved rounds; the median is reported.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
-    /// Frames sent per live-traffic run (one run per receiver, frame and round); 0 skips the
-    /// live traffic.
+    /// Frames sent per receiver, frame and half round of the live traffic (in a few runs); 0
+    /// skips the live traffic.
     #[arg(long, default_value_t = 3_000_000)]
     live_frames: u32,
     /// The object port-demux is compared with, back to back (ABBA) in each round: main's v2
@@ -978,6 +979,9 @@ const LIVE_RECEIVERS: [(&str, &str, &str); 4] = [
 /// Frames of the live-traffic part: both to the bound-drop port.
 const LIVE_FRAMES: [&str; 2] = ["udp_bound_drop", "ipv6_udp"];
 
+/// Runs per receiver in each half of a live round, `--live-frames` split between them.
+const LIVE_PASSES: u32 = 4;
+
 /// The named counters of `ethtool -S DEV` in `ns`.
 fn ethtool_stats(ns: &str, dev: &str) -> Result<std::collections::HashMap<String, u64>> {
     let out = nsenter(ns, &["ethtool", "-S", dev])?;
@@ -1089,7 +1093,11 @@ fn pin_to_last_cpu() -> std::io::Result<()> {
 /// (receivers in turns, the order reversed every other round), the sender pinned to one CPU.
 /// Port-demux and drop-only run twice a round, trading veth pairs in between, so that what a
 /// pair itself adds (a few nanoseconds a frame, the same every run) cancels out of the
-/// difference between them. Every frame must reach the peer's XDP program (`rx_xdp` packets,
+/// difference between them. Each half of a round sends its frames in [`LIVE_PASSES`] runs a
+/// receiver, the receivers' order reversed every pass, and a run's figure is the kernel's
+/// time per frame (`duration`: the batches, with the peer's softirq, without the call's
+/// set-up), so that the set-up's own spread and a drift over the half stay out of the
+/// differences. Every frame must reach the peer's XDP program (`rx_xdp` packets,
 /// none refused for a full ring) and, for port-demux, its port counter; with no program on
 /// the peer, none reaches it (the veth frees them at transmit: that figure is the sender's
 /// cost alone).
@@ -1100,6 +1108,7 @@ fn live(
     args: &BenchArgs,
 ) -> Result<(Value, String)> {
     let repeat = args.live_frames;
+    let per_run = (repeat / LIVE_PASSES).max(1);
     let sender = bpf::load_return_program(bpf::XDP_TX, "bench_tx")?;
     let drop_only = bpf::load_return_program(bpf::XDP_DROP, "bench_drop")?;
     attach(&drop_only, ns_rx(), LIVE_RECEIVERS[1].1, "xdpdrv")?;
@@ -1115,7 +1124,8 @@ fn live(
         let mut text = format!(
             "live traffic (XDP_TX in BPF_PROG_TEST_RUN live-frames mode -> veth -> receiver in native mode, \
              udp/{BOUND_UDP} drop, sender pinned to one CPU, port-demux and drop-only trading veth pairs \
-             each round), {repeat} frames a run, median of {} rounds:\n",
+             each round; kernel time per frame), {repeat} frames a receiver and half round in {LIVE_PASSES} \
+             runs, median of {} rounds:\n",
             args.rounds
         );
         if let Err(e) = &filter {
@@ -1152,44 +1162,53 @@ fn live(
                         swapped = !swapped;
                         swap_live_receivers(bin, &drop_only, swapped)?;
                     }
-                    for &i in order {
-                        let (tx_if, rx_if, _) = LIVE_RECEIVERS[live_pair(i, swapped)];
-                        let what = LIVE_RECEIVERS[i].2;
-                        let ifindex = tx.ifindex(tx_if);
-                        let (seen0, refused0) = veth_counts(tx_if, rx_if)?;
-                        let counted0 = if what == "port-demux" {
-                            bound_udp_count(bin)?
-                        } else {
-                            0
-                        };
-                        let start = Instant::now();
-                        tx.run(|| {
-                            pin_to_last_cpu()?;
-                            bpf::test_run_live(&sender, frame, repeat, ifindex)
-                        })
-                        .with_context(|| format!("live frames out of {tx_if}"))?;
-                        let elapsed = start.elapsed().as_secs_f64();
-                        times[i].push(elapsed * 1e9 / f64::from(repeat));
-                        let (seen1, refused1) = veth_counts(tx_if, rx_if)?;
-                        let (seen, refused) = (seen1 - seen0, refused1 - refused0);
-                        let want = u64::from(repeat);
-                        let counted = if what == "port-demux" {
-                            bound_udp_count(bin)? - counted0
-                        } else {
-                            want
-                        };
-                        let ok = if what == "no program" {
-                            // The veth hands frames only to a peer with NAPI on (an XDP
-                            // program or GRO): these are freed at transmit, uncounted by
-                            // veth's statistics.
-                            seen == 0
-                        } else {
-                            seen == want && refused == 0 && counted == want
-                        };
-                        if !ok {
-                            mismatches.push(format!(
-                                "{what} on {rx_if}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
-                            ));
+                    // In passes, the order reversed every other pass, so that a receiver's
+                    // runs sit next to the others' and a drift of the machine's speed within
+                    // the half weighs on all of them alike.
+                    for pass in 0..LIVE_PASSES {
+                        for k in 0..order.len() {
+                            let i = order[if pass % 2 == 0 {
+                                k
+                            } else {
+                                order.len() - 1 - k
+                            }];
+                            let (tx_if, rx_if, _) = LIVE_RECEIVERS[live_pair(i, swapped)];
+                            let what = LIVE_RECEIVERS[i].2;
+                            let ifindex = tx.ifindex(tx_if);
+                            let (seen0, refused0) = veth_counts(tx_if, rx_if)?;
+                            let counted0 = if what == "port-demux" {
+                                bound_udp_count(bin)?
+                            } else {
+                                0
+                            };
+                            let ns = tx
+                                .run(|| {
+                                    pin_to_last_cpu()?;
+                                    bpf::test_run_live(&sender, frame, per_run, ifindex)
+                                })
+                                .with_context(|| format!("live frames out of {tx_if}"))?;
+                            times[i].push(f64::from(ns));
+                            let (seen1, refused1) = veth_counts(tx_if, rx_if)?;
+                            let (seen, refused) = (seen1 - seen0, refused1 - refused0);
+                            let want = u64::from(per_run);
+                            let counted = if what == "port-demux" {
+                                bound_udp_count(bin)? - counted0
+                            } else {
+                                want
+                            };
+                            let ok = if what == "no program" {
+                                // The veth hands frames only to a peer with NAPI on (an XDP
+                                // program or GRO): these are freed at transmit, uncounted by
+                                // veth's statistics.
+                                seen == 0
+                            } else {
+                                seen == want && refused == 0 && counted == want
+                            };
+                            if !ok {
+                                mismatches.push(format!(
+                                    "{what} on {rx_if}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
+                                ));
+                            }
                         }
                     }
                 }

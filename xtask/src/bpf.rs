@@ -186,8 +186,9 @@ struct XdpMd {
 /// arrived on interface `ifindex` (looked up in the calling thread's network namespace), and
 /// really sends what it returns `XDP_TX` for, out of that interface (in batches of 64, the
 /// kernel's default). Its peer's XDP program runs on them in the softirq that follows each
-/// batch, on this CPU, so the call's wall time covers both ends.
-pub fn test_run_live(prog: &OwnedFd, frame: &[u8], repeat: u32, ifindex: u32) -> io::Result<()> {
+/// batch, on this CPU, inside the time the kernel measures: returns that time per frame
+/// (`duration`, whole nanoseconds; the call's set-up and tear-down are outside it).
+pub fn test_run_live(prog: &OwnedFd, frame: &[u8], repeat: u32, ifindex: u32) -> io::Result<u32> {
     let ctx = XdpMd {
         data_end: u32::try_from(frame.len()).expect("small frame"),
         ingress_ifindex: ifindex,
@@ -203,5 +204,5 @@ pub fn test_run_live(prog: &OwnedFd, frame: &[u8], repeat: u32, ifindex: u32) ->
         flags: BPF_F_TEST_XDP_LIVE_FRAMES,
         ..TestRunAttr::default()
     };
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| attr.duration)
 }
