@@ -1275,7 +1275,10 @@ fn live(
             }));
         }
         let value = json!({
-            "frames_per_run": repeat,
+            "frames_per_half_round": repeat,
+            "runs_per_half_round": LIVE_PASSES,
+            "frames_per_run": per_run,
+            "timing": "kernel duration per frame",
             "rounds": args.rounds,
             "exact": exact,
             "receivers": figures,
