@@ -1107,8 +1107,9 @@ fn live(
     frames: &[(&'static str, Vec<u8>)],
     args: &BenchArgs,
 ) -> Result<(Value, String)> {
-    let repeat = args.live_frames;
-    let per_run = (repeat / LIVE_PASSES).max(1);
+    let per_run = (args.live_frames / LIVE_PASSES).max(1);
+    // What a receiver is sent in each half round: `--live-frames`, rounded down to whole runs.
+    let repeat = per_run * LIVE_PASSES;
     let sender = bpf::load_return_program(bpf::XDP_TX, "bench_tx")?;
     let drop_only = bpf::load_return_program(bpf::XDP_DROP, "bench_drop")?;
     attach(&drop_only, ns_rx(), LIVE_RECEIVERS[1].1, "xdpdrv")?;
