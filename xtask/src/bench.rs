@@ -1163,6 +1163,22 @@ fn live(
                         swapped = !swapped;
                         swap_live_receivers(bin, &drop_only, swapped)?;
                     }
+                    // What each receiver's pair and port counter showed before the half's
+                    // runs: the counts are checked over the half, not around every run.
+                    let counts = |i: usize| -> Result<(u64, u64, u64)> {
+                        let (tx_if, rx_if, _) = LIVE_RECEIVERS[live_pair(i, swapped)];
+                        let (seen, refused) = veth_counts(tx_if, rx_if)?;
+                        let counted = if LIVE_RECEIVERS[i].2 == "port-demux" {
+                            bound_udp_count(bin)?
+                        } else {
+                            0
+                        };
+                        Ok((seen, refused, counted))
+                    };
+                    let before = order
+                        .iter()
+                        .map(|&i| counts(i))
+                        .collect::<Result<Vec<_>>>()?;
                     // In passes, the order reversed every other pass, so that a receiver's
                     // runs sit next to the others' and a drift of the machine's speed within
                     // the half weighs on all of them alike.
@@ -1173,15 +1189,8 @@ fn live(
                             } else {
                                 order.len() - 1 - k
                             }];
-                            let (tx_if, rx_if, _) = LIVE_RECEIVERS[live_pair(i, swapped)];
-                            let what = LIVE_RECEIVERS[i].2;
+                            let tx_if = LIVE_RECEIVERS[live_pair(i, swapped)].0;
                             let ifindex = tx.ifindex(tx_if);
-                            let (seen0, refused0) = veth_counts(tx_if, rx_if)?;
-                            let counted0 = if what == "port-demux" {
-                                bound_udp_count(bin)?
-                            } else {
-                                0
-                            };
                             let ns = tx
                                 .run(|| {
                                     pin_to_last_cpu()?;
@@ -1189,27 +1198,31 @@ fn live(
                                 })
                                 .with_context(|| format!("live frames out of {tx_if}"))?;
                             times[i].push(f64::from(ns));
-                            let (seen1, refused1) = veth_counts(tx_if, rx_if)?;
-                            let (seen, refused) = (seen1 - seen0, refused1 - refused0);
-                            let want = u64::from(per_run);
-                            let counted = if what == "port-demux" {
-                                bound_udp_count(bin)? - counted0
-                            } else {
-                                want
-                            };
-                            let ok = if what == "no program" {
-                                // The veth hands frames only to a peer with NAPI on (an XDP
-                                // program or GRO): these are freed at transmit, uncounted by
-                                // veth's statistics.
-                                seen == 0
-                            } else {
-                                seen == want && refused == 0 && counted == want
-                            };
-                            if !ok {
-                                mismatches.push(format!(
-                                    "{what} on {rx_if}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
-                                ));
-                            }
+                        }
+                    }
+                    for (&i, (seen0, refused0, counted0)) in order.iter().zip(before) {
+                        let (seen1, refused1, counted1) = counts(i)?;
+                        let (seen, refused) = (seen1 - seen0, refused1 - refused0);
+                        let what = LIVE_RECEIVERS[i].2;
+                        let want = u64::from(repeat);
+                        let counted = if what == "port-demux" {
+                            counted1 - counted0
+                        } else {
+                            want
+                        };
+                        let ok = if what == "no program" {
+                            // The veth hands frames only to a peer with NAPI on (an XDP
+                            // program or GRO): these are freed at transmit, uncounted by
+                            // veth's statistics.
+                            seen == 0
+                        } else {
+                            seen == want && refused == 0 && counted == want
+                        };
+                        if !ok {
+                            let rx_if = LIVE_RECEIVERS[live_pair(i, swapped)].1;
+                            mismatches.push(format!(
+                                "{what} on {rx_if}: sent {want}, peer rx_xdp {seen}, refused {refused}, counted {counted}"
+                            ));
                         }
                     }
                 }
