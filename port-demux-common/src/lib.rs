@@ -13,7 +13,7 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
 /// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
 /// moves to a new devmap: see `port-demux`'s upgrade).
@@ -26,6 +26,11 @@ pub const LAYOUT_VERSION_V3: u32 = 3;
 /// are one-entry arrays holding the same bytes as one value, which `load --upgrade` copies
 /// into new maps (every other map is kept).
 pub const LAYOUT_VERSION_V4: u32 = 4;
+/// The layout whose per-port counters were `PORT_STATS`, one per-CPU entry per (protocol,
+/// port); v6 counts into `PORT_STATS2`, [`PORT_GROUP`] ports an entry. `load --upgrade` from
+/// v2-v5 keeps the old `PORT_STATS` pinned, no longer written, and readers add it in (the
+/// counts made before the upgrade stay, and none made while the programs swap is lost).
+pub const LAYOUT_VERSION_V5: u32 = 5;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -35,8 +40,28 @@ pub const PROTO_UDP: u32 = 1;
 pub const NUM_PROTOS: u32 = 2;
 /// Number of ports per protocol.
 pub const PORTS_PER_PROTO: u32 = 1 << 16;
-/// Entries of the `BINDINGS` and `PORT_STATS` arrays: one per (protocol, port).
+/// Entries of the `BINDINGS` array (and of layout v5's `PORT_STATS`): one per (protocol, port).
 pub const BINDINGS_LEN: u32 = NUM_PROTOS * PORTS_PER_PROTO;
+/// Ports per `PORT_STATS2` entry: the kernel allocates a per-CPU array's entries one by one
+/// (1.2-1.8 us each here), so layout v5's 131,072 entries of one port took 150-240 ms of
+/// every `load`; 8,192 entries of 16 ports take about 7 ms.
+pub const PORT_GROUP: u32 = 16;
+/// Entries of the per-CPU `PORT_STATS2` array.
+pub const PORT_GROUPS: u32 = BINDINGS_LEN / PORT_GROUP;
+
+/// Where the counters of (protocol, port) `index` lie in `PORT_STATS2`: entry
+/// `index % PORT_GROUPS`, element `index / PORT_GROUPS` of its [`PortCounterGroup`]. The
+/// entry is the port's low 13 bits, so the data path takes the lookup key from the port alone
+/// and the element from the index after the lookup (with the element from the port's low bits,
+/// the compiler kept the port in a fifth register across the lookup call and spilled one).
+#[inline]
+#[must_use]
+pub const fn port_counter_at(index: u32) -> (u32, usize) {
+    (
+        index % PORT_GROUPS,
+        (index / PORT_GROUPS % PORT_GROUP) as usize,
+    )
+}
 /// Entries of the `REDIRECT` devmap: distinct redirect targets per interface.
 pub const REDIRECT_SLOTS: u32 = 64;
 
@@ -147,7 +172,8 @@ pub struct Binding {
 }
 const _: () = assert!(size_of::<Binding>() == 24);
 
-/// Value of the per-CPU `PORT_STATS` array, one per (protocol, port), IPv4 and IPv6 together.
+/// Counters of one (protocol, port), IPv4 and IPv6 together: an element of
+/// [`PortCounterGroup`], and the value of layout v5's per-CPU `PORT_STATS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortCounters {
@@ -158,6 +184,16 @@ pub struct PortCounters {
     pub bytes: u64,
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
+
+/// Value of the per-CPU `PORT_STATS2` array: the counters of [`PORT_GROUP`] (protocol, port)
+/// indices [`PORT_GROUPS`] apart, placed by [`port_counter_at`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortCounterGroup {
+    /// The ports' counters, element `i` the index `entry + i * PORT_GROUPS`.
+    pub ports: [PortCounters; PORT_GROUP as usize],
+}
+const _: () = assert!(size_of::<PortCounterGroup>() == 256);
 
 /// Value of the single-entry per-CPU `GLOBALS` array of layout v2: eight cells, a cache line.
 /// A v3 program never writes it; it stays pinned so that the counts a v2 program made before
@@ -177,7 +213,7 @@ impl GlobalCounters {
 
 /// Value of the single-entry per-CPU `GLOBALS2` array (layout v3), and the sum of both maps.
 ///
-/// A demultiplexed frame is counted under its port in `PORT_STATS`, and nowhere else unless it
+/// A demultiplexed frame is counted under its port in `PORT_STATS2`, and nowhere else unless it
 /// is IPv6 or redirected: the per-port counters are the whole account of those frames, and
 /// the IPv4 fast path touches one per-CPU value. Every other frame is counted once, under the
 /// [`outcome`] that stopped it (those frames are always passed). Cells 0-7 mean what they
@@ -420,6 +456,7 @@ mod user {
     unsafe impl aya::Pod for super::ScopedBinding {}
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::PortCounters {}
+    unsafe impl aya::Pod for super::PortCounterGroup {}
     unsafe impl aya::Pod for super::GlobalCounters {}
     unsafe impl aya::Pod for super::Globals {}
     unsafe impl aya::Pod for super::Meta {}

@@ -117,7 +117,7 @@ pub struct Verdict {
     pub outcome: usize,
     /// One of [`crate::taken`]'s constants.
     pub taken: usize,
-    /// The `PORT_STATS` index counted, for demultiplexed frames.
+    /// The (protocol, port) index counted (`port_index`), for demultiplexed frames.
     pub port_index: Option<u32>,
     /// [`crate::family`] of a demultiplexed frame, else 0.
     pub family: u8,
@@ -337,7 +337,7 @@ fn ipv6(b: &Bounds<'_>, l3: usize) -> Result<Parsed, usize> {
 
 /// Classifies one frame.
 ///
-/// `binding` gives the binding at a `PORT_STATS`/`BINDINGS` index, `default_action` is the
+/// `binding` gives the binding at a `BINDINGS` (and counter) index, `default_action` is the
 /// action for unbound ports ([`action::PASS`] or [`action::DROP`]), and `slot_filled` says
 /// whether a `REDIRECT` devmap slot holds an interface.
 pub fn classify(

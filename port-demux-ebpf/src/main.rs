@@ -35,9 +35,9 @@ use aya_ebpf::{
 };
 use parse::Fast;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PortCounters, PortScope, REDIRECT_SLOTS,
-    SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4, ScopeTableV6, ScopedBinding, action,
-    untarget,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PORT_GROUPS, PortCounterGroup,
+    PortCounters, PortScope, REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4,
+    ScopeTableV6, ScopedBinding, action, port_counter_at, untarget,
 };
 
 /// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
@@ -49,9 +49,10 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 #[map]
 static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
 
-/// Packets and bytes per (protocol, destination port), per CPU.
+/// Packets and bytes per (protocol, destination port), per CPU, `PORT_GROUP` ports an entry
+/// (a per-CPU entry is one kernel allocation: 8,192 of them, not 131,072, at every `load`).
 #[map]
-static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(BINDINGS_LEN, 0);
+static PORT_STATS2: PerCpuArray<PortCounterGroup> = PerCpuArray::with_max_entries(PORT_GROUPS, 0);
 
 /// Layout v2's global counters: never written here, pinned so that a v2 program's counts stay
 /// in the totals after `load --upgrade`.
@@ -193,10 +194,11 @@ enum Frame {
 /// scoped port's frame goes to [`scoped`] first.
 #[inline(always)]
 fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u32 {
-    if let Some(counters) = PORT_STATS.get_ptr_mut(index) {
+    let (entry, element) = port_counter_at(index);
+    if let Some(group) = PORT_STATS2.get_ptr_mut(entry) {
         // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
         // reentrant.
-        let counters = unsafe { &mut *counters };
+        let counters = unsafe { &mut (*group).ports[element] };
         counters.packets += 1;
         counters.bytes += len;
     }
@@ -245,7 +247,7 @@ fn scoped(ctx: &XdpContext, index: u32, len: u64, at: &Ip, act: u32, slot: u32) 
         (_, action::UNBOUND, _) => (act & action::MASK, slot),
         (id, act, slot) => {
             if let Some(counters) = SCOPED_STATS.get_ptr_mut(id) {
-                // SAFETY: as for PORT_STATS.
+                // SAFETY: as for PORT_STATS2.
                 let counters = unsafe { &mut *counters };
                 counters.packets += 1;
                 counters.bytes += len;
@@ -350,7 +352,7 @@ fn redirect(slot: u32) -> u32 {
 #[inline(always)]
 fn count(cell: usize) {
     if let Some(globals) = GLOBALS2.get_ptr_mut(0) {
-        // SAFETY: as for PORT_STATS.
+        // SAFETY: as for PORT_STATS2.
         if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
             *n += 1;
         }

@@ -377,7 +377,7 @@ pub fn dst_v6(start: usize, end: usize, l3: usize) -> (u64, u64) {
 
 /// A frame [`full`] demultiplexed.
 pub struct Demuxed {
-    /// `PORT_STATS`/`BINDINGS` index.
+    /// `BINDINGS` (and counter) index.
     pub index: u32,
     /// Bytes to count: the first buffer's, or the whole frame's when the IP length reaches
     /// past the first buffer.

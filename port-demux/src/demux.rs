@@ -12,7 +12,8 @@ use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
     Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
-    MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
+    LAYOUT_VERSION_V5, MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding,
+    action, port_index,
 };
 
 use crate::{
@@ -150,6 +151,12 @@ impl PortDemux {
         }
         if meta.layout_version == LAYOUT_VERSION_V4 {
             return Err(Error::LayoutV4 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V5 {
+            return Err(Error::LayoutV5 {
                 path: dir,
                 iface: iface.to_owned(),
             });

@@ -182,7 +182,7 @@ pub enum Error {
     },
     /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 5: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
     )]
     LayoutV2 {
         /// Pin folder.
@@ -192,7 +192,7 @@ pub enum Error {
     },
     /// Pins of layout v3 (before address-scoped bindings), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version 5: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
     )]
     LayoutV3 {
         /// Pin folder.
@@ -203,9 +203,20 @@ pub enum Error {
     /// Pins of layout v4 (interval tables as arrays of records), which `load --upgrade`
     /// migrates.
     #[error(
-        "pins at {path} have layout version 4 (interval tables as arrays of records), this port-demux reads version 5: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)"
+        "pins at {path} have layout version 4 (interval tables as arrays of records), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)"
     )]
     LayoutV4 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
+    /// Pins of layout v5 (one per-CPU counter entry per port), which `load --upgrade`
+    /// migrates.
+    #[error(
+        "pins at {path} have layout version 5 (one counter entry per port), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)"
+    )]
+    LayoutV5 {
         /// Pin folder.
         path: PathBuf,
         /// Interface.

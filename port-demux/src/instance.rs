@@ -14,7 +14,9 @@ use std::{
 };
 
 use aya::programs::ProgramInfo;
-use port_demux_common::{LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, Meta};
+use port_demux_common::{
+    LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5, Meta,
+};
 
 use crate::{
     Error, Result, Scope,
@@ -456,7 +458,10 @@ fn running_hint(
         (None, Some(path)) => format!(" --netns {path}"),
     };
     let iface = iface.unwrap_or("IFACE");
-    if let Some(old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3 | LAYOUT_VERSION_V4)) = layout {
+    if let Some(
+        old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3 | LAYOUT_VERSION_V4 | LAYOUT_VERSION_V5),
+    ) = layout
+    {
         format!("running, layout {old}: `port-demux{netns} load {iface} --upgrade` migrates it")
     } else {
         format!("running: `port-demux{netns} status` shows it")

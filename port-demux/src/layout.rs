@@ -18,9 +18,9 @@ use std::{
 
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PortCounters, PortScope,
-    REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopeV4, ScopeV6,
-    ScopedBinding,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PORT_GROUPS,
+    PortCounterGroup, PortCounters, PortScope, REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN,
+    ScopeTableV4, ScopeTableV6, ScopeV4, ScopeV6, ScopedBinding,
 };
 
 use crate::{Error, Result, is_bpffs, spec::valid_ifname, sys};
@@ -33,7 +33,8 @@ pub(crate) const DEVMAP_VALUE: u32 = 8;
 
 /// The pinned maps: name, type, value size, entries. Layout v2 had the first five, v3 the
 /// first six ([`MAPS_V3`]); v4 added the scope maps, with `SCOPE_V4` and `SCOPE_V6` as arrays
-/// of records ([`SCOPE_TABLES_V4`]); v5 has them as one value each (the same bytes).
+/// of records ([`SCOPE_TABLES_V4`]); v5 has them as one value each (the same bytes). Up to v5
+/// the per-port counters were [`PORT_STATS_V5`]; v6 has `PORT_STATS2` in its place.
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
 pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
     (
@@ -43,10 +44,10 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
         BINDINGS_LEN,
     ),
     (
-        "PORT_STATS",
+        PORT_STATS2,
         BPF_MAP_TYPE_PERCPU_ARRAY,
-        size_of::<PortCounters>() as u32,
-        BINDINGS_LEN,
+        size_of::<PortCounterGroup>() as u32,
+        PORT_GROUPS,
     ),
     (
         "GLOBALS",
@@ -98,6 +99,20 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
         SCOPED_LEN,
     ),
 ];
+/// The per-port counters of layouts v2-v5, one entry per (protocol, port). An upgrade from
+/// those layouts keeps the map pinned under its name beside v6's `PORT_STATS2`: no program
+/// writes it any more, and readers add it in, so its counts stay in every total.
+#[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
+pub(crate) const PORT_STATS_V5: (&str, u32, u32, u32) = (
+    PORT_STATS,
+    BPF_MAP_TYPE_PERCPU_ARRAY,
+    size_of::<PortCounters>() as u32,
+    BINDINGS_LEN,
+);
+/// Layout v6's per-port counters.
+pub(crate) const PORT_STATS2: &str = "PORT_STATS2";
+/// Layouts v2-v5's per-port counters, in v6 a frozen base when the instance was upgraded.
+pub(crate) const PORT_STATS: &str = "PORT_STATS";
 /// The maps of layout v3, which `load --upgrade` from v3 keeps (and creates the rest).
 pub(crate) const MAPS_V3: usize = 6;
 /// Layout v4's `SCOPE_V4` and `SCOPE_V6`: arrays of [`SCOPE_RECORDS`] records, whose bytes

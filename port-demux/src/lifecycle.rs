@@ -21,8 +21,8 @@ use aya::{
 };
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, MODE_NATIVE,
-    MODE_SKB, Meta, ScopedBinding, action,
+    Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
+    LAYOUT_VERSION_V5, MODE_NATIVE, MODE_SKB, Meta, ScopedBinding, action,
 };
 
 use crate::{
@@ -30,8 +30,9 @@ use crate::{
     instance::{self, Found, attached_prog},
     kernel,
     layout::{
-        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage,
-        check_ifname, instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
+        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PORT_STATS, PORT_STATS_V5, PORT_STATS2,
+        PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage, check_ifname, instance_dir, open_maps,
+        read_meta, remove_pins, staging_dir, write_meta,
     },
     maps::{self, Maps},
     netlink,
@@ -222,9 +223,11 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     let meta = read_meta(&dir)?;
     let from = meta.layout_version;
     // Every map of the layout checked: v2 had the first five, v3 the first six
-    // (`MAPS_V3`, before the scope maps), v4 all, its interval tables as arrays of records.
+    // (`MAPS_V3`, before the scope maps), v4 all, its interval tables as arrays of records;
+    // up to v5 the per-port counters were `PORT_STATS`, which v6 keeps beside `PORT_STATS2`
+    // when it upgraded from them.
     let had = match from {
-        LAYOUT_VERSION | LAYOUT_VERSION_V4 => MAPS.len(),
+        LAYOUT_VERSION | LAYOUT_VERSION_V5 | LAYOUT_VERSION_V4 => MAPS.len(),
         LAYOUT_VERSION_V3 => MAPS_V3,
         LAYOUT_VERSION_V2 => 5,
         found => {
@@ -239,8 +242,14 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
         let v4_table = SCOPE_TABLES_V4.iter().find(|t| t.0 == map.0);
         match v4_table {
             Some(table) if from == LAYOUT_VERSION_V4 => open_maps(&dir, &[*table])?,
+            _ if map.0 == PORT_STATS2 && from != LAYOUT_VERSION => {
+                open_maps(&dir, &[PORT_STATS_V5])?
+            }
             _ => open_maps(&dir, &[*map])?,
         };
+    }
+    if from == LAYOUT_VERSION && dir.join(PORT_STATS).exists() {
+        open_maps(&dir, &[PORT_STATS_V5])?;
     }
     let cookie = scope.netns_cookie();
     let ifindex = found.link.ifindex;
@@ -355,40 +364,18 @@ fn swap_program(
 ) -> Result<UpgradeReport> {
     // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
     // devmap and `GLOBALS2`, and (v4) the scope maps but the interval tables, which v5 holds
-    // as one value each (new maps, v4's bytes copied in); the ones an older layout lacked are
-    // created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
+    // as one value each (new maps, v4's bytes copied in), and (up to v5) the per-port
+    // counters beside v6's new `PORT_STATS2` ([`kept_maps`]); the ones an older layout lacked
+    // are created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
     // lets a devmap serve only programs that agree on multi-buffer support): the successor
     // gets a new one with the same slots; bindings name slots, so they stay valid. With
     // `next` (apply), new maps hold the new set: `BINDINGS` and the scope maps (`SCOPED`,
     // `SCOPES`, `SCOPE_V4`, `SCOPE_V6`), filled before the link update, so that the data path
     // and readers see the old set or the new, never a mix. `SCOPED_STATS` is kept like
-    // `PORT_STATS` (the scoped bindings that stay keep their ids, so their counters) unless
+    // the per-port counters (the scoped bindings that stay keep their ids, so their counters) unless
     // the two sets together need more ids than it has.
     let v2 = from == LAYOUT_VERSION_V2;
-    let all: &[&str] = &[
-        "BINDINGS",
-        "PORT_STATS",
-        "GLOBALS",
-        REDIRECT,
-        GLOBALS2,
-        "SCOPES",
-        "SCOPE_V4",
-        "SCOPE_V6",
-        "SCOPED",
-        "SCOPED_STATS",
-    ];
-    let kept: Vec<&str> = match from {
-        LAYOUT_VERSION_V2 => all[..3].to_vec(),
-        LAYOUT_VERSION_V3 => all[..5].to_vec(),
-        // v4's interval tables have this layout's bytes in maps of another shape: new ones
-        // are created and the bytes copied.
-        LAYOUT_VERSION_V4 => all
-            .iter()
-            .copied()
-            .filter(|name| !matches!(*name, "SCOPE_V4" | "SCOPE_V6"))
-            .collect(),
-        _ => all.to_vec(),
-    };
+    let kept = kept_maps(from, dir);
     let renewed = |name: &str| {
         next.is_some_and(|next| {
             matches!(
@@ -458,6 +445,49 @@ fn swap_program(
         old_prog_id: link_info.prog_id,
         new_prog_id,
     })
+}
+
+/// The maps of the instance in `dir`, of layout `from`, that its successor keeps.
+///
+/// Up to v5 the per-port counters were `PORT_STATS`: kept as they are, pinned under their
+/// name, no longer written (the successor counts into a new `PORT_STATS2`) and added in by
+/// readers. The old program's last frames, counted there after the commit point, are in the
+/// totals too; a v6 instance upgraded from v5 keeps both.
+fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
+    let all: &[&'static str] = &[
+        "BINDINGS",
+        PORT_STATS,
+        "GLOBALS",
+        REDIRECT,
+        GLOBALS2,
+        "SCOPES",
+        "SCOPE_V4",
+        "SCOPE_V6",
+        "SCOPED",
+        "SCOPED_STATS",
+        PORT_STATS2,
+    ];
+    match from {
+        LAYOUT_VERSION_V2 => all[..3].to_vec(),
+        LAYOUT_VERSION_V3 => all[..5].to_vec(),
+        // v4's interval tables have this layout's bytes in maps of another shape: new ones
+        // are created and the bytes copied.
+        LAYOUT_VERSION_V4 => all
+            .iter()
+            .copied()
+            .filter(|name| !matches!(*name, "SCOPE_V4" | "SCOPE_V6" | PORT_STATS2))
+            .collect(),
+        LAYOUT_VERSION_V5 => all
+            .iter()
+            .copied()
+            .filter(|name| *name != PORT_STATS2)
+            .collect(),
+        _ => all
+            .iter()
+            .copied()
+            .filter(|name| *name != PORT_STATS || dir.join(PORT_STATS).exists())
+            .collect(),
+    }
 }
 
 /// Refuses to change an instance whose program no longer runs on its interface in `scope`

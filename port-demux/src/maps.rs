@@ -7,14 +7,14 @@ use std::{
 };
 
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PortCounters, PortScope,
-    REDIRECT_SLOTS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopedBinding, action, outcome,
-    port_index,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PORT_GROUP, PORT_GROUPS,
+    PortCounters, PortScope, REDIRECT_SLOTS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopedBinding,
+    action, outcome, port_counter_at, port_index,
 };
 
 use crate::{
     Action, Error, PortSpec, Result, Scope, Totals,
-    layout::{DEVMAP_VALUE, GLOBALS2, MAPS, open_maps},
+    layout::{DEVMAP_VALUE, GLOBALS2, MAPS, PORT_STATS, PORT_STATS_V5, PORT_STATS2, open_maps},
     sys,
 };
 
@@ -29,6 +29,8 @@ pub(crate) struct Maps {
     dir: PathBuf,
     bindings: OwnedFd,
     port_stats: OwnedFd,
+    /// Layout v5's `PORT_STATS`, kept by an upgrade from v2-v5: no longer written, added in.
+    port_base: Option<OwnedFd>,
     globals: OwnedFd,
     globals2: OwnedFd,
     redirect: OwnedFd,
@@ -87,10 +89,17 @@ impl Maps {
             scoped_entries,
             scoped_stats,
         ] = open_maps(dir, &MAPS)?;
+        let port_base = if dir.join(PORT_STATS).exists() {
+            let [base] = open_maps(dir, &[PORT_STATS_V5])?;
+            Some(base)
+        } else {
+            None
+        };
         Ok(Self {
             dir: dir.to_owned(),
             bindings,
             port_stats,
+            port_base,
             globals,
             globals2,
             redirect,
@@ -183,7 +192,7 @@ impl Maps {
     /// `SCOPED_STATS` of the ids below `below`, summed over CPUs, by id. Ids are taken
     /// lowest first, so reading up to the highest live one reads little of the 32,768.
     pub(crate) fn scoped_counters(&self, below: u32) -> Result<Vec<PortCounters>> {
-        self.summed(&self.scoped_stats, "SCOPED_STATS", below.min(SCOPED_LEN))
+        self.summed(&self.scoped_stats, "SCOPED_STATS", below.min(SCOPED_LEN), 1)
     }
 
     /// The id of the `BINDINGS` map opened.
@@ -193,18 +202,47 @@ impl Maps {
             .map_err(|e| Error::io("cannot inspect", self.dir.join("BINDINGS"), e))
     }
 
-    /// `PORT_STATS`, summed over CPUs.
+    /// Every port's counters by index: `PORT_STATS2` summed over CPUs, plus the `PORT_STATS`
+    /// an upgrade from layout v5 or older kept.
     pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
-        self.summed(&self.port_stats, "PORT_STATS", BINDINGS_LEN)
+        let groups = self.summed(
+            &self.port_stats,
+            PORT_STATS2,
+            PORT_GROUPS,
+            PORT_GROUP as usize,
+        )?;
+        // `groups` is entry-major: entry `e`'s element `k` at `e * PORT_GROUP + k`.
+        let mut all: Vec<PortCounters> = (0..BINDINGS_LEN)
+            .map(|index| {
+                let (entry, element) = port_counter_at(index);
+                groups[entry as usize * PORT_GROUP as usize + element]
+            })
+            .collect();
+        if let Some(base) = &self.port_base {
+            let old = self.summed(base, PORT_STATS, BINDINGS_LEN, 1)?;
+            for (sum, old) in all.iter_mut().zip(old) {
+                sum.packets += old.packets;
+                sum.bytes += old.bytes;
+            }
+        }
+        Ok(all)
     }
 
-    /// A per-CPU array of `len` [`PortCounters`], summed over CPUs.
-    fn summed(&self, fd: &OwnedFd, name: &str, len: u32) -> Result<Vec<PortCounters>> {
+    /// A per-CPU array of `len` entries of `per_entry` [`PortCounters`] each, summed over
+    /// CPUs: `len * per_entry` counters.
+    fn summed(
+        &self,
+        fd: &OwnedFd,
+        name: &str,
+        len: u32,
+        per_entry: usize,
+    ) -> Result<Vec<PortCounters>> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
-        let stride = size_of::<PortCounters>() * cpus;
+        let value = size_of::<PortCounters>() * per_entry;
+        let stride = value * cpus;
         let mut raw = vec![0u8; len as usize * stride];
-        // The kernel copies a per-CPU entry in about 0.4 us: PORT_STATS' 131,072 take 55 ms
-        // on one core. Large arrays are read in parallel batches, one a thread.
+        // The kernel copies a per-CPU entry in about 0.4 us: v5's PORT_STATS' 131,072 took
+        // 55 ms on one core. Large arrays are read in parallel batches, one a thread.
         let threads = if len >= PARALLEL_FROM {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READERS))
         } else {
@@ -231,18 +269,23 @@ impl Maps {
             })
         };
         read.map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
-        Ok(raw
-            .chunks_exact(stride)
-            .map(|per_cpu| {
-                let mut sum = PortCounters::default();
-                for c in per_cpu.chunks_exact(size_of::<PortCounters>()) {
+        let mut sums = vec![PortCounters::default(); len as usize * per_entry];
+        for (entry, per_cpu) in sums
+            .chunks_exact_mut(per_entry)
+            .zip(raw.chunks_exact(stride))
+        {
+            for cpu in per_cpu.chunks_exact(value) {
+                for (sum, c) in entry
+                    .iter_mut()
+                    .zip(cpu.chunks_exact(size_of::<PortCounters>()))
+                {
                     let c: PortCounters = bytemuck::pod_read_unaligned(c);
                     sum.packets += c.packets;
                     sum.bytes += c.bytes;
                 }
-                sum
-            })
-            .collect())
+            }
+        }
+        Ok(sums)
     }
 
     /// `GLOBALS` and `GLOBALS2`, summed over CPUs and added.

@@ -15,10 +15,10 @@ use aya::{
 };
 use port_demux::{EBPF_OBJECT, PROGRAM, PROGRAM_DEBUG, pinned, prefix::Tables};
 use port_demux_common::{
-    Binding, GlobalCounters, Globals, PortCounters, PortScope, REDIRECT_SLOTS, ScopeTableV4,
-    ScopeTableV6, action, family,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, PortCounterGroup, PortCounters, PortScope,
+    REDIRECT_SLOTS, ScopeTableV4, ScopeTableV6, action, family,
     model::{self, ScopedRule, Verdict},
-    outcome,
+    outcome, port_counter_at,
 };
 
 use crate::frames::to_hex;
@@ -138,7 +138,7 @@ fn sum_ports(per_cpu: impl Iterator<Item = PortCounters>) -> PortCounters {
 pub struct Snapshot {
     /// `GLOBALS` and `GLOBALS2`.
     pub globals: Globals,
-    /// `PORT_STATS`, all [`port_demux_common::BINDINGS_LEN`] entries.
+    /// Every port's counters (`PORT_STATS2`), all [`port_demux_common::BINDINGS_LEN`] of them.
     pub ports: Vec<PortCounters>,
 }
 
@@ -160,7 +160,7 @@ fn table<R: Copy + Default, const N: usize>(records: &[R]) -> Box<[R; N]> {
 pub struct Harness {
     ebpf: Ebpf,
     bindings: Array<MapData, Binding>,
-    port_stats: PerCpuArray<MapData, PortCounters>,
+    port_stats: PerCpuArray<MapData, PortCounterGroup>,
     globals: PerCpuArray<MapData, GlobalCounters>,
     globals2: PerCpuArray<MapData, Globals>,
     redirect: DevMap<MapData>,
@@ -225,7 +225,7 @@ impl Harness {
                 .ok_or_else(|| anyhow!("the object has no map {name}"))
         };
         let bindings = Array::try_from(take("BINDINGS")?)?;
-        let port_stats = PerCpuArray::try_from(take("PORT_STATS")?)?;
+        let port_stats = PerCpuArray::try_from(take("PORT_STATS2")?)?;
         let globals = PerCpuArray::try_from(take("GLOBALS")?)?;
         let globals2 = PerCpuArray::try_from(take("GLOBALS2")?)?;
         let redirect = DevMap::try_from(take("REDIRECT")?)?;
@@ -440,29 +440,34 @@ impl Harness {
         sum
     }
 
-    /// `PORT_STATS[index]`, summed over CPUs.
+    /// The counters of port `index` (in `PORT_STATS2`), summed over CPUs.
     ///
     /// # Panics
     /// When the map lookup fails.
     #[must_use]
     pub fn port(&self, index: u32) -> PortCounters {
+        let (entry, element) = port_counter_at(index);
         let per_cpu = self
             .port_stats
-            .get(&index, 0)
-            .unwrap_or_else(|e| panic!("cannot read PORT_STATS[{index}]: {e}"));
-        sum_ports(per_cpu.iter().copied())
+            .get(&entry, 0)
+            .unwrap_or_else(|e| panic!("cannot read PORT_STATS2 for index {index}: {e}"));
+        sum_ports(per_cpu.iter().map(|g| g.ports[element]))
     }
 
-    /// All of `PORT_STATS`, summed over CPUs, in one batch lookup.
+    /// Every port's counters, summed over CPUs, in one batch lookup of `PORT_STATS2`.
     ///
     /// # Panics
     /// When the batch lookup fails.
     #[must_use]
     pub fn ports(&self) -> Vec<PortCounters> {
-        pinned::read_array::<PortCounters>(self.port_stats.map().fd().as_fd())
-            .expect("cannot batch-read PORT_STATS")
-            .chunks_exact(self.cpus)
-            .map(|per_cpu| sum_ports(per_cpu.iter().copied()))
+        let groups = pinned::read_array::<PortCounterGroup>(self.port_stats.map().fd().as_fd())
+            .expect("cannot batch-read PORT_STATS2");
+        let per_entry: Vec<&[PortCounterGroup]> = groups.chunks_exact(self.cpus).collect();
+        (0..BINDINGS_LEN)
+            .map(|index| {
+                let (entry, element) = port_counter_at(index);
+                sum_ports(per_entry[entry as usize].iter().map(|g| g.ports[element]))
+            })
             .collect()
     }
 
@@ -497,7 +502,7 @@ impl Harness {
     /// Runs `frame` and checks the program against the model: the same XDP action, exactly the
     /// model's global cell +1 (if it has one) and no other, and the port counter of a
     /// demultiplexed frame by one packet and its length. With `all_ports`, also
-    /// checks that no other `PORT_STATS` entry moved (two batch reads of the whole array).
+    /// checks that no other port counter moved (two batch reads of the whole array).
     ///
     /// # Errors
     /// What disagrees.
@@ -583,7 +588,7 @@ pub struct Mismatch {
     pub action: Option<(u32, Verdict)>,
     /// The `GLOBALS`/`GLOBALS2` delta and the model's, when they differ.
     pub globals: Option<(Globals, Globals)>,
-    /// `PORT_STATS` entries whose delta differs: index, delta, the model's delta.
+    /// port counters whose delta differs: index, delta, the model's delta.
     pub ports: Vec<(u32, PortCounters, PortCounters)>,
     /// `SCOPED_STATS` entries whose delta differs: id, delta, the model's delta.
     pub scoped: Vec<(u32, PortCounters, PortCounters)>,
@@ -619,7 +624,7 @@ impl std::fmt::Display for Mismatch {
             ));
         }
         for (i, got, want) in &self.ports {
-            parts.push(format!("PORT_STATS[{i}] delta {got:?}, model {want:?}"));
+            parts.push(format!("port[{i}] delta {got:?}, model {want:?}"));
         }
         for (id, got, want) in &self.scoped {
             parts.push(format!("SCOPED_STATS[{id}] delta {got:?}, model {want:?}"));

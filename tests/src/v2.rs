@@ -15,8 +15,8 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use port_demux::common::{
-    Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, MODE_NATIVE, Meta, PROTO_UDP,
-    PortScope, ScopeV4, ScopeV6, ScopedBinding, action, port_index,
+    Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5,
+    MODE_NATIVE, Meta, PROTO_UDP, PortScope, ScopeV4, ScopeV6, ScopedBinding, action, port_index,
 };
 
 use crate::netns::Netns;
@@ -132,6 +132,28 @@ pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
         "port-demux-v4.o",
         &V4_MAPS,
         LAYOUT_VERSION_V4,
+        Some(dir),
+    )
+}
+
+/// Loads the v5 object (main at b8e19d6, one `PORT_STATS` entry per port; kept as
+/// `tests/fixtures/port-demux-v5.o`) on `iface` of `ns` in native mode, as main's `port-demux
+/// load IFACE` did then; returns the pin folder. Its maps have v4's names.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v5(ns: &Netns, iface: &str) -> PathBuf {
+    let dir = Path::new(port_demux::BPFFS)
+        .join("port-demux")
+        .join(format!("ns-{}", ns.scope().netns_cookie()))
+        .join(format!("if-{}", ns.ifindex(iface)));
+    load_old(
+        ns,
+        iface,
+        "port-demux-v5.o",
+        &V4_MAPS,
+        LAYOUT_VERSION_V5,
         Some(dir),
     )
 }

@@ -3,10 +3,10 @@
 //! root).
 //!
 //! Per frame: the same XDP action (never `XDP_ABORTED`), and for a frame the model
-//! demultiplexes, its `PORT_STATS` entry at exactly the model's running total. Every
+//! demultiplexes, its port counter at exactly the model's running total. Every
 //! [`CHECK_EVERY`] frames: `GLOBALS` equal to the model's running totals, and the per-port
 //! packets plus the frames not demultiplexed summing to the frames sent. At the end of every binding epoch
-//! ([`EPOCH`] frames): all of `PORT_STATS` equal to the model's totals.
+//! ([`EPOCH`] frames): all port counters equal to the model's totals.
 //!
 //! Two instances run side by side, default action pass and drop, taking turns by epoch; each
 //! epoch draws new bindings (unbound, pass, drop, redirect to filled, empty and out-of-range
@@ -54,7 +54,7 @@ const DEFAULT_FRAMES: u64 = 100_000;
 const DEBUG_FRAMES: u64 = 20_000;
 /// Frames between full `GLOBALS` checks.
 const CHECK_EVERY: u64 = 1_000;
-/// Frames per binding epoch (and between full `PORT_STATS` checks).
+/// Frames per binding epoch (and between full port counter checks).
 const EPOCH: u64 = 5_000;
 /// Ports the generator prefers, and that get bindings.
 const POOL: usize = 48;
@@ -150,13 +150,13 @@ impl Instance {
         Ok(())
     }
 
-    /// All of `PORT_STATS` as the model has it, or the first difference.
+    /// All port counters as the model has it, or the first difference.
     fn check_ports(&self) -> Result<(), String> {
         let all = self.h.ports();
         for (i, got) in (0u32..BINDINGS_LEN).zip(&all) {
             let want = self.ports.get(&i).copied().unwrap_or_default();
             if *got != want {
-                return Err(format!("PORT_STATS[{i}] {got:?}, model {want:?}"));
+                return Err(format!("port[{i}] {got:?}, model {want:?}"));
             }
         }
         Ok(())
@@ -191,7 +191,7 @@ fn minimise(frame: &[u8], fails: &dyn Fn(&[u8]) -> bool) -> Vec<u8> {
 
 /// Minimises a frame `h` disagrees on, saves it as a regression and panics with it.
 fn report(h: &Harness, frame: &[u8], why: &str, seed: u64, index: u64) -> ! {
-    // The cheap per-frame check if it reproduces, else the one reading all of PORT_STATS.
+    // The cheap per-frame check if it reproduces, else the one reading all port counters.
     let (all_ports, first) = match h.check(frame, false) {
         Err(m) => (false, Some(m)),
         Ok(_) => (true, h.check(frame, true).err()),
@@ -294,7 +294,7 @@ fn fuzz(program: &'static str, seed: u64, total: u64) {
                 want.bytes += verdict.bytes;
                 let got = inst.h.port(i);
                 if got != *want {
-                    let why = format!("{kind:?} frame: PORT_STATS[{i}] {got:?}, model {want:?}");
+                    let why = format!("{kind:?} frame: port[{i}] {got:?}, model {want:?}");
                     report(&inst.h, &frame, &why, seed, sent);
                 }
             }
@@ -319,7 +319,7 @@ fn fuzz(program: &'static str, seed: u64, total: u64) {
     }
     for inst in &instances {
         inst.check_globals().expect("final GLOBALS");
-        inst.check_ports().expect("final PORT_STATS");
+        inst.check_ports().expect("final port counters");
     }
     let elapsed = started.elapsed();
     println!(
@@ -369,7 +369,7 @@ fn summary(kinds: &[u64], outcomes: &[u64], taken_counts: &[u64]) {
 }
 
 /// Every saved regression, under both default actions and every binding of its port: the
-/// program and the model agree, counters included (all of `PORT_STATS` checked).
+/// program and the model agree, counters included (all port counters checked).
 #[test]
 fn regressions_replay() {
     let dir = regressions_dir();

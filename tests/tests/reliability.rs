@@ -31,8 +31,8 @@ use port_demux::{
     Action, BindOptions, BindingRange, DirLock, Error, IpNet, LoadOptions, PortDemux, Proto, Scope,
     Stats,
     common::{
-        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PortCounters,
-        action, outcome, port_index,
+        BINDINGS_LEN, Binding, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PortCounterGroup,
+        action, outcome, port_counter_at, port_index,
     },
     is_bpffs, pinned,
 };
@@ -256,17 +256,18 @@ impl Sent {
 }
 
 /// Frames port-demux counted on the two ports the upgrade test sends to, summed over CPUs:
-/// two lookups in the pinned `PORT_STATS`, not a read of all 131,072 ports, so the sender's
+/// two lookups in the pinned `PORT_STATS2`, not a read of all 131,072 ports, so the sender's
 /// pacing does not depend on how fast a loaded machine reads the whole table.
-fn counted_upgrade_ports(port_stats: &PerCpuArray<MapData, PortCounters>) -> u64 {
+fn counted_upgrade_ports(port_stats: &PerCpuArray<MapData, PortCounterGroup>) -> u64 {
     [UPGRADE_PASS, UPGRADE_DROP]
         .into_iter()
         .map(|port| {
+            let (entry, element) = port_counter_at(port_index(Proto::Udp.index(), port));
             port_stats
-                .get(&port_index(Proto::Udp.index(), port), 0)
-                .unwrap_or_else(|e| panic!("PORT_STATS[udp/{port}]: {e}"))
+                .get(&entry, 0)
+                .unwrap_or_else(|e| panic!("PORT_STATS2[udp/{port}]: {e}"))
                 .iter()
-                .map(|c| c.packets)
+                .map(|g| g.ports[element].packets)
                 .sum::<u64>()
         })
         .sum()
@@ -291,9 +292,9 @@ fn send_during_upgrades(
     let to_pass = SocketAddrV4::new(lab.server_addr(), UPGRADE_PASS);
     let to_drop = SocketAddrV4::new(lab.server_addr(), UPGRADE_DROP);
     let (pass, drop) = ([0x11; UPGRADE_PASS_PAYLOAD], [0x22; UPGRADE_DROP_PAYLOAD]);
-    let port_stats = MapData::from_pin(demux.pin_dir().join("PORT_STATS"))
+    let port_stats = MapData::from_pin(demux.pin_dir().join("PORT_STATS2"))
         .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
-        .unwrap_or_else(|e| panic!("PORT_STATS: {e}"));
+        .unwrap_or_else(|e| panic!("PORT_STATS2: {e}"));
     let mut sent = Sent::default();
     while (upgrading.load(Ordering::SeqCst) || sent.total() < at_least)
         && !abort.load(Ordering::SeqCst)

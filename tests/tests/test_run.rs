@@ -3,7 +3,7 @@
 //! Every frame is checked for its exact XDP action and its exact counter deltas: a frame that
 //! is not demultiplexed moves its outcome's cell of `GLOBALS` +1 and nothing else; a
 //! demultiplexed one moves its (protocol, port) counter +1 packet / + its length, and only a
-//! redirect moves a `GLOBALS` cell too (redirected or fallback); every other `PORT_STATS`
+//! redirect moves a `GLOBALS` cell too (redirected or fallback); every other port counter
 //! entry is checked unchanged
 //! at the end of each test (one full read before, one after). The expectations are written
 //! out from the spec; the reference model's own are its unit tests (`port-demux-common`,
@@ -50,7 +50,7 @@ use port_demux_testkit::{
 const UDP_PORT: u16 = 7777;
 const TCP_PORT: u16 = 8080;
 
-/// A harness plus the expectations of one test, checked frame by frame and, for `PORT_STATS`
+/// A harness plus the expectations of one test, checked frame by frame and, for port counters
 /// as a whole, at the end.
 struct Checker {
     h: Harness,
@@ -117,7 +117,7 @@ impl Checker {
             let d = port_delta(&self.h.port(i), &b);
             assert_eq!(bytes, counted, "the model's byte count of {}", ctx());
             let w = PortCounters { packets: 1, bytes };
-            assert_eq!(d, w, "PORT_STATS[{i}] of {}", ctx());
+            assert_eq!(d, w, "port[{i}] of {}", ctx());
             let e = self.ports.entry(i).or_default();
             e.packets += 1;
             e.bytes += bytes;
@@ -143,14 +143,14 @@ impl Checker {
         );
     }
 
-    /// Every `PORT_STATS` entry moved by exactly what [`expect`](Self::expect) recorded, and
+    /// Every port counter moved by exactly what [`expect`](Self::expect) recorded, and
     /// the per-port packets plus the frames not demultiplexed are the frames sent.
     fn finish(self) {
         let after = self.h.ports();
         let mut demuxed = 0;
         for (i, (a, b)) in (0u32..).zip(after.iter().zip(&self.start)) {
             let want = self.ports.get(&i).copied().unwrap_or_default();
-            assert_eq!(port_delta(a, b), want, "PORT_STATS[{i}] over the test");
+            assert_eq!(port_delta(a, b), want, "port[{i}] over the test");
             demuxed += want.packets;
         }
         let g = self.h.globals();

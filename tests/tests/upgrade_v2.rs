@@ -24,8 +24,8 @@ use aya::maps::{Array, DevMap, MapData, PerCpuArray};
 use port_demux::{
     Error, PortDemux,
     common::{
-        BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PROTO_UDP, PortCounters,
-        ScopedBinding, action, family, port_index,
+        BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PROTO_UDP, PortCounterGroup,
+        PortCounters, ScopedBinding, action, family, port_counter_at, port_index,
     },
     pinned,
 };
@@ -35,7 +35,7 @@ use port_demux_testkit::{
         Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD, count_datagrams,
         poll, recv_datagrams, set_rcvbuf, udp_to,
     },
-    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4},
+    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5},
 };
 
 const PASS_PORT: u16 = 7911;
@@ -60,6 +60,23 @@ fn counted(stats: &PerCpuArray<MapData, PortCounters>, port: u16) -> u64 {
         .expect("PORT_STATS entry")
         .iter()
         .map(|c| c.packets)
+        .sum()
+}
+
+/// Packets counted on UDP `port` in the `PORT_STATS2` pinned in `dir` (layout v6), 0 while
+/// there is none: after an upgrade from v5 or older the old `PORT_STATS` no longer moves.
+fn counted_v6(dir: &Path, port: u16) -> u64 {
+    let Ok(data) = MapData::from_pin(dir.join("PORT_STATS2")) else {
+        return 0;
+    };
+    let groups: PerCpuArray<MapData, PortCounterGroup> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("a per-CPU array");
+    let (entry, element) = port_counter_at(port_index(PROTO_UDP, port));
+    groups
+        .get(&entry, 0)
+        .expect("PORT_STATS2 entry")
+        .iter()
+        .map(|g| g.ports[element].packets)
         .sum()
 }
 
@@ -141,7 +158,19 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
         |&n| n == 150,
     );
 
-    // Then the upgrade, with datagrams going out all along.
+    // Then the upgrade, with datagrams going out all along. The sender paces itself on
+    // what v2's `PORT_STATS` counted and, from the commit point, on the successor's
+    // `PORT_STATS2` in this build's folder.
+    let new_dir = ns
+        .scope()
+        .dir()
+        .join(format!("if-{}", lab.server.ifindex(SERVER_IF)));
+    let both = || {
+        counted(&stats, PASS_PORT)
+            + counted(&stats, DROP_PORT)
+            + counted_v6(&new_dir, PASS_PORT)
+            + counted_v6(&new_dir, DROP_PORT)
+    };
     let (stop, sent_pass, sent_drop) =
         (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
     let upgrade = thread::scope(|s| {
@@ -163,11 +192,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
                 if n.is_multiple_of(32) {
                     // Stay within the veth's ring: wait for the counters to catch up.
                     let total = 150 + 2 * n;
-                    poll(
-                        "counters catching up",
-                        || counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT),
-                        |&c| c + 128 >= total,
-                    );
+                    poll("counters catching up", both, |&c| c + 128 >= total);
                     thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -262,12 +287,9 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let after = pd_json(ns, &["status", "--json"]);
     assert_eq!(after["interfaces"][0]["attached"], true, "{after}");
     // Migrated to this build's folder, keyed by the namespace's cookie and the ifindex; main's
-    // folder is gone.
-    let new_dir = ns
-        .scope()
-        .dir()
-        .join(format!("if-{}", lab.server.ifindex(SERVER_IF)));
+    // folder is gone. v2's counters stay pinned beside the new ones.
     assert!(new_dir.join("GLOBALS2").exists());
+    assert!(new_dir.join("PORT_STATS").exists() && new_dir.join("PORT_STATS2").exists());
     assert!(!dir.exists(), "{} left", dir.display());
     for map in SCOPE_MAPS {
         assert!(new_dir.join(map).exists(), "{map}");
@@ -528,3 +550,103 @@ fn upgrade_from_v4_moves_the_interval_tables_and_keeps_everything() {
     assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/{DROP_PORT}");
     pd_ok(ns, &["unload", SERVER_IF]);
 }
+
+/// Layout v5 (one per-CPU `PORT_STATS` entry per port): refused with one line naming the
+/// upgrade; `load --upgrade` counts into a new `PORT_STATS2` and keeps v5's map, no longer
+/// written, in every total; a second upgrade keeps both; `unload` removes both.
+#[test]
+fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v5(&lab.server, SERVER_IF);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    match PortDemux::open(&ns.scope(), SERVER_IF) {
+        Err(e @ Error::LayoutV5 { .. }) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains("upgrade"), "{line}");
+        }
+        other => panic!("open of v5 pins: {other:?}"),
+    }
+    assert_refused(
+        &pd(ns, &["stats"]),
+        "stats of v5 pins",
+        &["layout version 5", "load b0 --upgrade"],
+    );
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    let dropped = lab.udp_server(DROP_PORT);
+    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    let old = port_stats(&dir);
+    poll(
+        "v5 counts 30",
+        || counted(&old, PASS_PORT) + counted(&old, DROP_PORT),
+        |&n| n == 30,
+    );
+
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    for (round, (pass, drop)) in [(20, 10), (27, 13)].into_iter().enumerate() {
+        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+        assert!(
+            out.starts_with("upgraded port-demux on b0: "),
+            "{round}: {out}"
+        );
+        assert_eq!(pins(&dir)[..], V6_UPGRADED_PINS, "round {round}");
+        let stats = pd_json(ns, &["stats", "--json"]);
+        assert_eq!(
+            json_port(&stats, "udp", PASS_PORT),
+            (pass, pass * frame),
+            "round {round}: {stats}"
+        );
+        assert_eq!(
+            json_port(&stats, "udp", DROP_PORT),
+            (drop, drop * frame),
+            "round {round}: {stats}"
+        );
+        // New frames count in the grouped map only; the old one stays as it was.
+        let _ = lab.send_udp(&client, PASS_PORT, 7, PAYLOAD);
+        let _ = lab.send_udp(&client, DROP_PORT, 3, PAYLOAD);
+        assert_eq!(recv_datagrams(&passed, 7).len(), 7);
+        let stats = poll(
+            "the new frames counted",
+            || pd_json(ns, &["stats", "--json"]),
+            |s| {
+                json_port(s, "udp", PASS_PORT).0 + json_port(s, "udp", DROP_PORT).0
+                    == pass + drop + 10
+            },
+        );
+        assert_eq!(
+            json_port(&stats, "udp", DROP_PORT),
+            (drop + 3, (drop + 3) * frame),
+            "round {round}: {stats}"
+        );
+        assert_eq!(counted(&old, PASS_PORT) + counted(&old, DROP_PORT), 30);
+        assert_eq!(
+            counted_v6(&dir, PASS_PORT) + counted_v6(&dir, DROP_PORT),
+            pass + drop + 10 - 30
+        );
+    }
+    assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/{DROP_PORT}");
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+/// The pins of a v6 instance upgraded from v5: v5's maps, `PORT_STATS2`, program and link.
+const V6_UPGRADED_PINS: [&str; 14] = [
+    "BINDINGS",
+    "GLOBALS",
+    "GLOBALS2",
+    "META",
+    "PORT_STATS",
+    "PORT_STATS2",
+    "REDIRECT",
+    "SCOPED",
+    "SCOPED_STATS",
+    "SCOPES",
+    "SCOPE_V4",
+    "SCOPE_V6",
+    "link",
+    "prog",
+];
