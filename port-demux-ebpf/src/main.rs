@@ -197,8 +197,14 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
     let (entry, element) = port_counter_at(index);
     if let Some(group) = PORT_STATS2.get_ptr_mut(entry) {
         // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
-        // reentrant.
-        let counters = unsafe { &mut (*group).ports[element] };
+        // reentrant; `element` < PORT_GROUP, so the counters lie inside it. Addressed by byte
+        // offset: with `(*group).ports[element]` the compiler moved the update out of line
+        // (two jumps more a frame; IPv4 0.6-1.7 ns slower than layout v5, measured).
+        let counters = unsafe {
+            &mut *group
+                .cast::<PortCounters>()
+                .byte_add(element * size_of::<PortCounters>())
+        };
         counters.packets += 1;
         counters.bytes += len;
     }
