@@ -36,6 +36,13 @@ pub struct BenchArgs {
     /// Interleaved rounds; the median is reported.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Loads of port-demux and of the previous program in the per-packet part: the rounds are
+    /// split among them, and before each block but the first both are loaded again (fresh
+    /// program and maps: port-demux unloaded, loaded and bound again). Where the kernel puts
+    /// a program and its maps moves a row by up to 1.5 ns from one load to the next, a draw
+    /// that more rounds of one load do not average.
+    #[arg(long, default_value_t = 3)]
+    loads: usize,
     /// Frames sent per receiver, frame and half round of the live traffic (in a few runs); 0
     /// skips the live traffic.
     #[arg(long, default_value_t = 3_000_000)]
@@ -395,6 +402,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         "machine": machine(),
         "repeat": args.repeat,
         "rounds": args.rounds,
+        "loads": args.loads.clamp(1, args.rounds.max(1)),
         "previous": args.previous.display().to_string(),
     });
     let mut text = String::new();
@@ -478,10 +486,11 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     let floor = bpf::load_return_program(bpf::XDP_PASS, "bench_pass")
         .context("loading the XDP_PASS floor program")?;
     attach_generic(&floor, ns_tx(), "ftx0")?;
-    let demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
+    let mut demux = bpf::obj_get(&format!("{}/prog", pin_dir.display()))?;
     // Kept alive until the end: dropping it detaches and unloads the previous program.
-    let previous = previous_program(&args.previous)
+    let mut previous = previous_program(&args.previous)
         .with_context(|| format!("loading {}", args.previous.display()))?;
+    let loads = args.loads.clamp(1, args.rounds.max(1));
     let filter = xdp_filter();
     if let Err(e) = &filter {
         writeln!(text, "xdp-filter unavailable: {e}")?;
@@ -503,6 +512,16 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
     for round in 0..args.rounds {
+        if round > 0 && round * loads / args.rounds != (round - 1) * loads / args.rounds {
+            demux = reload_demux(bin)?;
+            drop(previous);
+            nsenter(
+                ns_rx(),
+                &["ip", "link", "set", "dev", "prx0", "xdpgeneric", "off"],
+            )?;
+            previous = previous_program(&args.previous)
+                .with_context(|| format!("loading {} again", args.previous.display()))?;
+        }
         // port-demux and the v2 program back to back, in turns first (ABBA over the rounds):
         // their difference is the figure of interest, and a fixed order would add whatever
         // the position in the round costs to one of them.
@@ -532,7 +551,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     }
     writeln!(
         text,
-        "\nper-packet cost, BPF_PROG_TEST_RUN (wall time / repeat), repeat {}, median of {} interleaved rounds:",
+        "\nper-packet cost, BPF_PROG_TEST_RUN (wall time / repeat), repeat {}, median of {} interleaved rounds over {loads} loads of port-demux and the previous program:",
         args.repeat, args.rounds
     )?;
     writeln!(
@@ -881,6 +900,27 @@ fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
     attach_generic(&fd, ns_rx(), "prx0")?;
     Ok((ebpf, fd))
+}
+
+/// Unloads port-demux from `rx0` and loads it again with the per-packet part's bindings (the
+/// scoped ports' prefixes, `udp/BOUND_UDP drop`, `tcp/BOUND_TCP pass`): a fresh program and
+/// fresh maps. Returns a descriptor of the new program.
+fn reload_demux(bin: &Path) -> Result<std::os::fd::OwnedFd> {
+    pd(bin, &["unload", "rx0"])?;
+    pd(bin, &["load", "rx0", "--mode", "native"])?;
+    for (_, port, count, v6) in SCOPED {
+        let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
+        let prefixes = scoped_prefixes(count, dst);
+        let spec = format!("udp/{port}");
+        let mut cmd = vec!["bind", spec.as_str(), "drop"];
+        for p in &prefixes {
+            cmd.extend(["--dst", p.as_str()]);
+        }
+        pd(bin, &cmd)?;
+    }
+    pd(bin, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
+    pd(bin, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
+    Ok(bpf::obj_get(&format!("{}/prog", pin_dir(bin)?.display()))?)
 }
 
 /// Attaches `prog` as generic XDP to `dev` of `ns` (an otherwise unused veth) so that, like
