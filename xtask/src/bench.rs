@@ -420,15 +420,10 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     // issue 11's "binding 10,000 prefixes in one call").
     let mut bind_scoped = serde_json::Map::new();
     for (name, port, count, v6) in SCOPED {
-        let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
-        let prefixes = scoped_prefixes(count, dst);
-        let spec = format!("udp/{port}");
-        let mut cmd = vec!["bind", spec.as_str(), "drop"];
-        for p in &prefixes {
-            cmd.extend(["--dst", p.as_str()]);
-        }
-        let (_, took) = pd(bin, &cmd)?;
-        bind_scoped.insert(name.to_owned(), json!(ms(took)));
+        bind_scoped.insert(
+            name.to_owned(),
+            json!(ms(bind_scoped_port(bin, port, count, v6)?)),
+        );
     }
     let (stats_out, stats_all) = pd(bin, &["stats", "--all", "--json"])?;
     ensure!(stats_out.contains("\"totals\""), "stats printed no totals");
@@ -902,6 +897,19 @@ fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     Ok((ebpf, fd))
 }
 
+/// Binds UDP `port` to drop for `count` of [`scoped_prefixes`] around the scoped frames'
+/// destination (IPv6 with `v6`), in one `bind` process; returns its wall time.
+fn bind_scoped_port(bin: &Path, port: u16, count: usize, v6: bool) -> Result<Duration> {
+    let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
+    let prefixes = scoped_prefixes(count, dst);
+    let spec = format!("udp/{port}");
+    let mut cmd = vec!["bind", spec.as_str(), "drop"];
+    for p in &prefixes {
+        cmd.extend(["--dst", p.as_str()]);
+    }
+    Ok(pd(bin, &cmd)?.1)
+}
+
 /// Unloads port-demux from `rx0` and loads it again with the per-packet part's bindings (the
 /// scoped ports' prefixes, `udp/BOUND_UDP drop`, `tcp/BOUND_TCP pass`): a fresh program and
 /// fresh maps. Returns a descriptor of the new program.
@@ -909,14 +917,7 @@ fn reload_demux(bin: &Path) -> Result<std::os::fd::OwnedFd> {
     pd(bin, &["unload", "rx0"])?;
     pd(bin, &["load", "rx0", "--mode", "native"])?;
     for (_, port, count, v6) in SCOPED {
-        let dst: &[u8] = if v6 { &SCOPED_DST6 } else { &SCOPED_DST4 };
-        let prefixes = scoped_prefixes(count, dst);
-        let spec = format!("udp/{port}");
-        let mut cmd = vec!["bind", spec.as_str(), "drop"];
-        for p in &prefixes {
-            cmd.extend(["--dst", p.as_str()]);
-        }
-        pd(bin, &cmd)?;
+        bind_scoped_port(bin, port, count, v6)?;
     }
     pd(bin, &["bind", &format!("udp/{BOUND_UDP}"), "drop"])?;
     pd(bin, &["bind", &format!("tcp/{BOUND_TCP}"), "pass"])?;
