@@ -122,18 +122,7 @@ pub const V4_MAPS: [&str; 11] = [
 /// When any step fails.
 #[must_use]
 pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
-    let dir = Path::new(port_demux::BPFFS)
-        .join("port-demux")
-        .join(format!("ns-{}", ns.scope().netns_cookie()))
-        .join(format!("if-{}", ns.ifindex(iface)));
-    load_old(
-        ns,
-        iface,
-        "port-demux-v4.o",
-        &V4_MAPS,
-        LAYOUT_VERSION_V4,
-        Some(dir),
-    )
+    load_in_ns_folder(ns, iface, "port-demux-v4.o", LAYOUT_VERSION_V4)
 }
 
 /// Loads the v5 object (main at b8e19d6, one `PORT_STATS` entry per port; kept as
@@ -144,18 +133,17 @@ pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
 /// When any step fails.
 #[must_use]
 pub fn load_v5(ns: &Netns, iface: &str) -> PathBuf {
+    load_in_ns_folder(ns, iface, "port-demux-v5.o", LAYOUT_VERSION_V5)
+}
+
+/// [`load_old`] of an object with v4's maps (v4, v5) into this build's folder layout,
+/// `ns-<cookie>/if-<ifindex>`.
+fn load_in_ns_folder(ns: &Netns, iface: &str, fixture_name: &str, version: u32) -> PathBuf {
     let dir = Path::new(port_demux::BPFFS)
         .join("port-demux")
         .join(format!("ns-{}", ns.scope().netns_cookie()))
         .join(format!("if-{}", ns.ifindex(iface)));
-    load_old(
-        ns,
-        iface,
-        "port-demux-v5.o",
-        &V4_MAPS,
-        LAYOUT_VERSION_V5,
-        Some(dir),
-    )
+    load_old(ns, iface, fixture_name, &V4_MAPS, version, Some(dir))
 }
 
 /// Adds the address-scoped binding `b` (its id 0, the port's only one, with no binding

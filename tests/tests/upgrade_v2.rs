@@ -80,6 +80,28 @@ fn counted_v6(dir: &Path, port: u16) -> u64 {
         .sum()
 }
 
+/// Through the instance of an older layout pinned in `dir`: 20 datagrams to the passed port,
+/// all received on `passed`, and 10 to the dropped one; all 30 counted in its `PORT_STATS`.
+fn traffic_before_upgrade(
+    lab: &Lab,
+    client: &std::net::UdpSocket,
+    passed: &std::net::UdpSocket,
+    dir: &Path,
+    layout: &str,
+) {
+    let _ = lab.send_udp(client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(passed, 20).len(), 20);
+    poll(
+        &format!("{layout} counts 30"),
+        || {
+            let stats = port_stats(dir);
+            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
+        },
+        |&n| n == 30,
+    );
+}
+
 /// Sets the flag when dropped, also while unwinding.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -385,17 +407,7 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     }
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
-    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
-    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
-    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
-    poll(
-        "v3 counts 30",
-        || {
-            let stats = port_stats(&dir);
-            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
-        },
-        |&n| n == 30,
-    );
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v3");
     let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
     let new_dir = PortDemux::open(&ns.scope(), SERVER_IF)
@@ -494,17 +506,7 @@ fn upgrade_from_v4_moves_the_interval_tables_and_keeps_everything() {
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     let dropped = lab.udp_server(DROP_PORT);
-    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
-    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
-    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
-    poll(
-        "v4 counts 30",
-        || {
-            let stats = port_stats(&dir);
-            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
-        },
-        |&n| n == 30,
-    );
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v4");
 
     let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
@@ -576,15 +578,8 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     let dropped = lab.udp_server(DROP_PORT);
-    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
-    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
-    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v5");
     let old = port_stats(&dir);
-    poll(
-        "v5 counts 30",
-        || counted(&old, PASS_PORT) + counted(&old, DROP_PORT),
-        |&n| n == 30,
-    );
 
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
     for (round, (pass, drop)) in [(20, 10), (27, 13)].into_iter().enumerate() {
