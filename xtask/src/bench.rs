@@ -40,7 +40,9 @@ pub struct BenchArgs {
     /// split among them, and before each block but the first both are loaded again (fresh
     /// program and maps: port-demux unloaded, loaded and bound again). Where the kernel puts
     /// a program and its maps moves a row by up to 1.5 ns from one load to the next, a draw
-    /// that more rounds of one load do not average.
+    /// that more rounds of one load do not average. Both are unloaded before either is loaded
+    /// again, port-demux first on even loads and the previous program first on odd ones: the
+    /// order of the loads biased the difference (an even N balances it).
     #[arg(long, default_value_t = 3)]
     loads: usize,
     /// Frames sent per receiver, frame and half round of the live traffic (in a few runs); 0
@@ -507,15 +509,27 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     let mut kernel: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
     let mut actions: Vec<[u32; 4]> = vec![[0; 4]; frames.len()];
     for round in 0..args.rounds {
-        if round > 0 && round * loads / args.rounds != (round - 1) * loads / args.rounds {
-            demux = reload_demux(bin)?;
+        let load = round * loads / args.rounds;
+        if round > 0 && load != (round - 1) * loads / args.rounds {
+            // Both unloaded before either is loaded again, and in turns first: where the
+            // kernel puts a program follows the order of the loads.
+            pd(bin, &["unload", "rx0"])?;
             drop(previous);
             nsenter(
                 ns_rx(),
                 &["ip", "link", "set", "dev", "prx0", "xdpgeneric", "off"],
             )?;
-            previous = previous_program(&args.previous)
-                .with_context(|| format!("loading {} again", args.previous.display()))?;
+            let load_previous = || {
+                previous_program(&args.previous)
+                    .with_context(|| format!("loading {} again", args.previous.display()))
+            };
+            if load % 2 == 1 {
+                previous = load_previous()?;
+                demux = reload_demux(bin)?;
+            } else {
+                demux = reload_demux(bin)?;
+                previous = load_previous()?;
+            }
         }
         // port-demux and the v2 program back to back, in turns first (ABBA over the rounds):
         // their difference is the figure of interest, and a fixed order would add whatever
@@ -910,11 +924,10 @@ fn bind_scoped_port(bin: &Path, port: u16, count: usize, v6: bool) -> Result<Dur
     Ok(pd(bin, &cmd)?.1)
 }
 
-/// Unloads port-demux from `rx0` and loads it again with the per-packet part's bindings (the
+/// Loads port-demux on `rx0` (unloaded by the caller) with the per-packet part's bindings (the
 /// scoped ports' prefixes, `udp/BOUND_UDP drop`, `tcp/BOUND_TCP pass`): a fresh program and
 /// fresh maps. Returns a descriptor of the new program.
 fn reload_demux(bin: &Path) -> Result<std::os::fd::OwnedFd> {
-    pd(bin, &["unload", "rx0"])?;
     pd(bin, &["load", "rx0", "--mode", "native"])?;
     for (_, port, count, v6) in SCOPED {
         bind_scoped_port(bin, port, count, v6)?;
