@@ -56,8 +56,8 @@ pub enum Fast {
     /// Other untagged IPv6 with extension headers (walked from where the fast parse
     /// stopped): classified.
     Parsed(Result<Demuxed, usize>),
-    /// Not demultiplexed, and certainly so: the outcome (frames neither IP nor tagged), as
-    /// [`full`] would find it.
+    /// Not demultiplexed, and certainly so: the outcome (frames neither IP nor tagged; IPv4
+    /// of another protocol, or a later fragment), as [`full`] would find it.
     Counted(usize),
     /// Anything else, for [`full`].
     Other,
@@ -190,13 +190,13 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     // protocol.
     let (w6, total_len) = unsafe { (load::<u32>(start + L3 + 6), load::<u16>(start + L3 + 2)) };
     // Fragment offset 0 and the protocol, in one test.
+    let header_len = ((w >> 14) & 0x3c) as usize;
+    let total_len = usize::from(u16::from_be(total_len));
     let (proto, l4_len) = match w6 & 0xff00_ff1f {
         FRAG_PROTO_UDP => (PROTO_UDP, UDP_LEN),
         FRAG_PROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
-        _ => return Fast::Other,
+        _ => return v4_not_demuxed::<L3>(start, end, w6, header_len, total_len),
     };
-    let header_len = ((w >> 14) & 0x3c) as usize;
-    let total_len = usize::from(u16::from_be(total_len));
     // Scalars only: see the module's doc.
     if header_len < IPV4_MIN_LEN || total_len < header_len + l4_len || L3 + total_len > end - start
     {
@@ -210,6 +210,32 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     // SAFETY: checked just above.
     let dest_port = u16::from_be(unsafe { load::<u16>(l4 + 2) });
     Fast::Ipv4(port_index(proto, dest_port))
+}
+
+/// [`v4`]'s IPv4 datagram at `L3` that is not an unfragmented TCP/UDP one (`w6`: its bytes
+/// 6..10, little-endian): counted here when its lengths are consistent and in the first
+/// buffer, as [`full`] would count it (another protocol, ICMP for one, or a later fragment of
+/// TCP/UDP), so that such frames do not take the full parse; else [`full`]'s.
+#[cold]
+#[inline(always)]
+fn v4_not_demuxed<const L3: usize>(
+    start: usize,
+    end: usize,
+    w6: u32,
+    header_len: usize,
+    total_len: usize,
+) -> Fast {
+    // As `full`'s checks before the protocol's; scalars only (the module's doc).
+    if header_len < IPV4_MIN_LEN || total_len < header_len || L3 + total_len > end - start {
+        return Fast::Other;
+    }
+    let proto = (w6 >> 24) as u8;
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        // TCP or UDP, not at fragment offset 0 (the caller's test).
+        Fast::Counted(outcome::FRAGMENT)
+    } else {
+        Fast::Counted(outcome::NOT_TCP_UDP)
+    }
 }
 
 /// What [`v6`] found.
