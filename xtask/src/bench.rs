@@ -42,8 +42,8 @@ pub struct BenchArgs {
     /// a program and its maps moves a row by up to 1.5 ns from one load to the next, a draw
     /// that more rounds of one load do not average. Both are unloaded before either is loaded
     /// again, port-demux first on even loads and the previous program first on odd ones: the
-    /// order of the loads biased the difference (an even N balances it).
-    #[arg(long, default_value_t = 3)]
+    /// order of the loads biased the difference (an even N, as the default, balances it).
+    #[arg(long, default_value_t = 4)]
     loads: usize,
     /// Frames sent per receiver, frame and half round of the live traffic (in a few runs); 0
     /// skips the live traffic.
