@@ -56,8 +56,8 @@ pub enum Fast {
     /// Other untagged IPv6 with extension headers (walked from where the fast parse
     /// stopped): classified.
     Parsed(Result<Demuxed, usize>),
-    /// Not demultiplexed, and certainly so: the outcome (frames neither IP nor tagged; IPv4
-    /// of another protocol, or a later fragment), as [`full`] would find it.
+    /// Not demultiplexed, and certainly so: the outcome (frames neither IP nor tagged;
+    /// untagged IPv4 of another protocol, or a later fragment), as [`full`] would find it.
     Counted(usize),
     /// Anything else, for [`full`].
     Other,
@@ -195,7 +195,12 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     let (proto, l4_len) = match w6 & 0xff00_ff1f {
         FRAG_PROTO_UDP => (PROTO_UDP, UDP_LEN),
         FRAG_PROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
-        _ => return v4_not_demuxed::<L3>(start, end, w6, header_len, total_len),
+        // Untagged only: behind tags, the copy of this code moved the tagged frames' path
+        // behind taken jumps (802.1Q IPv4 +0.5 to +0.7 ns, measured).
+        _ if L3 == ETH_LEN => {
+            return v4_not_demuxed::<L3>(start, end, w6, header_len, total_len);
+        }
+        _ => return Fast::Other,
     };
     // Scalars only: see the module's doc.
     if header_len < IPV4_MIN_LEN || total_len < header_len + l4_len || L3 + total_len > end - start
@@ -216,7 +221,6 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
 /// 6..10, little-endian): counted here when its lengths are consistent and in the first
 /// buffer, as [`full`] would count it (another protocol, ICMP for one, or a later fragment of
 /// TCP/UDP), so that such frames do not take the full parse; else [`full`]'s.
-#[cold]
 #[inline(always)]
 fn v4_not_demuxed<const L3: usize>(
     start: usize,
