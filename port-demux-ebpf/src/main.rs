@@ -9,9 +9,9 @@
 //! 8-byte extension headers) take a fast parse with constant offsets; IPv4 costs one per-CPU
 //! counter update, its port's (IPv6 a second, its family's cell in `GLOBALS2`), and keeps the
 //! frame pointers in registers for a scoped port's search. Frames neither IP nor tagged, and
-//! untagged IPv4 of another protocol or a later fragment, are counted from the fast parse. Other frames (other extension header chains, everything not
-//! demultiplexed) are classified step by step; IPv6 frames also count in `GLOBALS2`, others
-//! by outcome.
+//! untagged IPv4 of another protocol or a later fragment, are counted from the fast parse.
+//! Other frames (other extension header chains, everything not demultiplexed) are classified
+//! step by step; IPv6 frames also count in `GLOBALS2`, others by outcome.
 //! Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first buffer
 //! only. All of it is one function: a bpf-to-bpf call costs more here (a return through the
 //! kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it would

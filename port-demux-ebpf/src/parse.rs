@@ -67,9 +67,10 @@ pub enum Fast {
 /// UDP, not a fragment, lengths consistent, or IPv6 whose next header is TCP or UDP (no
 /// extension header), lengths consistent; untagged or behind one or two VLAN tags. Four
 /// loads for untagged IPv4: Ethernet type and IP version are one test, fragment offset and
-/// protocol another. `Other` sends the frame to [`full`], which classifies everything
-/// (short, malformed, extension headers, other protocols, fragments, deeper tag stacks);
-/// where both take a frame they agree, as the differential test checks.
+/// protocol another; untagged IPv4 of other protocols and later fragments are counted from
+/// the same loads. `Other` sends the frame to [`full`], which classifies everything (short,
+/// malformed, extension headers, other protocols, fragments, deeper tag stacks); where both
+/// take a frame they agree, as the differential test checks.
 #[inline(always)]
 pub fn fast(ctx: &XdpContext) -> Fast {
     let start = ctx.data();
@@ -189,9 +190,9 @@ fn v4<const L3: usize>(start: usize, end: usize, w: u32) -> Fast {
     // SAFETY: checked just above. Bytes L3+6..L3+10 are flags/fragment offset, TTL and
     // protocol.
     let (w6, total_len) = unsafe { (load::<u32>(start + L3 + 6), load::<u16>(start + L3 + 2)) };
-    // Fragment offset 0 and the protocol, in one test.
     let header_len = ((w >> 14) & 0x3c) as usize;
     let total_len = usize::from(u16::from_be(total_len));
+    // Fragment offset 0 and the protocol, in one test.
     let (proto, l4_len) = match w6 & 0xff00_ff1f {
         FRAG_PROTO_UDP => (PROTO_UDP, UDP_LEN),
         FRAG_PROTO_TCP => (PROTO_TCP, TCP_MIN_LEN),
