@@ -32,8 +32,8 @@ use port_demux::{
 use port_demux_testkit::{
     cli::{assert_refused, json_port, pd, pd_json, pd_ok},
     netns::{
-        Capture, Lab, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD, count_datagrams,
-        poll, recv_datagrams, set_rcvbuf, udp_to,
+        Capture, Lab, Netns, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD,
+        count_datagrams, poll, recv_datagrams, set_rcvbuf, udp_to,
     },
     v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5},
 };
@@ -120,6 +120,19 @@ fn pins(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The error `PortDemux::open` gives for an older layout's pins on `SERVER_IF` of `ns`,
+/// checked to be one line that names the upgrade.
+fn open_refusal(ns: &Netns) -> Error {
+    match PortDemux::open(&ns.scope(), SERVER_IF) {
+        Err(e) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains("upgrade"), "{line}");
+            e
+        }
+        other => panic!("open of older pins: {other:?}"),
+    }
+}
+
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -146,17 +159,10 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     bind_v2(&dir, REDIRECT_PORT, action::REDIRECT);
 
     // v3 reads no v2 pins: one line saying how to migrate.
-    match PortDemux::open(&ns.scope(), SERVER_IF) {
-        Err(e @ Error::LayoutV2 { .. }) => {
-            let line = e.to_string();
-            // The library's words; the CLI adds `port-demux load b0 --upgrade`.
-            assert!(
-                !line.contains('\n') && line.contains("upgrade") && !line.contains("--"),
-                "{line}"
-            );
-        }
-        other => panic!("open of v2 pins: {other:?}"),
-    }
+    let e = open_refusal(ns);
+    assert!(matches!(e, Error::LayoutV2 { .. }), "{e:?}");
+    // The library's words; the CLI adds `port-demux load b0 --upgrade`.
+    assert!(!e.to_string().contains("--"), "{e}");
     assert_refused(
         &pd(ns, &["stats"]),
         "stats on v2 pins",
@@ -398,13 +404,8 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     let dir = load_v3(&lab.server, SERVER_IF);
     bind_v2(&dir, DROP_PORT, action::DROP);
     bind_v2(&dir, PASS_PORT, action::PASS);
-    match PortDemux::open(&ns.scope(), SERVER_IF) {
-        Err(e @ Error::LayoutV3 { .. }) => {
-            let line = e.to_string();
-            assert!(!line.contains('\n') && line.contains("upgrade"), "{line}");
-        }
-        other => panic!("open of v3 pins: {other:?}"),
-    }
+    let e = open_refusal(ns);
+    assert!(matches!(e, Error::LayoutV3 { .. }), "{e:?}");
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     traffic_before_upgrade(&lab, &client, &passed, &dir, "v3");
@@ -563,13 +564,8 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
     let dir = load_v5(&lab.server, SERVER_IF);
     bind_v2(&dir, PASS_PORT, action::PASS);
     bind_v2(&dir, DROP_PORT, action::DROP);
-    match PortDemux::open(&ns.scope(), SERVER_IF) {
-        Err(e @ Error::LayoutV5 { .. }) => {
-            let line = e.to_string();
-            assert!(!line.contains('\n') && line.contains("upgrade"), "{line}");
-        }
-        other => panic!("open of v5 pins: {other:?}"),
-    }
+    let e = open_refusal(ns);
+    assert!(matches!(e, Error::LayoutV5 { .. }), "{e:?}");
     assert_refused(
         &pd(ns, &["stats"]),
         "stats of v5 pins",
