@@ -4,6 +4,7 @@
 
 use std::{
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -122,13 +123,19 @@ impl PortDemux {
     /// Opens the instance `resolve` finds. A writer may rename the folder away between the
     /// finding and the opening (putting an upgrade in place, or retiring its predecessor):
     /// then it is found again where it went, a few times at most (each time a writer renamed
-    /// it), rather than reported gone.
+    /// it), rather than reported gone. The folder is told by its inode, not its path: a commit
+    /// moves the predecessor away and its successor in under the same name, so a reader that
+    /// lost a pin in between finds the path there again, holding another folder.
     fn open_resolved(resolve: impl Fn() -> Result<(String, Found)>, scope: &Scope) -> Result<Self> {
+        let folder = |dir: &Path| fs::metadata(dir).ok().map(|m| m.ino());
         let mut tries = 3;
         loop {
             let (iface, found) = resolve()?;
+            let before = folder(found.dir());
             match Self::open_found(scope, &iface, &found) {
-                Err(_) if tries > 1 && !found.dir().exists() => tries -= 1,
+                Err(_) if tries > 1 && (before.is_none() || folder(found.dir()) != before) => {
+                    tries -= 1;
+                }
                 opened => return opened,
             }
         }
