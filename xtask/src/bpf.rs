@@ -206,3 +206,40 @@ pub fn test_run_live(prog: &OwnedFd, frame: &[u8], repeat: u32, ifindex: u32) ->
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| attr.duration)
 }
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_prog_info` up to `jited_ksyms` (Linux 4.18).
+#[repr(C)]
+struct ProgInfo {
+    head: [u8; 104],
+    nr_jited_ksyms: u32,
+    nr_jited_func_lens: u32,
+    jited_ksyms: u64,
+}
+
+/// The address of a program's code: its main function's entry in `jited_ksyms`.
+pub fn prog_ksym(prog: &OwnedFd) -> io::Result<u64> {
+    let mut ksym = 0u64;
+    let mut info = ProgInfo {
+        head: [0; 104],
+        nr_jited_ksyms: 1,
+        nr_jited_func_lens: 0,
+        jited_ksyms: std::ptr::from_mut(&mut ksym) as u64,
+    };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(prog.as_raw_fd()).expect("fd"),
+        info_len: u32::try_from(size_of::<ProgInfo>()).expect("small struct"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(ksym)
+}
