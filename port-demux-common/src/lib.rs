@@ -13,7 +13,7 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
 /// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
 /// moves to a new devmap: see `port-demux`'s upgrade).
@@ -27,10 +27,17 @@ pub const LAYOUT_VERSION_V3: u32 = 3;
 /// into new maps (every other map is kept).
 pub const LAYOUT_VERSION_V4: u32 = 4;
 /// The layout whose per-port counters were `PORT_STATS`, one per-CPU entry per (protocol,
-/// port); v6 counts into `PORT_STATS2`, [`PORT_GROUP`] ports an entry. `load --upgrade` from
-/// v2-v5 keeps the old `PORT_STATS` pinned, no longer written, and readers add it in (the
-/// counts made before the upgrade stay, and none made while the programs swap is lost).
+/// port); v6 counts into `PORT_STATS2`, 16 ports an entry. `load --upgrade` from v2-v5 keeps
+/// the old `PORT_STATS` pinned, no longer written, and readers add it in (the counts made
+/// before the upgrade stay, and none made while the programs swap is lost).
 pub const LAYOUT_VERSION_V5: u32 = 5;
+/// The layout whose per-port counters were `PORT_STATS2`, 16 ports a 256-byte per-CPU entry,
+/// and whose demultiplexed IPv6 frames were counted in a `GLOBALS2` cell, a second per-CPU
+/// lookup and update for every IPv6 frame (0.6-1.1 ns on this project's bench); v7 counts
+/// them in the port's own `PORT_STATS3` entry ([`PortCounterGroup::ipv6`]). `load --upgrade`
+/// from v6 keeps `PORT_STATS2` as v6 kept v5's `PORT_STATS`: pinned, frozen, added in by
+/// readers (and `GLOBALS2`'s IPv6 cell, which keeps its counts).
+pub const LAYOUT_VERSION_V6: u32 = 6;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;
@@ -42,14 +49,77 @@ pub const NUM_PROTOS: u32 = 2;
 pub const PORTS_PER_PROTO: u32 = 1 << 16;
 /// Entries of the `BINDINGS` array (and of layout v5's `PORT_STATS`): one per (protocol, port).
 pub const BINDINGS_LEN: u32 = NUM_PROTOS * PORTS_PER_PROTO;
-/// Ports per `PORT_STATS2` entry: the kernel allocates a per-CPU array's entries one by one
+/// Ports per `PORT_STATS3` entry: the kernel allocates a per-CPU array's entries one by one
 /// (1.2-1.8 us each here), so layout v5's 131,072 entries of one port took 150-240 ms of
 /// every `load`; 8,192 entries of 16 ports take about 7 ms.
 pub const PORT_GROUP: u32 = 16;
-/// Entries of the per-CPU `PORT_STATS2` array.
+/// Entries of the per-CPU `PORT_STATS3` array.
 pub const PORT_GROUPS: u32 = BINDINGS_LEN / PORT_GROUP;
 
-/// Where the counters of (protocol, port) `index` lie in `PORT_STATS2`: entry
+/// How a per-CPU counter array holds the [`BINDINGS_LEN`] ports' counters: `groups` entries of
+/// `group` [`PortCounters`] each, index `i` at entry `i % groups`, element `i / groups`, and
+/// `tail` bytes after them in each value. This layout's `PORT_STATS3` is [`PORT_STATS_V7`];
+/// the frozen maps an upgrade keeps are v5's `PORT_STATS` ([`PORT_STATS_V5`], one port an
+/// entry) and v6's `PORT_STATS2` ([`PORT_STATS_V6`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grouping {
+    /// Entries.
+    pub groups: u32,
+    /// Ports an entry.
+    pub group: u32,
+    /// Bytes after the ports' counters: v7's [`PortCounterGroup::ipv6`].
+    pub tail: u32,
+}
+
+impl Grouping {
+    /// Entry and element of (protocol, port) `index`.
+    #[inline]
+    #[must_use]
+    pub const fn at(self, index: u32) -> (u32, usize) {
+        (
+            index % self.groups,
+            (index / self.groups % self.group) as usize,
+        )
+    }
+
+    /// Where `index`'s counters lie in the map's counters read entry after entry (entry `e`'s
+    /// element `k` at `e * group + k`), as a reader that sums over CPUs holds them.
+    #[inline]
+    #[must_use]
+    pub const fn offset(self, index: u32) -> usize {
+        let (entry, element) = self.at(index);
+        entry as usize * self.group as usize + element
+    }
+
+    /// Bytes of one CPU's value.
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "16")]
+    pub const fn value_size(self) -> u32 {
+        self.group * size_of::<PortCounters>() as u32 + self.tail
+    }
+}
+
+/// Layout v7's `PORT_STATS3`.
+#[expect(clippy::cast_possible_truncation, reason = "8")]
+pub const PORT_STATS_V7: Grouping = Grouping {
+    groups: PORT_GROUPS,
+    group: PORT_GROUP,
+    tail: size_of::<u64>() as u32,
+};
+/// Layout v6's `PORT_STATS2`: v7's without the IPv6 count.
+pub const PORT_STATS_V6: Grouping = Grouping {
+    groups: PORT_GROUPS,
+    group: PORT_GROUP,
+    tail: 0,
+};
+/// Layout v2-v5's `PORT_STATS`.
+pub const PORT_STATS_V5: Grouping = Grouping {
+    groups: BINDINGS_LEN,
+    group: 1,
+    tail: 0,
+};
+
+/// Where the counters of (protocol, port) `index` lie in `PORT_STATS3`: entry
 /// `index % PORT_GROUPS`, element `index / PORT_GROUPS` of its [`PortCounterGroup`]. The
 /// entry is the port's low 13 bits, so the data path takes the lookup key from the port alone
 /// and the element from the index after the lookup (with the element from the port's low bits,
@@ -57,10 +127,7 @@ pub const PORT_GROUPS: u32 = BINDINGS_LEN / PORT_GROUP;
 #[inline]
 #[must_use]
 pub const fn port_counter_at(index: u32) -> (u32, usize) {
-    (
-        index % PORT_GROUPS,
-        (index / PORT_GROUPS % PORT_GROUP) as usize,
-    )
+    PORT_STATS_V7.at(index)
 }
 /// Entries of the `REDIRECT` devmap: distinct redirect targets per interface.
 pub const REDIRECT_SLOTS: u32 = 64;
@@ -185,15 +252,21 @@ pub struct PortCounters {
 }
 const _: () = assert!(size_of::<PortCounters>() == 16);
 
-/// Value of the per-CPU `PORT_STATS2` array: the counters of [`PORT_GROUP`] (protocol, port)
-/// indices [`PORT_GROUPS`] apart, placed by [`port_counter_at`].
+/// Value of the per-CPU `PORT_STATS3` array: the counters of [`PORT_GROUP`] (protocol, port)
+/// indices [`PORT_GROUPS`] apart, placed by [`port_counter_at`], and the demultiplexed IPv6
+/// frames among them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortCounterGroup {
     /// The ports' counters, element `i` the index `entry + i * PORT_GROUPS`.
     pub ports: [PortCounters; PORT_GROUP as usize],
+    /// Demultiplexed IPv6 frames to any of these ports: counted here, beside the port's
+    /// counters, the entry the data path already holds, not in a second map. Readers add
+    /// every entry's (and layout v6's `GLOBALS2` cell [`Globals::DEMUXED_IPV6`]).
+    pub ipv6: u64,
 }
-const _: () = assert!(size_of::<PortCounterGroup>() == 256);
+const _: () = assert!(size_of::<PortCounterGroup>() == 264);
+const _: () = assert!(size_of::<PortCounterGroup>() == PORT_STATS_V7.value_size() as usize);
 
 /// Value of the single-entry per-CPU `GLOBALS` array of layout v2: eight cells, a cache line.
 /// A v3 program never writes it; it stays pinned so that the counts a v2 program made before
@@ -213,7 +286,7 @@ impl GlobalCounters {
 
 /// Value of the single-entry per-CPU `GLOBALS2` array (layout v3), and the sum of both maps.
 ///
-/// A demultiplexed frame is counted under its port in `PORT_STATS2`, and nowhere else unless it
+/// A demultiplexed frame is counted under its port in `PORT_STATS3`, and nowhere else unless it
 /// is IPv6 or redirected: the per-port counters are the whole account of those frames, and
 /// the IPv4 fast path touches one per-CPU value. Every other frame is counted once, under the
 /// [`outcome`] that stopped it (those frames are always passed). Cells 0-7 mean what they
@@ -238,6 +311,8 @@ impl Globals {
     /// target is gone): they are passed instead.
     pub const REDIRECT_FALLBACK: usize = 6;
     /// Cell of demultiplexed IPv6 frames (the spare cell of layout v2, never written there).
+    /// Written by layout v6 only: v7 counts them in each port's `PORT_STATS3` entry
+    /// ([`PortCounterGroup::ipv6`]), and readers add those in here.
     pub const DEMUXED_IPV6: usize = 7;
 
     /// The cell counting frames that stopped at `outcome` (not [`outcome::DEMUXED`]).

@@ -6,12 +6,12 @@
 //!
 //! Shape, for speed: the common frames (IPv4 TCP/UDP, any IHL; IPv6 with TCP/UDP right after
 //! the fixed header; untagged or behind one or two VLAN tags; untagged IPv6 behind one or two
-//! 8-byte extension headers) take a fast parse with constant offsets; IPv4 costs one per-CPU
-//! counter update, its port's (IPv6 a second, its family's cell in `GLOBALS2`), and keeps the
-//! frame pointers in registers for a scoped port's search. Frames neither IP nor tagged, and
-//! untagged IPv4 of another protocol or a later fragment, are counted from the fast parse.
-//! Other frames (other extension header chains, everything not demultiplexed) are classified
-//! step by step; IPv6 frames also count in `GLOBALS2`, others by outcome.
+//! 8-byte extension headers) take a fast parse with constant offsets; a demultiplexed frame
+//! costs one per-CPU lookup, its port's counter entry (IPv6 frames also count in that entry),
+//! and keeps the frame pointers in registers for a scoped port's search. Frames neither IP nor
+//! tagged, and untagged IPv4 of another protocol or a later fragment, are counted from the
+//! fast parse. Other frames (other extension header chains, everything not demultiplexed)
+//! are classified step by step; those not demultiplexed count by outcome.
 //! Multi-buffer frames (`frags`: jumbo MTUs in native mode) are read in their first buffer
 //! only. All of it is one function: a bpf-to-bpf call costs more here (a return through the
 //! kernel's return thunk, 5-7 ns on this project's AMD machines) than the registers it would
@@ -50,17 +50,18 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
 
 /// Packets and bytes per (protocol, destination port), per CPU, `PORT_GROUP` ports an entry
-/// (a per-CPU entry is one kernel allocation: 8,192 of them, not 131,072, at every `load`).
+/// (a per-CPU entry is one kernel allocation: 8,192 of them, not 131,072, at every `load`),
+/// and the demultiplexed IPv6 frames to the entry's ports.
 #[map]
-static PORT_STATS2: PerCpuArray<PortCounterGroup> = PerCpuArray::with_max_entries(PORT_GROUPS, 0);
+static PORT_STATS3: PerCpuArray<PortCounterGroup> = PerCpuArray::with_max_entries(PORT_GROUPS, 0);
 
 /// Layout v2's global counters: never written here, pinned so that a v2 program's counts stay
 /// in the totals after `load --upgrade`.
 #[map]
 static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Frames not demultiplexed, by outcome, redirects by result, and demultiplexed IPv6 frames,
-/// per CPU (`Globals`' cells). The one map every count here goes to: the verifier inlines a
+/// Frames not demultiplexed, by outcome, and redirects by result, per CPU (`Globals`' cells;
+/// layout v6 counted demultiplexed IPv6 frames here too). The one map every count here goes to: the verifier inlines a
 /// lookup only when the map is the same on every path to it.
 #[map]
 static GLOBALS2: PerCpuArray<Globals> = PerCpuArray::with_max_entries(1, 0);
@@ -136,7 +137,6 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
             return apply::<LOG>(ctx, index, (end - start) as u64, &at);
         }
         Fast::Ipv6(index) => {
-            count(Globals::DEMUXED_IPV6);
             let at = Ip {
                 frame: Frame::Fast(start, end),
                 ipv6: true,
@@ -152,9 +152,6 @@ fn demux<const LOG: bool>(ctx: &XdpContext) -> u32 {
     };
     match found {
         Ok(found) => {
-            if found.ipv6 {
-                count(Globals::DEMUXED_IPV6);
-            }
             let at = Ip {
                 frame: Frame::Full(found.l3),
                 ipv6: found.ipv6,
@@ -195,7 +192,7 @@ enum Frame {
 #[inline(always)]
 fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u32 {
     let (entry, element) = port_counter_at(index);
-    if let Some(group) = PORT_STATS2.get_ptr_mut(entry) {
+    if let Some(group) = PORT_STATS3.get_ptr_mut(entry) {
         // SAFETY: a per-CPU map value: only this CPU writes it and the program is not
         // reentrant; `element` < PORT_GROUP, so the counters lie inside it. Addressed by byte
         // offset: with `(*group).ports[element]` the compiler moved the update out of line
@@ -207,6 +204,12 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
         };
         counters.packets += 1;
         counters.bytes += len;
+        if at.ipv6 {
+            // SAFETY: as above; a field of the same value. The entry the port's counters are
+            // in, already in a register: no second map's lookup (a `GLOBALS2` cell cost IPv6
+            // frames 0.6-1.1 ns, measured).
+            unsafe { (*group).ipv6 += 1 };
+        }
     }
     let (mut act, slot) = match BINDINGS.get(index) {
         Some(binding) => (binding.action, binding.slot),
@@ -253,7 +256,7 @@ fn scoped(ctx: &XdpContext, index: u32, len: u64, at: &Ip, act: u32, slot: u32) 
         (_, action::UNBOUND, _) => (act & action::MASK, slot),
         (id, act, slot) => {
             if let Some(counters) = SCOPED_STATS.get_ptr_mut(id) {
-                // SAFETY: as for PORT_STATS2.
+                // SAFETY: as for PORT_STATS3.
                 let counters = unsafe { &mut *counters };
                 counters.packets += 1;
                 counters.bytes += len;
@@ -358,7 +361,7 @@ fn redirect(slot: u32) -> u32 {
 #[inline(always)]
 fn count(cell: usize) {
     if let Some(globals) = GLOBALS2.get_ptr_mut(0) {
-        // SAFETY: as for PORT_STATS2.
+        // SAFETY: as for PORT_STATS3.
         if let Some(n) = unsafe { &mut *globals }.frames.get_mut(cell) {
             *n += 1;
         }

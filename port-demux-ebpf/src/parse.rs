@@ -47,7 +47,7 @@ unsafe fn load<T: Copy>(addr: usize) -> T {
 
 /// What [`fast`] made of a frame.
 pub enum Fast {
-    /// IPv4 TCP/UDP, untagged or behind one or two VLAN tags: its `PORT_STATS`/`BINDINGS`
+    /// IPv4 TCP/UDP, untagged or behind one or two VLAN tags: its `PORT_STATS3`/`BINDINGS`
     /// index. The frame is in the first buffer: its bytes are `data_end - data`.
     Ipv4(u32),
     /// IPv6 whose fixed header is followed by TCP/UDP (or, untagged, by one or two 8-byte

@@ -13,8 +13,8 @@ use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
     Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
-    LAYOUT_VERSION_V5, MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS, ScopedBinding,
-    action, port_index,
+    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS,
+    ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -164,6 +164,12 @@ impl PortDemux {
         }
         if meta.layout_version == LAYOUT_VERSION_V5 {
             return Err(Error::LayoutV5 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V6 {
+            return Err(Error::LayoutV6 {
                 path: dir,
                 iface: iface.to_owned(),
             });
@@ -421,9 +427,7 @@ impl PortDemux {
     /// When the maps cannot be read.
     pub fn stats_and_bindings(&self) -> Result<(Stats, Vec<BindingRange>)> {
         self.current()?;
-        // Globals first: see `totals`.
-        let globals = self.maps.globals()?;
-        let counters = self.maps.port_counters()?;
+        let (globals, counters) = self.maps.counters()?;
         let (bindings, live) = self.bindings_and_live()?;
         let slot_names = self.slot_names()?;
         let stats = self.stats_from(&globals, &counters, &bindings, &slot_names, &live)?;
@@ -496,9 +500,7 @@ impl PortDemux {
     /// When the maps cannot be read.
     pub fn stats(&self) -> Result<Stats> {
         self.current()?;
-        // Globals first: see `totals`.
-        let globals = self.maps.globals()?;
-        let counters = self.maps.port_counters()?;
+        let (globals, counters) = self.maps.counters()?;
         let (bindings, live) = self.bindings_and_live()?;
         let slot_names = self.slot_names()?;
         self.stats_from(&globals, &counters, &bindings, &slot_names, &live)
@@ -584,11 +586,9 @@ impl PortDemux {
     /// # Errors
     /// When the maps cannot be read.
     pub fn totals(&self) -> Result<Totals> {
-        // Globals first: a frame counted between the two reads then shows in the per-port
-        // sum at worst, never as a redirect whose port count is missing.
         self.current()?;
-        let globals = self.maps.globals()?;
-        Ok(maps::totals(&self.maps.port_counters()?, &globals))
+        let (globals, counters) = self.maps.counters()?;
+        Ok(maps::totals(&counters, &globals))
     }
 
     /// Attach mode, program id, whether it is attached, bindings.

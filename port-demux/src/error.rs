@@ -182,7 +182,7 @@ pub enum Error {
     },
     /// Pins of layout v2 (IPv4 only), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 2 (IPv4 only), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
     )]
     LayoutV2 {
         /// Pin folder.
@@ -192,7 +192,7 @@ pub enum Error {
     },
     /// Pins of layout v3 (before address-scoped bindings), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings and counters are kept)"
+        "pins at {path} have layout version 3 (no address-scoped bindings), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
     )]
     LayoutV3 {
         /// Pin folder.
@@ -203,7 +203,7 @@ pub enum Error {
     /// Pins of layout v4 (interval tables as arrays of records), which `load --upgrade`
     /// migrates.
     #[error(
-        "pins at {path} have layout version 4 (interval tables as arrays of records), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)"
+        "pins at {path} have layout version 4 (interval tables as arrays of records), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
     )]
     LayoutV4 {
         /// Pin folder.
@@ -214,9 +214,19 @@ pub enum Error {
     /// Pins of layout v5 (one per-CPU counter entry per port), which `load --upgrade`
     /// migrates.
     #[error(
-        "pins at {path} have layout version 5 (one counter entry per port), this port-demux reads version 6: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)"
+        "pins at {path} have layout version 5 (one counter entry per port), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
     )]
     LayoutV5 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
+    /// Pins of layout v6 (16 ports a per-CPU counter entry), which `load --upgrade` migrates.
+    #[error(
+        "pins at {path} have layout version 6 (16 ports a counter entry), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
+    )]
+    LayoutV6 {
         /// Pin folder.
         path: PathBuf,
         /// Interface.

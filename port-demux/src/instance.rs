@@ -15,7 +15,8 @@ use std::{
 
 use aya::programs::ProgramInfo;
 use port_demux_common::{
-    LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5, Meta,
+    LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5, LAYOUT_VERSION_V6,
+    Meta,
 };
 
 use crate::{
@@ -459,7 +460,8 @@ fn running_hint(
     };
     let iface = iface.unwrap_or("IFACE");
     if let Some(
-        old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3 | LAYOUT_VERSION_V4 | LAYOUT_VERSION_V5),
+        old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3 | LAYOUT_VERSION_V4 | LAYOUT_VERSION_V5
+        | LAYOUT_VERSION_V6),
     ) = layout
     {
         format!("running, layout {old}: `port-demux{netns} load {iface} --upgrade` migrates it")

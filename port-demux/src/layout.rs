@@ -18,9 +18,9 @@ use std::{
 
 use bytemuck::Zeroable as _;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, LAYOUT_VERSION, Meta, PORT_GROUPS,
-    PortCounterGroup, PortCounters, PortScope, REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN,
-    ScopeTableV4, ScopeTableV6, ScopeV4, ScopeV6, ScopedBinding,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Grouping, LAYOUT_VERSION, Meta, PortCounters,
+    PortScope, REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopeV4,
+    ScopeV6, ScopedBinding,
 };
 
 use crate::{Error, Result, is_bpffs, spec::valid_ifname, sys};
@@ -34,7 +34,8 @@ pub(crate) const DEVMAP_VALUE: u32 = 8;
 /// The pinned maps: name, type, value size, entries. Layout v2 had the first five, v3 the
 /// first six ([`MAPS_V3`]); v4 added the scope maps, with `SCOPE_V4` and `SCOPE_V6` as arrays
 /// of records ([`SCOPE_TABLES_V4`]); v5 has them as one value each (the same bytes). Up to v5
-/// the per-port counters were [`PORT_STATS_V5`]; v6 has `PORT_STATS2` in its place.
+/// the per-port counters were [`PORT_STATS_V5`], in v6 [`PORT_STATS_V6`]; v7 has `PORT_STATS3`
+/// in their place.
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
 pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
     (
@@ -43,12 +44,7 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
         size_of::<Binding>() as u32,
         BINDINGS_LEN,
     ),
-    (
-        PORT_STATS2,
-        BPF_MAP_TYPE_PERCPU_ARRAY,
-        size_of::<PortCounterGroup>() as u32,
-        PORT_GROUPS,
-    ),
+    counters(PORT_STATS3, port_demux_common::PORT_STATS_V7),
     (
         "GLOBALS",
         BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -99,19 +95,35 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
         SCOPED_LEN,
     ),
 ];
+/// A pinned map as [`open_maps`] checks it: name, type, value size, entries.
+pub(crate) type MapSpec = (&'static str, u32, u32, u32);
+
+/// A per-CPU counter array of `grouping`'s shape.
+const fn counters(name: &'static str, grouping: Grouping) -> MapSpec {
+    (
+        name,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        grouping.value_size(),
+        grouping.groups,
+    )
+}
 /// The per-port counters of layouts v2-v5, one entry per (protocol, port). An upgrade from
-/// those layouts keeps the map pinned under its name beside v6's `PORT_STATS2`: no program
+/// those layouts keeps the map pinned under its name beside the new counters: no program
 /// writes it any more, and readers add it in, so its counts stay in every total.
-#[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
-pub(crate) const PORT_STATS_V5: (&str, u32, u32, u32) = (
-    PORT_STATS,
-    BPF_MAP_TYPE_PERCPU_ARRAY,
-    size_of::<PortCounters>() as u32,
-    BINDINGS_LEN,
-);
-/// Layout v6's per-port counters.
+pub(crate) const PORT_STATS_V5: MapSpec = counters(PORT_STATS, port_demux_common::PORT_STATS_V5);
+/// The per-port counters of layout v6, 16 ports an entry; kept by an upgrade as v5's are.
+pub(crate) const PORT_STATS_V6: MapSpec = counters(PORT_STATS2, port_demux_common::PORT_STATS_V6);
+/// The frozen per-port counters an upgrade keeps, oldest first, with their shapes: each
+/// pinned when the instance was upgraded from the layout that wrote it.
+pub(crate) const FROZEN_COUNTERS: [(MapSpec, Grouping); 2] = [
+    (PORT_STATS_V5, port_demux_common::PORT_STATS_V5),
+    (PORT_STATS_V6, port_demux_common::PORT_STATS_V6),
+];
+/// Layout v7's per-port counters.
+pub(crate) const PORT_STATS3: &str = "PORT_STATS3";
+/// Layout v6's per-port counters, in v7 a frozen base when the instance was upgraded.
 pub(crate) const PORT_STATS2: &str = "PORT_STATS2";
-/// Layouts v2-v5's per-port counters, in v6 a frozen base when the instance was upgraded.
+/// Layouts v2-v5's per-port counters, a frozen base when the instance was upgraded.
 pub(crate) const PORT_STATS: &str = "PORT_STATS";
 /// The maps of layout v3, which `load --upgrade` from v3 keeps (and creates the rest).
 pub(crate) const MAPS_V3: usize = 6;

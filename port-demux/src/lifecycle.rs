@@ -22,7 +22,7 @@ use aya::{
 use bytemuck::Zeroable as _;
 use port_demux_common::{
     Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
-    LAYOUT_VERSION_V5, MODE_NATIVE, MODE_SKB, Meta, ScopedBinding, action,
+    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, MODE_NATIVE, MODE_SKB, Meta, ScopedBinding, action,
 };
 
 use crate::{
@@ -30,9 +30,9 @@ use crate::{
     instance::{self, Found, attached_prog},
     kernel,
     layout::{
-        DirLock, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PORT_STATS, PORT_STATS_V5, PORT_STATS2,
-        PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage, check_ifname, instance_dir, open_maps,
-        read_meta, remove_pins, staging_dir, write_meta,
+        DirLock, FROZEN_COUNTERS, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PORT_STATS, PORT_STATS_V5,
+        PORT_STATS_V6, PORT_STATS2, PORT_STATS3, PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage,
+        check_ifname, instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
     maps::{self, Maps},
     netlink,
@@ -224,10 +224,10 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     let from = meta.layout_version;
     // Every map of the layout checked: v2 had the first five, v3 the first six
     // (`MAPS_V3`, before the scope maps), v4 all, its interval tables as arrays of records;
-    // up to v5 the per-port counters were `PORT_STATS`, which v6 keeps beside `PORT_STATS2`
-    // when it upgraded from them.
+    // up to v5 the per-port counters were `PORT_STATS`, in v6 `PORT_STATS2`; and the frozen
+    // counters an earlier upgrade kept.
     let had = match from {
-        LAYOUT_VERSION | LAYOUT_VERSION_V5 | LAYOUT_VERSION_V4 => MAPS.len(),
+        LAYOUT_VERSION | LAYOUT_VERSION_V6 | LAYOUT_VERSION_V5 | LAYOUT_VERSION_V4 => MAPS.len(),
         LAYOUT_VERSION_V3 => MAPS_V3,
         LAYOUT_VERSION_V2 => 5,
         found => {
@@ -242,14 +242,19 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
         let v4_table = SCOPE_TABLES_V4.iter().find(|t| t.0 == map.0);
         match v4_table {
             Some(table) if from == LAYOUT_VERSION_V4 => open_maps(&dir, &[*table])?,
-            _ if map.0 == PORT_STATS2 && from != LAYOUT_VERSION => {
+            _ if map.0 == PORT_STATS3 && from == LAYOUT_VERSION_V6 => {
+                open_maps(&dir, &[PORT_STATS_V6])?
+            }
+            _ if map.0 == PORT_STATS3 && from != LAYOUT_VERSION => {
                 open_maps(&dir, &[PORT_STATS_V5])?
             }
             _ => open_maps(&dir, &[*map])?,
         };
     }
-    if from == LAYOUT_VERSION && dir.join(PORT_STATS).exists() {
-        open_maps(&dir, &[PORT_STATS_V5])?;
+    for (frozen, _) in FROZEN_COUNTERS {
+        if dir.join(frozen.0).exists() {
+            open_maps(&dir, &[frozen])?;
+        }
     }
     let cookie = scope.netns_cookie();
     let ifindex = found.link.ifindex;
@@ -364,8 +369,8 @@ fn swap_program(
 ) -> Result<UpgradeReport> {
     // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
     // devmap and `GLOBALS2`, and (v4) the scope maps but the interval tables, which v5 holds
-    // as one value each (new maps, v4's bytes copied in), and (up to v5) the per-port
-    // counters beside v6's new `PORT_STATS2` ([`kept_maps`]); the ones an older layout lacked
+    // as one value each (new maps, v4's bytes copied in), and (up to v6) the per-port
+    // counters beside v7's new `PORT_STATS3` ([`kept_maps`]); the ones an older layout lacked
     // are created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
     // lets a devmap serve only programs that agree on multi-buffer support): the successor
     // gets a new one with the same slots; bindings name slots, so they stay valid. With
@@ -449,10 +454,10 @@ fn swap_program(
 
 /// The maps of the instance in `dir`, of layout `from`, that its successor keeps.
 ///
-/// Up to v5 the per-port counters were `PORT_STATS`: kept as they are, pinned under their
-/// name, no longer written (the successor counts into a new `PORT_STATS2`) and added in by
-/// readers. The old program's last frames, counted there after the commit point, are in the
-/// totals too; a v6 instance upgraded from v5 keeps both.
+/// Up to v5 the per-port counters were `PORT_STATS`, in v6 `PORT_STATS2`: kept as they are,
+/// pinned under their names, no longer written (the successor counts into a new
+/// `PORT_STATS3`) and added in by readers. The old program's last frames, counted there after
+/// the commit point, are in the totals too; an instance upgraded more than once keeps each.
 fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
     let all: &[&'static str] = &[
         "BINDINGS",
@@ -466,7 +471,11 @@ fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
         "SCOPED",
         "SCOPED_STATS",
         PORT_STATS2,
+        PORT_STATS3,
     ];
+    // Maps of older layouts this one may hold, but need not.
+    let pinned =
+        |name: &&str| !matches!(*name, PORT_STATS | PORT_STATS2) || dir.join(name).exists();
     match from {
         LAYOUT_VERSION_V2 => all[..3].to_vec(),
         LAYOUT_VERSION_V3 => all[..5].to_vec(),
@@ -475,18 +484,15 @@ fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
         LAYOUT_VERSION_V4 => all
             .iter()
             .copied()
-            .filter(|name| !matches!(*name, "SCOPE_V4" | "SCOPE_V6" | PORT_STATS2))
+            .filter(|name| !matches!(*name, "SCOPE_V4" | "SCOPE_V6" | PORT_STATS2 | PORT_STATS3))
             .collect(),
-        LAYOUT_VERSION_V5 => all
+        LAYOUT_VERSION_V5 | LAYOUT_VERSION_V6 => all
             .iter()
             .copied()
-            .filter(|name| *name != PORT_STATS2)
+            .filter(|name| *name != PORT_STATS3)
+            .filter(pinned)
             .collect(),
-        _ => all
-            .iter()
-            .copied()
-            .filter(|name| *name != PORT_STATS || dir.join(PORT_STATS).exists())
-            .collect(),
+        _ => all.iter().copied().filter(pinned).collect(),
     }
 }
 

@@ -7,14 +7,14 @@ use std::{
 };
 
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, OWNER_LEN, PORT_GROUP, PORT_GROUPS,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Grouping, OWNER_LEN, PORT_STATS_V7,
     PortCounters, PortScope, REDIRECT_SLOTS, SCOPED_LEN, ScopeTableV4, ScopeTableV6, ScopedBinding,
-    action, outcome, port_counter_at, port_index,
+    action, outcome, port_index,
 };
 
 use crate::{
     Action, Error, PortSpec, Result, Scope, Totals,
-    layout::{DEVMAP_VALUE, GLOBALS2, MAPS, PORT_STATS, PORT_STATS_V5, PORT_STATS2, open_maps},
+    layout::{DEVMAP_VALUE, FROZEN_COUNTERS, GLOBALS2, MAPS, PORT_STATS3, open_maps},
     sys,
 };
 
@@ -29,8 +29,9 @@ pub(crate) struct Maps {
     dir: PathBuf,
     bindings: OwnedFd,
     port_stats: OwnedFd,
-    /// Layout v5's `PORT_STATS`, kept by an upgrade from v2-v5: no longer written, added in.
-    port_base: Option<OwnedFd>,
+    /// The older layouts' counters an upgrade kept (v5's `PORT_STATS`, v6's `PORT_STATS2`):
+    /// no longer written, added in.
+    port_bases: Vec<(OwnedFd, &'static str, Grouping)>,
     globals: OwnedFd,
     globals2: OwnedFd,
     redirect: OwnedFd,
@@ -89,17 +90,18 @@ impl Maps {
             scoped_entries,
             scoped_stats,
         ] = open_maps(dir, &MAPS)?;
-        let port_base = if dir.join(PORT_STATS).exists() {
-            let [base] = open_maps(dir, &[PORT_STATS_V5])?;
-            Some(base)
-        } else {
-            None
-        };
+        let mut port_bases = Vec::new();
+        for (spec, grouping) in FROZEN_COUNTERS {
+            if dir.join(spec.0).exists() {
+                let [base] = open_maps(dir, &[spec])?;
+                port_bases.push((base, spec.0, grouping));
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             bindings,
             port_stats,
-            port_base,
+            port_bases,
             globals,
             globals2,
             redirect,
@@ -192,7 +194,14 @@ impl Maps {
     /// `SCOPED_STATS` of the ids below `below`, summed over CPUs, by id. Ids are taken
     /// lowest first, so reading up to the highest live one reads little of the 32,768.
     pub(crate) fn scoped_counters(&self, below: u32) -> Result<Vec<PortCounters>> {
-        self.summed(&self.scoped_stats, "SCOPED_STATS", below.min(SCOPED_LEN), 1)
+        self.summed(
+            &self.scoped_stats,
+            "SCOPED_STATS",
+            below.min(SCOPED_LEN),
+            1,
+            0,
+        )
+        .map(|(counters, _)| counters)
     }
 
     /// The id of the `BINDINGS` map opened.
@@ -202,43 +211,67 @@ impl Maps {
             .map_err(|e| Error::io("cannot inspect", self.dir.join("BINDINGS"), e))
     }
 
-    /// Every port's counters by index: `PORT_STATS2` summed over CPUs, plus the `PORT_STATS`
-    /// an upgrade from layout v5 or older kept.
-    pub(crate) fn port_counters(&self) -> Result<Vec<PortCounters>> {
-        let groups = self.summed(
-            &self.port_stats,
-            PORT_STATS2,
-            PORT_GROUPS,
-            PORT_GROUP as usize,
-        )?;
-        // `groups` is entry-major: entry `e`'s element `k` at `e * PORT_GROUP + k`.
-        let mut all: Vec<PortCounters> = (0..BINDINGS_LEN)
-            .map(|index| {
-                let (entry, element) = port_counter_at(index);
-                groups[entry as usize * PORT_GROUP as usize + element]
-            })
-            .collect();
-        if let Some(base) = &self.port_base {
-            let old = self.summed(base, PORT_STATS, BINDINGS_LEN, 1)?;
-            for (sum, old) in all.iter_mut().zip(old) {
+    /// The global counters ([`Self::globals`]) and every port's ([`Self::port_counters`]),
+    /// the IPv6 frames counted beside the ports' in the global cell
+    /// [`Globals::DEMUXED_IPV6`]. The global counters are read first: a frame counted
+    /// between the two reads then shows in the per-port sum at worst, never as a redirect
+    /// whose port count is missing.
+    pub(crate) fn counters(&self) -> Result<(Globals, Vec<PortCounters>)> {
+        let mut globals = self.globals()?;
+        let (ports, ipv6) = self.port_counters()?;
+        globals.frames[Globals::DEMUXED_IPV6] += ipv6;
+        Ok((globals, ports))
+    }
+
+    /// Every port's counters by index: `PORT_STATS3` summed over CPUs, plus the frozen
+    /// counters of older layouts an upgrade kept; and the demultiplexed IPv6 frames
+    /// `PORT_STATS3` counted.
+    fn port_counters(&self) -> Result<(Vec<PortCounters>, u64)> {
+        let (mut all, ipv6) = self.ungrouped(&self.port_stats, PORT_STATS3, PORT_STATS_V7)?;
+        for (fd, name, grouping) in &self.port_bases {
+            for (sum, old) in all.iter_mut().zip(self.ungrouped(fd, name, *grouping)?.0) {
                 sum.packets += old.packets;
                 sum.bytes += old.bytes;
             }
         }
-        Ok(all)
+        Ok((all, ipv6))
     }
 
-    /// A per-CPU array of `len` entries of `per_entry` [`PortCounters`] each, summed over
-    /// CPUs: `len * per_entry` counters.
+    /// The counters of a per-CPU array of `grouping`'s shape, summed over CPUs, by index; and
+    /// the sum of the `u64` after each value's counters (when `grouping` has a tail).
+    fn ungrouped(
+        &self,
+        fd: &OwnedFd,
+        name: &str,
+        grouping: Grouping,
+    ) -> Result<(Vec<PortCounters>, u64)> {
+        let (groups, tail) = self.summed(
+            fd,
+            name,
+            grouping.groups,
+            grouping.group as usize,
+            grouping.tail as usize,
+        )?;
+        let ports = (0..BINDINGS_LEN)
+            .map(|index| groups[grouping.offset(index)])
+            .collect();
+        Ok((ports, tail))
+    }
+
+    /// A per-CPU array of `len` entries of `per_entry` [`PortCounters`] each, then `tail`
+    /// bytes, summed over CPUs: `len * per_entry` counters, and the sum of the `u64`s that
+    /// start the tails (0 without one).
     fn summed(
         &self,
         fd: &OwnedFd,
         name: &str,
         len: u32,
         per_entry: usize,
-    ) -> Result<Vec<PortCounters>> {
+        tail: usize,
+    ) -> Result<(Vec<PortCounters>, u64)> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
-        let value = size_of::<PortCounters>() * per_entry;
+        let counters = size_of::<PortCounters>() * per_entry;
+        let value = counters + tail;
         let stride = value * cpus;
         let mut raw = vec![0u8; len as usize * stride];
         // The kernel copies a per-CPU entry in about 0.4 us: v5's PORT_STATS' 131,072 took
@@ -270,11 +303,13 @@ impl Maps {
         };
         read.map_err(|e| Error::io("cannot read", self.dir.join(name), e))?;
         let mut sums = vec![PortCounters::default(); len as usize * per_entry];
+        let mut tails = 0u64;
         for (entry, per_cpu) in sums
             .chunks_exact_mut(per_entry)
             .zip(raw.chunks_exact(stride))
         {
             for cpu in per_cpu.chunks_exact(value) {
+                let (cpu, rest) = cpu.split_at(counters);
                 for (sum, c) in entry
                     .iter_mut()
                     .zip(cpu.chunks_exact(size_of::<PortCounters>()))
@@ -283,13 +318,16 @@ impl Maps {
                     sum.packets += c.packets;
                     sum.bytes += c.bytes;
                 }
+                if let Some(t) = rest.get(..size_of::<u64>()) {
+                    tails += bytemuck::pod_read_unaligned::<u64>(t);
+                }
             }
         }
-        Ok(sums)
+        Ok((sums, tails))
     }
 
     /// `GLOBALS` and `GLOBALS2`, summed over CPUs and added.
-    pub(crate) fn globals(&self) -> Result<Globals> {
+    fn globals(&self) -> Result<Globals> {
         let cpus = sys::possible_cpus().map_err(|e| Error::io("cannot count", "CPUs", e))?;
         let read = |fd: &OwnedFd, name: &str, size: usize| -> Result<Vec<u8>> {
             let mut raw = vec![0u8; size * cpus];

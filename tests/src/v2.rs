@@ -16,7 +16,8 @@ use aya::{
 };
 use port_demux::common::{
     Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5,
-    MODE_NATIVE, Meta, PROTO_UDP, PortScope, ScopeV4, ScopeV6, ScopedBinding, action, port_index,
+    LAYOUT_VERSION_V6, MODE_NATIVE, Meta, PROTO_UDP, PortScope, ScopeV4, ScopeV6, ScopedBinding,
+    action, port_index,
 };
 
 use crate::netns::Netns;
@@ -122,7 +123,7 @@ pub const V4_MAPS: [&str; 11] = [
 /// When any step fails.
 #[must_use]
 pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
-    load_in_ns_folder(ns, iface, "port-demux-v4.o", LAYOUT_VERSION_V4)
+    load_in_ns_folder(ns, iface, "port-demux-v4.o", &V4_MAPS, LAYOUT_VERSION_V4)
 }
 
 /// Loads the v5 object (main at b8e19d6, one `PORT_STATS` entry per port; kept as
@@ -133,17 +134,36 @@ pub fn load_v4(ns: &Netns, iface: &str) -> PathBuf {
 /// When any step fails.
 #[must_use]
 pub fn load_v5(ns: &Netns, iface: &str) -> PathBuf {
-    load_in_ns_folder(ns, iface, "port-demux-v5.o", LAYOUT_VERSION_V5)
+    load_in_ns_folder(ns, iface, "port-demux-v5.o", &V4_MAPS, LAYOUT_VERSION_V5)
 }
 
-/// [`load_old`] of an object with v4's maps (v4, v5) into this build's folder layout,
-/// `ns-<cookie>/if-<ifindex>`.
-fn load_in_ns_folder(ns: &Netns, iface: &str, fixture_name: &str, version: u32) -> PathBuf {
+/// Loads the v6 object (main at 6ae0f2b, 16 ports a 256-byte `PORT_STATS2` entry; kept as
+/// `tests/fixtures/port-demux-v6.o`) on `iface` of `ns` in native mode, as main's `port-demux
+/// load IFACE` did then; returns the pin folder. Its maps have v4's names but the counters.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v6(ns: &Netns, iface: &str) -> PathBuf {
+    let mut maps = V4_MAPS;
+    maps[1] = "PORT_STATS2";
+    load_in_ns_folder(ns, iface, "port-demux-v6.o", &maps, LAYOUT_VERSION_V6)
+}
+
+/// [`load_old`] of an object with v4's maps (v4, v5; v6 with its counters) into this build's
+/// folder layout, `ns-<cookie>/if-<ifindex>`.
+fn load_in_ns_folder(
+    ns: &Netns,
+    iface: &str,
+    fixture_name: &str,
+    maps: &[&str],
+    version: u32,
+) -> PathBuf {
     let dir = Path::new(port_demux::BPFFS)
         .join("port-demux")
         .join(format!("ns-{}", ns.scope().netns_cookie()))
         .join(format!("if-{}", ns.ifindex(iface)));
-    load_old(ns, iface, fixture_name, &V4_MAPS, version, Some(dir))
+    load_old(ns, iface, fixture_name, maps, version, Some(dir))
 }
 
 /// Adds the address-scoped binding `b` (its id 0, the port's only one, with no binding

@@ -101,7 +101,7 @@ fn state_outlives_every_cli_process() {
     assert_eq!(instance["attached"], true);
     assert_eq!(instance["bound_ports"], 2);
     // The kernel memory it holds: at least the big arrays' values: BINDINGS' 131,072 24-byte
-    // values, PORT_STATS2's 16 bytes per port and possible CPU (and a pointer per entry of
+    // values, PORT_STATS3's 16 bytes per port and possible CPU (and a pointer per entry of
     // 16 ports), the scope maps (SCOPES' 16 bytes per port, 65,536 8-byte IPv4 and
     // 24-byte IPv6 records, 32,768 48-byte SCOPED entries and their per-CPU counters), at
     // most a quarter and 1 MiB on top: bookkeeping, small maps and program, and before Linux

@@ -256,7 +256,7 @@ impl Sent {
 }
 
 /// Frames port-demux counted on the two ports the upgrade test sends to, summed over CPUs:
-/// two lookups in the pinned `PORT_STATS2`, not a read of all 131,072 ports, so the sender's
+/// two lookups in the pinned `PORT_STATS3`, not a read of all 131,072 ports, so the sender's
 /// pacing does not depend on how fast a loaded machine reads the whole table.
 fn counted_upgrade_ports(port_stats: &PerCpuArray<MapData, PortCounterGroup>) -> u64 {
     [UPGRADE_PASS, UPGRADE_DROP]
@@ -265,7 +265,7 @@ fn counted_upgrade_ports(port_stats: &PerCpuArray<MapData, PortCounterGroup>) ->
             let (entry, element) = port_counter_at(port_index(Proto::Udp.index(), port));
             port_stats
                 .get(&entry, 0)
-                .unwrap_or_else(|e| panic!("PORT_STATS2[udp/{port}]: {e}"))
+                .unwrap_or_else(|e| panic!("PORT_STATS3[udp/{port}]: {e}"))
                 .iter()
                 .map(|g| g.ports[element].packets)
                 .sum::<u64>()
@@ -292,9 +292,9 @@ fn send_during_upgrades(
     let to_pass = SocketAddrV4::new(lab.server_addr(), UPGRADE_PASS);
     let to_drop = SocketAddrV4::new(lab.server_addr(), UPGRADE_DROP);
     let (pass, drop) = ([0x11; UPGRADE_PASS_PAYLOAD], [0x22; UPGRADE_DROP_PAYLOAD]);
-    let port_stats = MapData::from_pin(demux.pin_dir().join("PORT_STATS2"))
+    let port_stats = MapData::from_pin(demux.pin_dir().join("PORT_STATS3"))
         .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
-        .unwrap_or_else(|e| panic!("PORT_STATS2: {e}"));
+        .unwrap_or_else(|e| panic!("PORT_STATS3: {e}"));
     let mut sent = Sent::default();
     while (upgrading.load(Ordering::SeqCst) || sent.total() < at_least)
         && !abort.load(Ordering::SeqCst)

@@ -24,8 +24,9 @@ use aya::maps::{Array, DevMap, MapData, PerCpuArray};
 use port_demux::{
     Error, PortDemux,
     common::{
-        BINDINGS_LEN, GlobalCounters, LAYOUT_VERSION, Meta, OWNER_LEN, PROTO_UDP, PortCounterGroup,
-        PortCounters, ScopedBinding, action, family, port_counter_at, port_index,
+        BINDINGS_LEN, GlobalCounters, Globals, Grouping, LAYOUT_VERSION, Meta, OWNER_LEN,
+        PROTO_UDP, PortCounterGroup, PortCounters, ScopedBinding, action, family, port_counter_at,
+        port_index,
     },
     pinned,
 };
@@ -35,7 +36,7 @@ use port_demux_testkit::{
         Capture, Lab, Netns, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD,
         count_datagrams, poll, recv_datagrams, set_rcvbuf, udp_to,
     },
-    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5},
+    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5, load_v6},
 };
 
 const PASS_PORT: u16 = 7911;
@@ -63,21 +64,51 @@ fn counted(stats: &PerCpuArray<MapData, PortCounters>, port: u16) -> u64 {
         .sum()
 }
 
-/// Packets counted on UDP `port` in the `PORT_STATS2` pinned in `dir` (layout v6), 0 while
-/// there is none: after an upgrade from v5 or older the old `PORT_STATS` no longer moves.
-fn counted_v6(dir: &Path, port: u16) -> u64 {
-    let Ok(data) = MapData::from_pin(dir.join("PORT_STATS2")) else {
+/// Packets counted on UDP `port` in the frozen per-CPU counters `name` pinned in `dir`, `N`
+/// ports an entry (v5's `PORT_STATS` 1, v6's `PORT_STATS2` 16), 0 while there is none.
+fn counted_in<const N: usize>(dir: &Path, name: &str, port: u16) -> u64 {
+    let Ok(data) = MapData::from_pin(dir.join(name)) else {
         return 0;
+    };
+    let groups: PerCpuArray<MapData, [PortCounters; N]> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("a per-CPU array");
+    let n = u32::try_from(N).expect("a few ports an entry");
+    let grouping = Grouping {
+        groups: BINDINGS_LEN / n,
+        group: n,
+        tail: 0,
+    };
+    let (entry, element) = grouping.at(port_index(PROTO_UDP, port));
+    groups
+        .get(&entry, 0)
+        .unwrap_or_else(|e| panic!("{name}[{entry}]: {e}"))
+        .iter()
+        .map(|g| g[element].packets)
+        .sum()
+}
+
+/// This layout's `PORT_STATS3` pinned in `dir`, 0 while there is none: packets counted on UDP
+/// `port` (after an upgrade the older layout's counters no longer move), and the IPv6 frames
+/// counted in its entry.
+fn counted_now(dir: &Path, port: u16) -> u64 {
+    counted_now_and_ipv6(dir, port).0
+}
+
+/// See [`counted_now`].
+fn counted_now_and_ipv6(dir: &Path, port: u16) -> (u64, u64) {
+    let Ok(data) = MapData::from_pin(dir.join("PORT_STATS3")) else {
+        return (0, 0);
     };
     let groups: PerCpuArray<MapData, PortCounterGroup> =
         PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("a per-CPU array");
     let (entry, element) = port_counter_at(port_index(PROTO_UDP, port));
-    groups
+    let per_cpu = groups
         .get(&entry, 0)
-        .expect("PORT_STATS2 entry")
-        .iter()
-        .map(|g| g.ports[element].packets)
-        .sum()
+        .unwrap_or_else(|e| panic!("PORT_STATS3[{entry}]: {e}"));
+    (
+        per_cpu.iter().map(|g| g.ports[element].packets).sum(),
+        per_cpu.iter().map(|g| g.ipv6).sum(),
+    )
 }
 
 /// Through the instance of an older layout pinned in `dir`: 20 datagrams to the passed port,
@@ -188,7 +219,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
 
     // Then the upgrade, with datagrams going out all along. The sender paces itself on
     // what v2's `PORT_STATS` counted and, from the commit point, on the successor's
-    // `PORT_STATS2` in this build's folder.
+    // `PORT_STATS3` in this build's folder.
     let new_dir = ns
         .scope()
         .dir()
@@ -196,8 +227,8 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let both = || {
         counted(&stats, PASS_PORT)
             + counted(&stats, DROP_PORT)
-            + counted_v6(&new_dir, PASS_PORT)
-            + counted_v6(&new_dir, DROP_PORT)
+            + counted_now(&new_dir, PASS_PORT)
+            + counted_now(&new_dir, DROP_PORT)
     };
     let (stop, sent_pass, sent_drop) =
         (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
@@ -317,7 +348,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     // Migrated to this build's folder, keyed by the namespace's cookie and the ifindex; main's
     // folder is gone. v2's counters stay pinned beside the new ones.
     assert!(new_dir.join("GLOBALS2").exists());
-    assert!(new_dir.join("PORT_STATS").exists() && new_dir.join("PORT_STATS2").exists());
+    assert!(new_dir.join("PORT_STATS").exists() && new_dir.join("PORT_STATS3").exists());
     assert!(!dir.exists(), "{} left", dir.display());
     for map in SCOPE_MAPS {
         assert!(new_dir.join(map).exists(), "{map}");
@@ -554,28 +585,180 @@ fn upgrade_from_v4_moves_the_interval_tables_and_keeps_everything() {
     pd_ok(ns, &["unload", SERVER_IF]);
 }
 
-/// Layout v5 (one per-CPU `PORT_STATS` entry per port): refused with one line naming the
-/// upgrade; `load --upgrade` counts into a new `PORT_STATS2` and keeps v5's map, no longer
-/// written, in every total; a second upgrade keeps both; `unload` removes both.
+/// Layout v5 (one per-CPU `PORT_STATS` entry per port) and layout v6 (16 ports a 256-byte
+/// `PORT_STATS2` entry): each refused with one line naming the upgrade; `load --upgrade`
+/// counts into a new `PORT_STATS3` and keeps the old map, no longer written, in every total;
+/// a second upgrade keeps both; `unload` removes both.
 #[test]
-fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
+fn upgrade_from_v5_and_v6_keeps_their_counters_beside_the_new_ones() {
+    type Case = (
+        fn(&Netns, &str) -> std::path::PathBuf,
+        u32,
+        fn(&Error) -> bool,
+        fn(&Path, u16) -> u64,
+        &'static str,
+    );
+    let cases: [Case; 2] = [
+        (
+            load_v5,
+            5,
+            |e| matches!(e, Error::LayoutV5 { .. }),
+            |dir, port| counted_in::<1>(dir, "PORT_STATS", port),
+            "PORT_STATS",
+        ),
+        (
+            load_v6,
+            6,
+            |e| matches!(e, Error::LayoutV6 { .. }),
+            |dir, port| counted_in::<16>(dir, "PORT_STATS2", port),
+            "PORT_STATS2",
+        ),
+    ];
+    for (load, layout, refused, frozen, frozen_name) in cases {
+        upgrade_keeps_frozen_counters(
+            load,
+            layout,
+            refused,
+            frozen,
+            &upgraded_pins(&[frozen_name]),
+        );
+    }
+}
+
+/// A v6 instance that an upgrade from v5 left with v5's `PORT_STATS` beside its own counters
+/// (made here by pinning such a map, with counts in it, into a v6 folder): the upgrade keeps
+/// both frozen maps, and every total adds all three.
+#[test]
+fn upgrade_of_an_upgraded_v6_keeps_both_frozen_maps() {
     let lab = Lab::new();
     let ns = &lab.server;
-    let dir = load_v5(&lab.server, SERVER_IF);
+    let dir = load_v6(&lab.server, SERVER_IF);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    // What v5 counted before that upgrade: 5 frames of 100 bytes on udp/DROP_PORT, on CPU 0.
+    let mut v5: PerCpuArray<MapData, PortCounters> =
+        PerCpuArray::create(BINDINGS_LEN, 0).expect("a v5 PORT_STATS");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let mut values = vec![PortCounters::default(); cpus];
+    values[0] = PortCounters {
+        packets: 5,
+        bytes: 500,
+    };
+    v5.set(
+        port_index(PROTO_UDP, DROP_PORT),
+        aya::maps::PerCpuValues::try_from(values).expect("one value a CPU"),
+        0,
+    )
+    .expect("PORT_STATS");
+    v5.pin(dir.join("PORT_STATS")).expect("pinning PORT_STATS");
+    let client = lab.udp_client();
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    poll(
+        "v6 counts 10",
+        || counted_in::<16>(&dir, "PORT_STATS2", DROP_PORT),
+        |&n| n == 10,
+    );
+    pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    assert_eq!(pins(&dir), upgraded_pins(&["PORT_STATS", "PORT_STATS2"]));
+    let _ = lab.send_udp(&client, DROP_PORT, 3, PAYLOAD);
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    let stats = poll(
+        "the new frames counted",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| json_port(s, "udp", DROP_PORT).0 == 18,
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (18, 500 + 13 * frame),
+        "{stats}"
+    );
+    assert_eq!(counted_in::<1>(&dir, "PORT_STATS", DROP_PORT), 5);
+    assert_eq!(counted_in::<16>(&dir, "PORT_STATS2", DROP_PORT), 10);
+    assert_eq!(counted_now(&dir, DROP_PORT), 3);
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+/// Layout v6 counted demultiplexed IPv6 frames in `GLOBALS2`'s cell, v7 in the port's
+/// `PORT_STATS3` entry: across the upgrade, `stats` adds both, and each count stays where it
+/// was made.
+#[test]
+fn upgrade_from_v6_keeps_its_ipv6_count() {
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let ns = &lab.server;
+    let dir = load_v6(&lab.server, SERVER_IF);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    let client = lab
+        .client
+        .run(|| std::net::UdpSocket::bind((lab.client_addr6(), 0)))
+        .expect("client");
+    let to = std::net::SocketAddrV6::new(lab.server_addr6(), DROP_PORT, 0, 0);
+    let send = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(client.send_to(&[0x5a; 100], to).expect("send"), 100);
+        }
+    };
+    let globals2 = || -> u64 {
+        let data = MapData::from_pin(dir.join("GLOBALS2")).expect("GLOBALS2");
+        let map: PerCpuArray<MapData, Globals> =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("a per-CPU array");
+        map.get(&0, 0)
+            .expect("GLOBALS2[0]")
+            .iter()
+            .map(|g| g.frames[Globals::DEMUXED_IPV6])
+            .sum()
+    };
+    send(12);
+    poll("v6 counts 12 IPv6 frames", globals2, |&n| n == 12);
+    assert_eq!(counted_in::<16>(&dir, "PORT_STATS2", DROP_PORT), 12);
+    pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+    send(5);
+    let stats = poll(
+        "the new frames counted",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| json_port(s, "udp", DROP_PORT).0 == 17,
+    );
+    assert_eq!(stats["totals"]["families"]["ipv6"], 17, "{stats}");
+    assert_eq!(stats["totals"]["families"]["ipv4"], 0, "{stats}");
+    assert_eq!(globals2(), 12, "GLOBALS2 moved after the upgrade");
+    assert_eq!(counted_now_and_ipv6(&dir, DROP_PORT), (5, 5));
+    pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+/// An instance of an older layout whose per-port counters were another map (`frozen` reads
+/// them): refused with one line naming the upgrade; `load --upgrade`, twice, keeps that map,
+/// no longer written, in every total and counts new frames in `PORT_STATS3` only; `unload`
+/// removes both.
+fn upgrade_keeps_frozen_counters(
+    load: fn(&Netns, &str) -> std::path::PathBuf,
+    layout: u32,
+    refused: fn(&Error) -> bool,
+    frozen: fn(&Path, u16) -> u64,
+    pins_after: &[&str],
+) {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load(&lab.server, SERVER_IF);
     bind_v2(&dir, PASS_PORT, action::PASS);
     bind_v2(&dir, DROP_PORT, action::DROP);
     let e = open_refusal(ns);
-    assert!(matches!(e, Error::LayoutV5 { .. }), "{e:?}");
+    assert!(refused(&e), "{e:?}");
     assert_refused(
         &pd(ns, &["stats"]),
-        "stats of v5 pins",
-        &["layout version 5", "load b0 --upgrade"],
+        &format!("stats of v{layout} pins"),
+        &[&format!("layout version {layout}"), "load b0 --upgrade"],
     );
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     let dropped = lab.udp_server(DROP_PORT);
-    traffic_before_upgrade(&lab, &client, &passed, &dir, "v5");
-    let old = port_stats(&dir);
+    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
+    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
+    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
+    poll(
+        &format!("v{layout} counts 30"),
+        || frozen(&dir, PASS_PORT) + frozen(&dir, DROP_PORT),
+        |&n| n == 30,
+    );
 
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
     for (round, (pass, drop)) in [(20, 10), (27, 13)].into_iter().enumerate() {
@@ -584,7 +767,7 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
             out.starts_with("upgraded port-demux on b0: "),
             "{round}: {out}"
         );
-        assert_eq!(pins(&dir)[..], V6_UPGRADED_PINS, "round {round}");
+        assert_eq!(pins(&dir)[..], pins_after[..], "round {round}");
         let stats = pd_json(ns, &["stats", "--json"]);
         assert_eq!(
             json_port(&stats, "udp", PASS_PORT),
@@ -596,7 +779,7 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
             (drop, drop * frame),
             "round {round}: {stats}"
         );
-        // New frames count in the grouped map only; the old one stays as it was.
+        // New frames count in the new map only; the old one stays as it was.
         let _ = lab.send_udp(&client, PASS_PORT, 7, PAYLOAD);
         let _ = lab.send_udp(&client, DROP_PORT, 3, PAYLOAD);
         assert_eq!(recv_datagrams(&passed, 7).len(), 7);
@@ -613,9 +796,9 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
             (drop + 3, (drop + 3) * frame),
             "round {round}: {stats}"
         );
-        assert_eq!(counted(&old, PASS_PORT) + counted(&old, DROP_PORT), 30);
+        assert_eq!(frozen(&dir, PASS_PORT) + frozen(&dir, DROP_PORT), 30);
         assert_eq!(
-            counted_v6(&dir, PASS_PORT) + counted_v6(&dir, DROP_PORT),
+            counted_now(&dir, PASS_PORT) + counted_now(&dir, DROP_PORT),
             pass + drop + 10 - 30
         );
     }
@@ -624,20 +807,25 @@ fn upgrade_from_v5_keeps_its_counters_beside_the_grouped_ones() {
     assert!(!dir.exists(), "{} left", dir.display());
 }
 
-/// The pins of a v6 instance upgraded from v5: v5's maps, `PORT_STATS2`, program and link.
-const V6_UPGRADED_PINS: [&str; 14] = [
-    "BINDINGS",
-    "GLOBALS",
-    "GLOBALS2",
-    "META",
-    "PORT_STATS",
-    "PORT_STATS2",
-    "REDIRECT",
-    "SCOPED",
-    "SCOPED_STATS",
-    "SCOPES",
-    "SCOPE_V4",
-    "SCOPE_V6",
-    "link",
-    "prog",
-];
+/// The pins of a v7 instance upgraded from layouts whose counters were `frozen`: v4's maps
+/// but `PORT_STATS`, `PORT_STATS3`, the frozen counters, program and link, sorted.
+fn upgraded_pins(frozen: &[&'static str]) -> Vec<&'static str> {
+    let mut pins = vec![
+        "BINDINGS",
+        "GLOBALS",
+        "GLOBALS2",
+        "META",
+        "PORT_STATS3",
+        "REDIRECT",
+        "SCOPED",
+        "SCOPED_STATS",
+        "SCOPES",
+        "SCOPE_V4",
+        "SCOPE_V6",
+        "link",
+        "prog",
+    ];
+    pins.extend_from_slice(frozen);
+    pins.sort_unstable();
+    pins
+}

@@ -108,7 +108,8 @@ fn hint(e: &Error) -> String {
         Error::LayoutV2 { iface, .. }
         | Error::LayoutV3 { iface, .. }
         | Error::LayoutV4 { iface, .. }
-        | Error::LayoutV5 { iface, .. } => {
+        | Error::LayoutV5 { iface, .. }
+        | Error::LayoutV6 { iface, .. } => {
             format!(" (`port-demux load {iface} --upgrade`)")
         }
         Error::Conflict { .. } => " (`unbind`, or `bind --replace`)".into(),
