@@ -61,8 +61,8 @@ static PORT_STATS3: PerCpuArray<PortCounterGroup> = PerCpuArray::with_max_entrie
 static GLOBALS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Frames not demultiplexed, by outcome, and redirects by result, per CPU (`Globals`' cells;
-/// layout v6 counted demultiplexed IPv6 frames here too). The one map every count here goes to: the verifier inlines a
-/// lookup only when the map is the same on every path to it.
+/// layout v6 counted demultiplexed IPv6 frames here too). The one map every count here goes
+/// to: the verifier inlines a lookup only when the map is the same on every path to it.
 #[map]
 static GLOBALS2: PerCpuArray<Globals> = PerCpuArray::with_max_entries(1, 0);
 
