@@ -222,9 +222,9 @@ pub enum Error {
         /// Interface.
         iface: String,
     },
-    /// Pins of layout v6 (16 ports a per-CPU counter entry), which `load --upgrade` migrates.
+    /// Pins of layout v6 (IPv6 frames counted in `GLOBALS2`), which `load --upgrade` migrates.
     #[error(
-        "pins at {path} have layout version 6 (16 ports a counter entry), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
+        "pins at {path} have layout version 6 (IPv6 frames counted apart from their port), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
     )]
     LayoutV6 {
         /// Pin folder.
