@@ -112,25 +112,29 @@ fn counted_now_and_ipv6(dir: &Path, port: u16) -> (u64, u64) {
 }
 
 /// Through the instance of an older layout pinned in `dir`: 20 datagrams to the passed port,
-/// all received on `passed`, and 10 to the dropped one; all 30 counted in its `PORT_STATS`.
+/// all received on `passed`, and 10 to the dropped one; all 30 counted in its per-port
+/// counters, which `counted` reads.
 fn traffic_before_upgrade(
     lab: &Lab,
     client: &std::net::UdpSocket,
     passed: &std::net::UdpSocket,
     dir: &Path,
     layout: &str,
+    counted: fn(&Path, u16) -> u64,
 ) {
     let _ = lab.send_udp(client, PASS_PORT, 20, PAYLOAD);
     let _ = lab.send_udp(client, DROP_PORT, 10, PAYLOAD);
     assert_eq!(recv_datagrams(passed, 20).len(), 20);
     poll(
         &format!("{layout} counts 30"),
-        || {
-            let stats = port_stats(dir);
-            counted(&stats, PASS_PORT) + counted(&stats, DROP_PORT)
-        },
+        || counted(dir, PASS_PORT) + counted(dir, DROP_PORT),
         |&n| n == 30,
     );
+}
+
+/// Packets counted on UDP `port` in the `PORT_STATS` of layouts v2-v5 pinned in `dir`.
+fn counted_v5(dir: &Path, port: u16) -> u64 {
+    counted_in::<1>(dir, "PORT_STATS", port)
 }
 
 /// Sets the flag when dropped, also while unwinding.
@@ -439,7 +443,7 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     assert!(matches!(e, Error::LayoutV3 { .. }), "{e:?}");
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
-    traffic_before_upgrade(&lab, &client, &passed, &dir, "v3");
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v3", counted_v5);
     let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
     let new_dir = PortDemux::open(&ns.scope(), SERVER_IF)
@@ -538,7 +542,7 @@ fn upgrade_from_v4_moves_the_interval_tables_and_keeps_everything() {
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     let dropped = lab.udp_server(DROP_PORT);
-    traffic_before_upgrade(&lab, &client, &passed, &dir, "v4");
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v4", counted_v5);
 
     let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
@@ -603,7 +607,7 @@ fn upgrade_from_v5_and_v6_keeps_their_counters_beside_the_new_ones() {
             load_v5,
             5,
             |e| matches!(e, Error::LayoutV5 { .. }),
-            |dir, port| counted_in::<1>(dir, "PORT_STATS", port),
+            counted_v5,
             "PORT_STATS",
         ),
         (
@@ -671,7 +675,7 @@ fn upgrade_of_an_upgraded_v6_keeps_both_frozen_maps() {
         (18, 500 + 13 * frame),
         "{stats}"
     );
-    assert_eq!(counted_in::<1>(&dir, "PORT_STATS", DROP_PORT), 5);
+    assert_eq!(counted_v5(&dir, DROP_PORT), 5);
     assert_eq!(counted_in::<16>(&dir, "PORT_STATS2", DROP_PORT), 10);
     assert_eq!(counted_now(&dir, DROP_PORT), 3);
     pd_ok(ns, &["unload", SERVER_IF]);
@@ -751,14 +755,7 @@ fn upgrade_keeps_frozen_counters(
     let client = lab.udp_client();
     let passed = lab.udp_server(PASS_PORT);
     let dropped = lab.udp_server(DROP_PORT);
-    let _ = lab.send_udp(&client, PASS_PORT, 20, PAYLOAD);
-    let _ = lab.send_udp(&client, DROP_PORT, 10, PAYLOAD);
-    assert_eq!(recv_datagrams(&passed, 20).len(), 20);
-    poll(
-        &format!("v{layout} counts 30"),
-        || frozen(&dir, PASS_PORT) + frozen(&dir, DROP_PORT),
-        |&n| n == 30,
-    );
+    traffic_before_upgrade(&lab, &client, &passed, &dir, &format!("v{layout}"), frozen);
 
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
     for (round, (pass, drop)) in [(20, 10), (27, 13)].into_iter().enumerate() {

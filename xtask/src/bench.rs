@@ -564,6 +564,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
         // the position in the round costs to one of them.
         let order = if round % 2 == 0 { [0, 1, 3] } else { [0, 3, 1] };
         for (i, (_, frame)) in frames.iter().enumerate() {
+            // Indexed like `samples`; 2, xdp-filter, ran in its own block above.
             let progs = [&floor, &demux, &floor, &previous.1];
             for j in order {
                 actions[i][j] = test_run_into(
