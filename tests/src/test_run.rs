@@ -433,8 +433,13 @@ impl Harness {
     /// When a map lookup fails.
     #[must_use]
     pub fn globals(&self) -> Globals {
+        self.globals_with(&self.groups())
+    }
+
+    /// [`Self::globals`] with the IPv6 counts of `groups`, a batch read of `PORT_STATS3`.
+    fn globals_with(&self, groups: &[PortCounterGroup]) -> Globals {
         let mut sum = self.global_maps();
-        sum.frames[Globals::DEMUXED_IPV6] += self.groups().iter().map(|g| g.ipv6).sum::<u64>();
+        sum.frames[Globals::DEMUXED_IPV6] += groups.iter().map(|g| g.ipv6).sum::<u64>();
         sum
     }
 
@@ -492,7 +497,11 @@ impl Harness {
     /// When the batch lookup fails.
     #[must_use]
     pub fn ports(&self) -> Vec<PortCounters> {
-        let groups = self.groups();
+        self.ports_of(&self.groups())
+    }
+
+    /// [`Self::ports`] of `groups`, a batch read of `PORT_STATS3`.
+    fn ports_of(&self, groups: &[PortCounterGroup]) -> Vec<PortCounters> {
         // Summed over CPUs, entry after entry, then read by index.
         let summed: Vec<PortCounters> = groups
             .chunks_exact(self.cpus)
@@ -508,9 +517,10 @@ impl Harness {
     /// Every counter, summed over CPUs.
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {
+        let groups = self.groups();
         Snapshot {
-            globals: self.globals(),
-            ports: self.ports(),
+            globals: self.globals_with(&groups),
+            ports: self.ports_of(&groups),
         }
     }
 
@@ -544,28 +554,23 @@ impl Harness {
     pub fn check(&self, frame: &[u8], all_ports: bool) -> Result<Verdict, Box<Mismatch>> {
         let verdict = self.model(frame);
         let mut m = Box::<Mismatch>::default();
-        // With `all_ports`, every entry's IPv6 count too; else the one the frame's port is in
-        // (the differential test's periodic check of every counter covers the others).
-        let globals_of = |h: &Self| {
+        // With `all_ports`, every port and every entry's IPv6 count, from one batch read;
+        // else the frame's port and the IPv6 count of its entry (the differential test's
+        // periodic check of every counter covers the others).
+        let counters_of = |h: &Self| {
             if all_ports {
-                h.globals()
+                let groups = h.groups();
+                (h.globals_with(&groups), h.ports_of(&groups))
             } else {
-                h.globals_at(verdict.port_index)
+                let port = verdict.port_index.map(|i| h.port(i));
+                (h.globals_at(verdict.port_index), port.into_iter().collect())
             }
         };
-        let globals_before = globals_of(self);
+        let (globals_before, ports_before) = counters_of(self);
         // Every scoped binding's counters: the one the model names must move by the frame,
         // the others not at all.
         let ids: Vec<u32> = self.shadow_rules.iter().map(|r| r.id).collect();
         let scoped_before: Vec<PortCounters> = ids.iter().map(|&id| self.scoped(id)).collect();
-        let ports_before = if all_ports {
-            self.ports()
-        } else {
-            verdict
-                .port_index
-                .map(|i| vec![self.port(i)])
-                .unwrap_or_default()
-        };
         let ret = match self.try_run(frame) {
             Ok(ret) => ret,
             Err(e) => {
@@ -576,7 +581,8 @@ impl Harness {
         if ret != verdict.xdp_action {
             m.action = Some((ret, verdict));
         }
-        let delta = globals_delta(&globals_of(self), &globals_before);
+        let (globals_after, ports_after) = counters_of(self);
+        let delta = globals_delta(&globals_after, &globals_before);
         let want = expected_globals(&verdict);
         if delta != want {
             m.globals = Some((delta, want));
@@ -586,8 +592,7 @@ impl Harness {
             bytes: verdict.bytes,
         };
         if all_ports {
-            let after = self.ports();
-            for (i, (a, b)) in (0u32..).zip(after.iter().zip(&ports_before)) {
+            for (i, (a, b)) in (0u32..).zip(ports_after.iter().zip(&ports_before)) {
                 let d = port_delta(a, b);
                 let w = if verdict.port_index == Some(i) {
                     port_want
@@ -599,7 +604,7 @@ impl Harness {
                 }
             }
         } else if let Some(i) = verdict.port_index {
-            let d = port_delta(&self.port(i), &ports_before[0]);
+            let d = port_delta(&ports_after[0], &ports_before[0]);
             if d != port_want {
                 m.ports.push((i, d, port_want));
             }
