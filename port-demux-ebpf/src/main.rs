@@ -19,6 +19,7 @@
 //! `port_demux_debug`; the default one holds no logging code at all.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 #![expect(
     clippy::inline_always,
     reason = "BPF: the hot path stays one function, without bpf-to-bpf calls"
