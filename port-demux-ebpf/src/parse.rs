@@ -10,10 +10,11 @@
 //! which the program computes anyway for the byte counters); only offsets bounded by a mask
 //! the verifier follows (IHL * 4) are added to pointers.
 //!
-//! Reads are whole aligned words (`u8`; `u16` at even offsets; `u32` at 12 and 20): the
-//! Ethernet header is 14 bytes and IPv4 headers are multiples of 4, so every read here is
-//! aligned to its size relative to `data`, and one load replaces the byte loads and shifts
-//! `read_unaligned` costs on BPF.
+//! Reads are whole words (`u8`; `u16` at even offsets; `u32` and one `u64`), so that one load
+//! replaces the byte loads and shifts `read_unaligned` costs on BPF. Most are aligned to their
+//! size relative to `data` (the Ethernet header is 14 bytes, IPv4 headers are multiples of 4);
+//! those that are not need not be: BPF loads need no alignment on packet data (the verifier
+//! checks it only with strict alignment, which x86-64 and arm64 do not ask for).
 
 use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use port_demux_common::{
@@ -102,24 +103,72 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
             V6::Other => Fast::Other,
         };
     }
-    let ether = ether_type(w12);
-    if is_vlan(ether) {
-        // SAFETY: 42 bytes are there: the word after the tag's TCI.
-        let w16 = unsafe { load::<u32>(start + ETH_LEN + 2) };
-        if !is_vlan(ether_type(w16)) {
-            return tagged::<{ ETH_LEN + VLAN_LEN }>(start, end, w16);
-        }
-        // SAFETY: as above.
-        let w20 = unsafe { load::<u32>(start + ETH_LEN + VLAN_LEN + 2) };
-        return tagged::<{ ETH_LEN + 2 * VLAN_LEN }>(start, end, w20);
+    // The first byte of both TPIDs (0x81, 0x88) masked with 0xf6 is 0x80; of IPv4's, IPv6's
+    // and ARP's (0x08, 0x86) it is not: one test keeps the frames neither IP nor tagged off
+    // the tag tests (0x80xx and 0x89xx pass it, and come out of them as not IP).
+    if w12 & 0xf6 != 0x80 {
+        return not_ip(w12);
     }
-    // The IP tests compare a copy the compiler cannot see is `ether`: compares of one value
-    // with four constants became one tree of jumps, which an 802.1ad frame took two jumps
-    // through (a table of the TPIDs, the way out before, cost each tag a load and six
-    // instructions).
-    let ether = opaque(ether);
-    // Neither IP nor a tag: what the full parse would count it as. (IPv4 or IPv6 whose
-    // version does not match is the full parse's, which calls it malformed.)
+    // SAFETY: 42 bytes are there: bytes 12..20, a tag and the 4 bytes after it.
+    let q = unsafe { load::<u64>(start + 12) };
+    if q & DOT1Q_IPV4_MASK != DOT1Q_IPV4 {
+        return tags(start, end, w12, q);
+    }
+    // The word behind the tag, hidden from the compiler: else it tests the IHL in `q`, with
+    // two 64-bit constants more.
+    v4::<{ ETH_LEN + VLAN_LEN }>(start, end, opaque_u32((q >> 32) as u32))
+}
+
+/// Bytes 12..20 of an 802.1Q-tagged IPv4 frame, little-endian, masked with
+/// [`DOT1Q_IPV4_MASK`]: the TPID, then the Ethernet type and the IP version.
+const DOT1Q_IPV4: u64 = ((W12_IPV4 as u64) << 32) | ETH_P_8021Q.to_be() as u64;
+/// The bits of bytes 12..20 [`DOT1Q_IPV4`] tests (not the TCI, IHL or TOS).
+const DOT1Q_IPV4_MASK: u64 = 0x00f0_ffff_0000_ffff;
+/// Bytes 12..20 of a double-tagged frame (an 802.1ad tag, then an 802.1Q one), little-endian, masked
+/// with [`QINQ_MASK`]: the two TPIDs.
+const QINQ: u64 = ((ETH_P_8021Q.to_be() as u64) << 32) | ETH_P_8021AD.to_be() as u64;
+/// The bits of bytes 12..20 [`QINQ`] tests (not the TCIs).
+const QINQ_MASK: u64 = 0x0000_ffff_0000_ffff;
+
+/// [`fast`] for frames whose first `EtherType` byte may be a TPID's and that are not
+/// 802.1Q-tagged IPv4 (`q`: bytes 12..20, little-endian; `w12` its low half). A double-tagged frame
+/// (802.1ad, then 802.1Q) is one test; other tag stacks are found tag by tag. Each case is a
+/// test that the common frames fall through, not a tree of compares of one `EtherType`.
+#[inline(always)]
+fn tags(start: usize, end: usize, w12: u32, q: u64) -> Fast {
+    if q & QINQ_MASK != QINQ {
+        return other_tags(start, end, w12);
+    }
+    // SAFETY: 42 bytes are there: the word after the second tag's TCI.
+    let w20 = unsafe { load::<u32>(start + ETH_LEN + VLAN_LEN + 2) };
+    tagged::<{ ETH_LEN + 2 * VLAN_LEN }>(start, end, w20)
+}
+
+/// [`tags`] for the other frames: an 802.1Q tag before other than IPv4, one 802.1ad tag, or
+/// two tags other than 802.1ad then 802.1Q; else not tagged at all.
+#[inline(always)]
+fn other_tags(start: usize, end: usize, w12: u32) -> Fast {
+    if !is_vlan(ether_type(w12)) {
+        return not_ip(w12);
+    }
+    // SAFETY: 42 bytes are there: the word after the tag's TCI.
+    let w16 = unsafe { load::<u32>(start + ETH_LEN + 2) };
+    if !is_vlan(ether_type(w16)) {
+        return tagged::<{ ETH_LEN + VLAN_LEN }>(start, end, w16);
+    }
+    // SAFETY: as above.
+    let w20 = unsafe { load::<u32>(start + ETH_LEN + VLAN_LEN + 2) };
+    tagged::<{ ETH_LEN + 2 * VLAN_LEN }>(start, end, w20)
+}
+
+/// [`fast`] for untagged frames that are not IP of the right version (`w12`: bytes 12..16):
+/// counted when neither IP nor tagged, as the full parse would count them; IPv4 or IPv6 whose
+/// version does not match is the full parse's, which calls it malformed.
+#[inline(always)]
+fn not_ip(w12: u32) -> Fast {
+    // Compared as a copy the compiler cannot see is `w12`'s: compares of one value with
+    // several constants become one tree of jumps, which some frames took two jumps through.
+    let ether = opaque(ether_type(w12));
     if ether != ETH_P_IP.to_be() && ether != ETH_P_IPV6.to_be() {
         return Fast::Counted(outcome::NOT_IP);
     }
@@ -133,6 +182,20 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
 fn opaque(mut value: u16) -> u16 {
     // SAFETY: the assembly is a comment naming the register: it changes nothing, reads and
     // writes no memory, and leaves the flags and the stack alone.
+    unsafe {
+        core::arch::asm!(
+            "/* {0} */",
+            inout(reg) value,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    value
+}
+
+/// As [`opaque`], for a `u32`.
+#[inline(always)]
+fn opaque_u32(mut value: u32) -> u32 {
+    // SAFETY: as in `opaque`.
     unsafe {
         core::arch::asm!(
             "/* {0} */",
