@@ -124,16 +124,16 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
 const DOT1Q_IPV4: u64 = ((W12_IPV4 as u64) << 32) | ETH_P_8021Q.to_be() as u64;
 /// The bits of bytes 12..20 [`DOT1Q_IPV4`] tests (not the TCI, IHL or TOS).
 const DOT1Q_IPV4_MASK: u64 = 0x00f0_ffff_0000_ffff;
-/// Bytes 12..20 of a double-tagged frame (an 802.1ad tag, then an 802.1Q one), little-endian, masked
-/// with [`QINQ_MASK`]: the two TPIDs.
+/// Bytes 12..20 of a double-tagged frame (an 802.1ad tag, then an 802.1Q one), little-endian,
+/// masked with [`QINQ_MASK`]: the two TPIDs.
 const QINQ: u64 = ((ETH_P_8021Q.to_be() as u64) << 32) | ETH_P_8021AD.to_be() as u64;
 /// The bits of bytes 12..20 [`QINQ`] tests (not the TCIs).
 const QINQ_MASK: u64 = 0x0000_ffff_0000_ffff;
 
 /// [`fast`] for frames whose first `EtherType` byte may be a TPID's and that are not
-/// 802.1Q-tagged IPv4 (`q`: bytes 12..20, little-endian; `w12` its low half). A double-tagged frame
-/// (802.1ad, then 802.1Q) is one test; other tag stacks are found tag by tag. Each case is a
-/// test that the common frames fall through, not a tree of compares of one `EtherType`.
+/// 802.1Q-tagged IPv4 (`q`: bytes 12..20, little-endian; `w12` its low half). A double-tagged
+/// frame (802.1ad, then 802.1Q) is one test; other tag stacks are found tag by tag. Each case
+/// is a test that the common frames fall through, not a tree of compares of one `EtherType`.
 #[inline(always)]
 fn tags(start: usize, end: usize, w12: u32, q: u64) -> Fast {
     if q & QINQ_MASK != QINQ {
