@@ -44,8 +44,9 @@ pub struct BenchArgs {
     /// a program and its maps moves a row by up to 1.5 ns from one load to the next, a draw
     /// that more rounds of one load do not average. Both are unloaded before either is loaded
     /// again, port-demux first on even loads and the previous program first on odd ones: the
-    /// order of the loads biased the difference (an even N, as the default, balances it).
-    #[arg(long, default_value_t = 4)]
+    /// order of the loads biased the difference, so an odd N is taken one lower. At most one
+    /// load a round: by default 12, a fresh load for each of 12 rounds.
+    #[arg(long, default_value_t = 12)]
     loads: usize,
     /// Frames sent per receiver, frame and half round of the live traffic (in a few runs); 0
     /// skips the live traffic.
@@ -401,12 +402,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     result
 }
 
+/// The loads the per-packet rounds are split among: `--loads`, at most one a round, and even
+/// (port-demux first on as many loads as the previous program) unless it is 1.
+fn loads_of(loads: usize, rounds: usize) -> usize {
+    let loads = loads.clamp(1, rounds.max(1));
+    if loads > 1 { loads & !1 } else { loads }
+}
+
 fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     let mut report = json!({
         "machine": machine(),
         "repeat": args.repeat,
         "rounds": args.rounds,
-        "loads": args.loads.clamp(1, args.rounds.max(1)),
+        "loads": loads_of(args.loads, args.rounds),
         "previous": args.previous.display().to_string(),
     });
     let mut text = String::new();
@@ -489,7 +497,7 @@ fn run(args: &BenchArgs, bin: &Path, tx: &Netns) -> Result<()> {
     // Kept alive until the end: dropping it detaches and unloads the previous program.
     let mut previous = previous_program(&args.previous)
         .with_context(|| format!("loading {}", args.previous.display()))?;
-    let loads = args.loads.clamp(1, args.rounds.max(1));
+    let loads = loads_of(args.loads, args.rounds);
     let filter = xdp_filter();
     match &filter {
         Ok(_) => detach_generic(ns_rx(), "frx0")?,
@@ -1466,5 +1474,16 @@ mod tests {
             u16::from_be_bytes([options[14 + 24 + 2], options[14 + 24 + 3]]),
             1
         );
+    }
+
+    #[test]
+    fn loads_are_even_and_at_most_one_a_round() {
+        assert_eq!(super::loads_of(12, 12), 12);
+        assert_eq!(super::loads_of(12, 7), 6);
+        assert_eq!(super::loads_of(4, 96), 4);
+        assert_eq!(super::loads_of(5, 96), 4);
+        assert_eq!(super::loads_of(1, 7), 1);
+        assert_eq!(super::loads_of(0, 7), 1);
+        assert_eq!(super::loads_of(12, 1), 1);
     }
 }
