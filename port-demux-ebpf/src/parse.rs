@@ -175,36 +175,28 @@ fn not_ip(w12: u32) -> Fast {
     Fast::Other
 }
 
-/// `value`, hidden from the compiler's reasoning (the kernel's `barrier_var`): an empty
-/// assembly block takes it in a register and gives it back, so that the compiler knows
-/// nothing of the result.
-#[inline(always)]
-fn opaque(mut value: u16) -> u16 {
-    // SAFETY: the assembly is a comment naming the register: it changes nothing, reads and
-    // writes no memory, and leaves the flags and the stack alone.
-    unsafe {
-        core::arch::asm!(
-            "/* {0} */",
-            inout(reg) value,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    value
+/// Defines a function that gives back its argument hidden from the compiler's reasoning (the
+/// kernel's `barrier_var`): an empty assembly block takes it in a register and gives it back,
+/// so that the compiler knows nothing of the result.
+macro_rules! opaque {
+    ($name:ident, $t:ty) => {
+        #[inline(always)]
+        fn $name(mut value: $t) -> $t {
+            // SAFETY: the assembly is a comment naming the register: it changes nothing,
+            // reads and writes no memory, and leaves the flags and the stack alone.
+            unsafe {
+                core::arch::asm!(
+                    "/* {0} */",
+                    inout(reg) value,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            }
+            value
+        }
+    };
 }
-
-/// As [`opaque`], for a `u32`.
-#[inline(always)]
-fn opaque_u32(mut value: u32) -> u32 {
-    // SAFETY: as in `opaque`.
-    unsafe {
-        core::arch::asm!(
-            "/* {0} */",
-            inout(reg) value,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    value
-}
+opaque!(opaque, u16);
+opaque!(opaque_u32, u32);
 
 /// [`fast`] behind tags: the IP header at `L3`, `w` the word at `L3 - 2` (`EtherType`,
 /// version/IHL, TOS). Tagged frames share the untagged frames' apply site, pointers in
