@@ -553,8 +553,8 @@ pub const ODD_ETHERTYPES: [u16; 10] = [
 
 /// Ethertypes that share a byte with a VLAN TPID (0x8100, 0x88a8), either way round, and zero:
 /// not tags, which a table keyed by one byte could take for one; and LLDP (0x88cc) and Fibre
-/// Channel over Ethernet (0x8906), whose first byte passes the fast parse's one-test TPID filter
-/// (0x80, 0x81, 0x88 and 0x89 do).
+/// Channel over Ethernet (0x8906), whose first byte a one-byte TPID filter (masked with 0xf6,
+/// as the fast parse once had) lets through.
 pub const NEAR_TPIDS: [u16; 12] = [
     0x0000, 0x8000, 0x8800, 0x81a8, 0x8108, 0x0081, 0xa888, 0x0088, 0x00a8, 0xa800, 0x88cc, 0x8906,
 ];
