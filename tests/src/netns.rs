@@ -1016,10 +1016,16 @@ impl Lab {
             SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
             SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
         };
-        let listener = self
-            .server
-            .run(|| TcpListener::bind((any, to.port())))
-            .expect("listening in B");
+        // A previous exchange's connection on the port can hold it a little longer than its
+        // server's lingering close (seen once in the emulated 6.12 VM: "Address already in
+        // use" on the second of two exchanges to one port); `SO_REUSEADDR`, which `bind`
+        // sets, covers only `TIME_WAIT`. Wait for the port instead.
+        let listener = poll(
+            "the port to listen on in B",
+            || self.server.run(|| TcpListener::bind((any, to.port()))),
+            |bound| !matches!(bound, Err(e) if e.kind() == io::ErrorKind::AddrInUse),
+        )
+        .expect("listening in B");
         thread::scope(|s| {
             let server = s.spawn(move || {
                 let (mut conn, _) = listener.accept().expect("accepting");
