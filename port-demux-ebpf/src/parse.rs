@@ -104,8 +104,8 @@ fn not_ipv4(ctx: &XdpContext, start: usize, end: usize, w12: u32) -> Fast {
         };
     }
     // The tag tests come first, for every other frame: a test of the first `EtherType` byte in
-    // front of them, which kept ARP off them, cost tagged frames a taken jump (the BPF backend
-    // cannot invert a branch) and ARP frames less than it cost the tagged (README).
+    // front of them, which kept ARP off them, cost tagged frames more than it saved ARP frames
+    // (README).
     // SAFETY: 42 bytes are there: bytes 12..20, a tag and the 4 bytes after it.
     let q = unsafe { load::<u64>(start + 12) };
     if q & DOT1Q_IPV4_MASK != DOT1Q_IPV4 {
