@@ -135,6 +135,9 @@ pub fn poll<T: Debug>(what: &str, mut probe: impl FnMut() -> T, done: impl Fn(&T
     }
 }
 
+/// How long [`hunt_inode`] tries.
+pub const HUNT: Duration = Duration::from_secs(30);
+
 /// Makes namespaces with `make` until one has the inode number `ino` (a deleted namespace's),
 /// and returns it; `Err` with how many were made when none got it.
 ///
@@ -143,17 +146,19 @@ pub fn poll<T: Debug>(what: &str, mut probe: impl FnMut() -> T, done: impl Fn(&T
 /// itself. Namespaces that missed are kept, so that each try takes another number, and a try
 /// that missed waits a little before the next. A new namespace's `/proc/net` entries draw from
 /// the same numbers and may take it first: so in rounds of 40, after which the misses are all
-/// deleted (freeing such an entry again), five rounds at most.
+/// deleted (freeing such an entry again), for up to [`HUNT`]: the cleanup work lags when the
+/// machine is busy (a clean-clone CI run once saw no reuse in five rounds, about 4 s).
 ///
 /// # Errors
-/// When none of 200 namespaces got the number.
+/// When no namespace got the number within [`HUNT`].
 pub fn hunt_inode<T>(
     ino: u64,
     mut make: impl FnMut() -> T,
     ino_of: impl Fn(&T) -> u64,
 ) -> Result<T, usize> {
+    let deadline = Instant::now() + HUNT;
     let mut tries = 0;
-    for _ in 0..5 {
+    while Instant::now() < deadline {
         let mut missed = Vec::new();
         for _ in 0..40 {
             let ns = make();
