@@ -13,7 +13,7 @@ pub mod model;
 
 /// Version of the pinned layout (map names, key and value layouts). A loader refuses pins that
 /// carry another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// The layout `load --upgrade` migrates from: v2 (IPv4 only) had every map v3 has but
 /// `GLOBALS2`, so the upgrade creates that map and keeps the others (the devmap's content
 /// moves to a new devmap: see `port-demux`'s upgrade).
@@ -38,6 +38,12 @@ pub const LAYOUT_VERSION_V5: u32 = 5;
 /// from v6 keeps `PORT_STATS2` as v6 kept v5's `PORT_STATS`: pinned, frozen, added in by
 /// readers (and `GLOBALS2`'s IPv6 cell, which keeps its counts).
 pub const LAYOUT_VERSION_V6: u32 = 6;
+/// The layout whose `BINDINGS` was an array of [`BINDINGS_LEN`] entries, which the program
+/// looked up (a key on the stack, a bounds test and a null test on every demultiplexed
+/// frame's way); v8's is a one-entry array holding the same bytes as one value, which the
+/// program addresses directly. `load --upgrade` copies the bindings into the new map (every
+/// other map is kept); layouts v2-v7 all had the old `BINDINGS`.
+pub const LAYOUT_VERSION_V7: u32 = 7;
 
 /// Index of TCP in the per-protocol halves of [`BINDINGS_LEN`]-sized maps.
 pub const PROTO_TCP: u32 = 0;

@@ -36,19 +36,28 @@ use aya_ebpf::{
 };
 use parse::Fast;
 use port_demux_common::{
-    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, PORT_GROUPS, PortCounterGroup,
+    BINDINGS_LEN, Binding, GlobalCounters, Globals, Meta, OWNER_LEN, PORT_GROUPS, PortCounterGroup,
     PortCounters, PortScope, REDIRECT_SLOTS, SCOPE_RECORDS, SCOPED_LEN, SEARCH_STEPS, ScopeTableV4,
     ScopeTableV6, ScopedBinding, action, port_counter_at, untarget,
 };
 
 /// `BPF_F_MMAPABLE`: the loader writes the scope tables through a memory mapping, so that a
-/// port's switch to a new table is one atomic 8-byte store, and readers copy `BINDINGS` and
-/// `SCOPED` through one instead of a batch lookup.
+/// port's switch to a new table is one atomic 8-byte store, and readers copy `SCOPED` through
+/// one instead of a batch lookup (and `BINDINGS`, which the loader creates so).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Bindings, indexed by `port_index(proto, port)`.
-#[map]
-static BINDINGS: Array<Binding> = Array::with_max_entries(BINDINGS_LEN, BPF_F_MMAPABLE);
+/// Bindings, indexed by `port_index(proto, port)`: the one value of a one-entry array map
+/// (its own data section, `.bss.bindings`), which the program addresses directly (the
+/// kernel's direct map value access, `BPF_PSEUDO_MAP_VALUE`): no lookup, no key on the stack
+/// and no null test on a frame's way. The loader creates the map itself (with
+/// `BPF_F_MMAPABLE`) and pins it as `BINDINGS`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.bindings")]
+static mut BINDINGS: [Binding; BINDINGS_LEN as usize] = [Binding {
+    action: 0,
+    slot: 0,
+    owner: [0; OWNER_LEN],
+}; BINDINGS_LEN as usize];
 
 /// Packets and bytes per (protocol, destination port), per CPU, `PORT_GROUP` ports an entry
 /// (a per-CPU entry is one kernel allocation: 8,192 of them, not 131,072, at every `load`),
@@ -210,9 +219,14 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
     } else if let Some(group) = PORT_STATS3.get_ptr_mut(entry) {
         count_port(group, element, len);
     }
-    let (mut act, slot) = match BINDINGS.get(index) {
-        Some(binding) => (binding.action, binding.slot),
-        None => (action::UNBOUND, 0),
+    let at_index = bindings_index(index);
+    // SAFETY: `at_index` < BINDINGS_LEN; only the loader writes the table (whole 8-byte words
+    // through its memory mapping), so a read sees one binding's action and slot.
+    let (mut act, slot) = unsafe {
+        let binding = core::ptr::addr_of!(BINDINGS)
+            .cast::<Binding>()
+            .add(at_index);
+        ((*binding).action, (*binding).slot)
     };
     if act == action::UNBOUND {
         act = DEFAULT_ACTION.load();
@@ -235,6 +249,26 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
         // and only on their pass path.
         _ => scoped(ctx, index, len, at, act, slot),
     }
+}
+
+/// `index` masked to `BINDINGS`' bounds by an `and` the compiler cannot drop (it knows the
+/// index fits, and would): verifiers before Linux 6.18 lose its range at the port's byte swap
+/// (see `parse`), and this mask is the bound they check the table access by. The mask is the
+/// assembly itself, so it emits one instruction (an empty barrier emitting none gave the
+/// debug program two line records at one instruction, which the kernel refuses).
+#[inline(always)]
+fn bindings_index(index: u32) -> usize {
+    const _: () = assert!(BINDINGS_LEN == 0x2_0000);
+    let mut at = index as usize;
+    // SAFETY: one `and` of the register: no memory, no stack, no flags.
+    unsafe {
+        core::arch::asm!(
+            "{0} &= 0x1ffff",
+            inout(reg) at,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    at
 }
 
 /// Adds a frame of `len` bytes to the counters of the port at `element` of `group`.

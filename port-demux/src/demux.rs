@@ -13,8 +13,8 @@ use bytemuck::Zeroable as _;
 use ipnet::IpNet;
 use port_demux_common::{
     Binding, Globals, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
-    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, MODE_SKB, Meta, OWNER_LEN, PortCounters, REDIRECT_SLOTS,
-    ScopedBinding, action, port_index,
+    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, LAYOUT_VERSION_V7, MODE_SKB, Meta, OWNER_LEN,
+    PortCounters, REDIRECT_SLOTS, ScopedBinding, action, port_index,
 };
 
 use crate::{
@@ -170,6 +170,12 @@ impl PortDemux {
         }
         if meta.layout_version == LAYOUT_VERSION_V6 {
             return Err(Error::LayoutV6 {
+                path: dir,
+                iface: iface.to_owned(),
+            });
+        }
+        if meta.layout_version == LAYOUT_VERSION_V7 {
+            return Err(Error::LayoutV7 {
                 path: dir,
                 iface: iface.to_owned(),
             });

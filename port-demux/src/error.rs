@@ -232,6 +232,17 @@ pub enum Error {
         /// Interface.
         iface: String,
     },
+    /// Pins of layout v7 (`BINDINGS` an array of one entry a port), which `load --upgrade`
+    /// migrates.
+    #[error(
+        "pins at {path} have layout version 7 (bindings in a map the program looks up), this port-demux reads version {LAYOUT}: upgrade the instance on {iface} to migrate them (bindings, scoped bindings and counters are kept)", LAYOUT = port_demux_common::LAYOUT_VERSION
+    )]
+    LayoutV7 {
+        /// Pin folder.
+        path: PathBuf,
+        /// Interface.
+        iface: String,
+    },
     /// Ports of the range are bound already.
     #[error(
         "{ports}{to} {is} already bound to {action}{owner}: nothing changed; unbind {it} first or replace the binding",

@@ -16,7 +16,7 @@ use std::{
 use aya::programs::ProgramInfo;
 use port_demux_common::{
     LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5, LAYOUT_VERSION_V6,
-    Meta,
+    LAYOUT_VERSION_V7, Meta,
 };
 
 use crate::{
@@ -461,7 +461,7 @@ fn running_hint(
     let iface = iface.unwrap_or("IFACE");
     if let Some(
         old @ (LAYOUT_VERSION_V2 | LAYOUT_VERSION_V3 | LAYOUT_VERSION_V4 | LAYOUT_VERSION_V5
-        | LAYOUT_VERSION_V6),
+        | LAYOUT_VERSION_V6 | LAYOUT_VERSION_V7),
     ) = layout
     {
         format!("running, layout {old}: `port-demux{netns} load {iface} --upgrade` migrates it")

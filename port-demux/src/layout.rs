@@ -35,15 +35,11 @@ pub(crate) const DEVMAP_VALUE: u32 = 8;
 /// first six ([`MAPS_V3`]); v4 added the scope maps, with `SCOPE_V4` and `SCOPE_V6` as arrays
 /// of records ([`SCOPE_TABLES_V4`]); v5 has them as one value each (the same bytes). Up to v5
 /// the per-port counters were [`PORT_STATS_V5`], in v6 [`PORT_STATS_V6`]; v7 has `PORT_STATS3`
-/// in their place.
+/// in their place. Up to v7 `BINDINGS` was [`BINDINGS_V7`]; v8's holds the same bytes as one
+/// value.
 #[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
 pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
-    (
-        "BINDINGS",
-        BPF_MAP_TYPE_ARRAY,
-        size_of::<Binding>() as u32,
-        BINDINGS_LEN,
-    ),
+    ("BINDINGS", BPF_MAP_TYPE_ARRAY, BINDINGS_BYTES, 1),
     counters(PORT_STATS3, port_demux_common::PORT_STATS_V7),
     (
         "GLOBALS",
@@ -95,6 +91,23 @@ pub(crate) const MAPS: [(&str, u32, u32, u32); 11] = [
         SCOPED_LEN,
     ),
 ];
+/// Layouts v2-v7's `BINDINGS`: one entry per (protocol, port), the bytes of v8's one value.
+#[expect(clippy::cast_possible_truncation, reason = "sizes of small structs")]
+pub(crate) const BINDINGS_V7: MapSpec = (
+    "BINDINGS",
+    BPF_MAP_TYPE_ARRAY,
+    size_of::<Binding>() as u32,
+    BINDINGS_LEN,
+);
+/// The size of `BINDINGS`' one value: every port's binding.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the size of a small struct"
+)]
+pub(crate) const BINDINGS_BYTES: u32 = BINDINGS_LEN * size_of::<Binding>() as u32;
+/// The name the object gives `BINDINGS`: its data section's, which makes the loader relocate
+/// the program's accesses to it as direct value accesses.
+pub(crate) const BINDINGS_SECTION: &str = ".bss.bindings";
 /// A pinned map as [`open_maps`] checks it: name, type, value size, entries.
 pub(crate) type MapSpec = (&'static str, u32, u32, u32);
 

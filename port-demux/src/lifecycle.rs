@@ -22,7 +22,8 @@ use aya::{
 use bytemuck::Zeroable as _;
 use port_demux_common::{
     Binding, LAYOUT_VERSION, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4,
-    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, MODE_NATIVE, MODE_SKB, Meta, ScopedBinding, action,
+    LAYOUT_VERSION_V5, LAYOUT_VERSION_V6, LAYOUT_VERSION_V7, MODE_NATIVE, MODE_SKB, Meta,
+    ScopedBinding, action,
 };
 
 use crate::{
@@ -30,14 +31,15 @@ use crate::{
     instance::{self, Found, attached_prog},
     kernel,
     layout::{
-        DirLock, FROZEN_COUNTERS, GLOBALS2, LINK_PIN, MAPS, MAPS_V3, PORT_STATS, PORT_STATS_V5,
-        PORT_STATS_V6, PORT_STATS2, PORT_STATS3, PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage,
-        check_ifname, instance_dir, open_maps, read_meta, remove_pins, staging_dir, write_meta,
+        BINDINGS_BYTES, BINDINGS_SECTION, BINDINGS_V7, DirLock, FROZEN_COUNTERS, GLOBALS2,
+        LINK_PIN, MAPS, MAPS_V3, PORT_STATS, PORT_STATS_V5, PORT_STATS_V6, PORT_STATS2,
+        PORT_STATS3, PROG_PIN, REDIRECT, SCOPE_TABLES_V4, Stage, check_ifname, instance_dir,
+        open_maps, read_meta, remove_pins, staging_dir, write_meta,
     },
     maps::{self, Maps},
     netlink,
     scoped::{self, Successor},
-    sys::LinkInfo,
+    sys::{self, LinkInfo},
 };
 
 /// The XDP program, built from `port-demux-ebpf` by the build script.
@@ -227,7 +229,8 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
     // up to v5 the per-port counters were `PORT_STATS`, in v6 `PORT_STATS2`; and the frozen
     // counters an earlier upgrade kept.
     let had = match from {
-        LAYOUT_VERSION | LAYOUT_VERSION_V6 | LAYOUT_VERSION_V5 | LAYOUT_VERSION_V4 => MAPS.len(),
+        LAYOUT_VERSION | LAYOUT_VERSION_V7 | LAYOUT_VERSION_V6 | LAYOUT_VERSION_V5
+        | LAYOUT_VERSION_V4 => MAPS.len(),
         LAYOUT_VERSION_V3 => MAPS_V3,
         LAYOUT_VERSION_V2 => 5,
         found => {
@@ -242,10 +245,11 @@ pub(crate) fn upgrade(scope: &Scope, iface: &str, opts: &LoadOptions) -> Result<
         let v4_table = SCOPE_TABLES_V4.iter().find(|t| t.0 == map.0);
         match v4_table {
             Some(table) if from == LAYOUT_VERSION_V4 => open_maps(&dir, &[*table])?,
+            _ if map.0 == "BINDINGS" && from != LAYOUT_VERSION => open_maps(&dir, &[BINDINGS_V7])?,
             _ if map.0 == PORT_STATS3 && from == LAYOUT_VERSION_V6 => {
                 open_maps(&dir, &[PORT_STATS_V6])?
             }
-            _ if map.0 == PORT_STATS3 && from != LAYOUT_VERSION => {
+            _ if map.0 == PORT_STATS3 && from != LAYOUT_VERSION && from != LAYOUT_VERSION_V7 => {
                 open_maps(&dir, &[PORT_STATS_V5])?
             }
             _ => open_maps(&dir, &[*map])?,
@@ -413,6 +417,10 @@ fn swap_program(
         let maps = Maps::open(staging)?;
         next.scoped.fill(&maps)?;
         maps.write_all_bindings_flagged(next.bindings)?;
+    } else {
+        // `BINDINGS` is always new (see `load_object`): the bindings copied in, flags and
+        // owners as they are, before the program that reads them runs.
+        Maps::open(staging)?.copy_bindings_from(dir)?;
     }
     meta.debug = u32::from(debug);
     meta.layout_version = LAYOUT_VERSION;
@@ -476,9 +484,11 @@ fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
     // Maps of older layouts this one may hold, but need not.
     let pinned =
         |name: &&str| !matches!(*name, PORT_STATS | PORT_STATS2) || dir.join(name).exists();
+    // `BINDINGS` is never kept: the successor's is a new map, the bindings copied in.
+    let all = &all[1..];
     match from {
-        LAYOUT_VERSION_V2 => all[..3].to_vec(),
-        LAYOUT_VERSION_V3 => all[..5].to_vec(),
+        LAYOUT_VERSION_V2 => all[..2].to_vec(),
+        LAYOUT_VERSION_V3 => all[..4].to_vec(),
         // v4's interval tables have this layout's bytes in maps of another shape: new ones
         // are created and the bytes copied.
         LAYOUT_VERSION_V4 => all
@@ -579,7 +589,30 @@ fn load_object(
     } else {
         0
     };
-    let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.0, dir.join(m.0))).collect();
+    // `BINDINGS` is the object's data section, which the loader would create without
+    // `BPF_F_MMAPABLE`: created here, empty, and found by the loader at its pin. It must be
+    // new: the loader writes the section's zeros into it.
+    let bindings = dir.join("BINDINGS");
+    sys::create_pinned_mmapable_array("BINDINGS", BINDINGS_BYTES, &bindings).map_err(|e| {
+        if kernel::denied(&e) {
+            Error::Privileges {
+                what: "creating the XDP program's maps".to_owned(),
+            }
+        } else {
+            Error::io("cannot create", &bindings, e)
+        }
+    })?;
+    let paths: Vec<(&str, PathBuf)> = MAPS
+        .iter()
+        .map(|m| {
+            let name = if m.0 == "BINDINGS" {
+                BINDINGS_SECTION
+            } else {
+                m.0
+            };
+            (name, dir.join(m.0))
+        })
+        .collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEFAULT_ACTION", &default_action, true)

@@ -18,6 +18,27 @@ use crate::{
     sys,
 };
 
+/// Every binding in the array map `fd` of `entries` entries: this layout's one value, or
+/// layouts v2-v7's one entry a port. Through a read-only memory mapping when the map may be
+/// mapped; else (v2 and v3's maps, made without `BPF_F_MMAPABLE`, and descriptors opened
+/// read-only) one lookup of the value, or one batch lookup of the entries.
+fn read_bindings(fd: &OwnedFd, entries: u32) -> std::io::Result<Vec<Binding>> {
+    let mut all = vec![<Binding as bytemuck::Zeroable>::zeroed(); BINDINGS_LEN as usize];
+    let out: &mut [u8] = bytemuck::cast_slice_mut(&mut all);
+    if sys::map_info(fd.as_fd())?.map_flags & sys::BPF_F_MMAPABLE != 0
+        && let Ok(mapped) = sys::Mapped::read_only(fd.as_fd(), out.len())
+    {
+        mapped.read(0, out);
+        return Ok(all);
+    }
+    if entries == 1 {
+        sys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), out)?;
+    } else {
+        sys::lookup_array_batch(fd.as_fd(), BINDINGS_LEN, size_of::<Binding>(), out)?;
+    }
+    Ok(all)
+}
+
 /// Per-CPU arrays of at least this many entries are read by several threads.
 const PARALLEL_FROM: u32 = 16_384;
 /// The most threads reading one array.
@@ -360,9 +381,26 @@ impl Maps {
         Ok(all)
     }
 
-    /// Every `BINDINGS` entry as the data path reads it, the `SCOPED` flag included.
+    /// Every `BINDINGS` entry as the data path reads it, the `SCOPED` flag included: the one
+    /// value, through a read-only memory mapping, or (a descriptor opened read-only, which
+    /// cannot be mapped) one lookup.
     pub(crate) fn read_raw_bindings(&self) -> Result<Vec<Binding>> {
-        self.read_plain(&self.bindings, "BINDINGS", BINDINGS_LEN)
+        read_bindings(&self.bindings, 1)
+            .map_err(|e| Error::io("cannot read", self.dir.join("BINDINGS"), e))
+    }
+
+    /// Copies the bindings of the instance pinned in `old` (this layout's `BINDINGS`, or
+    /// the array of one entry a port of layouts v2-v7) into this instance's, which no
+    /// program reads yet.
+    pub(crate) fn copy_bindings_from(&self, old: &Path) -> Result<()> {
+        let path = old.join("BINDINGS");
+        // Read-write: a descriptor opened read-only cannot be mapped shared.
+        let fd = sys::obj_get(&path, false).map_err(|e| Error::io("cannot open", &path, e))?;
+        let entries = sys::map_info(fd.as_fd())
+            .map_err(|e| Error::io("cannot inspect", &path, e))?
+            .max_entries;
+        let all = read_bindings(&fd, entries).map_err(|e| Error::io("cannot read", &path, e))?;
+        self.write_table(&all)
     }
 
     /// Writes `value` at every port of `ports`, one batch, keeping the `SCOPED` flag of the
@@ -380,17 +418,33 @@ impl Maps {
         self.write_raw_bindings(&keys, &values)
     }
 
-    /// Writes `BINDINGS` values as they are, flag included.
+    /// Writes `BINDINGS` values as they are, flag included: the table read, changed at
+    /// `keys`, and written back whole in one `BPF_MAP_UPDATE_ELEM`, so that a writer killed
+    /// at any instant has changed every entry or none (a signal does not stop a system call
+    /// midway). The data path sees the entries change one by one during the kernel's copy,
+    /// each rewritten with its own bytes or its new ones, as the batch update of layouts
+    /// before v8 did.
     pub(crate) fn write_raw_bindings(&self, keys: &[u32], values: &[Binding]) -> Result<()> {
-        sys::update_batch(self.bindings.as_fd(), keys, bytemuck::cast_slice(values))
-            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+        let mut all = self.read_raw_bindings()?;
+        for (&key, value) in keys.iter().zip(values) {
+            all[key as usize] = *value;
+        }
+        self.write_table(&all)
     }
 
-    /// Writes every port's binding (`all`, indexed like the map), one batch.
+    /// Writes the whole table (`all`, indexed like the map) in one `BPF_MAP_UPDATE_ELEM`.
+    fn write_table(&self, all: &[Binding]) -> Result<()> {
+        sys::update(
+            self.bindings.as_fd(),
+            &0u32.to_ne_bytes(),
+            bytemuck::cast_slice(all),
+        )
+        .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+    }
+
+    /// Writes every port's binding (`all`, indexed like the map), in one update.
     pub(crate) fn write_all_bindings(&self, all: &[Binding]) -> Result<()> {
-        let keys: Vec<u32> = (0..BINDINGS_LEN).collect();
-        sys::update_batch(self.bindings.as_fd(), &keys, bytemuck::cast_slice(all))
-            .map_err(|e| Error::io("cannot write", self.dir.join("BINDINGS"), e))
+        self.write_table(all)
     }
 
     /// As [`Maps::write_all_bindings`], with the `SCOPED` flag set on the ports that have
@@ -541,7 +595,7 @@ mod tests {
 
     #[test]
     fn ranges_coalesce_runs_of_equal_bindings() {
-        let mut all = vec![Binding::zeroed(); BINDINGS_LEN as usize];
+        let mut all = vec![<Binding as bytemuck::Zeroable>::zeroed(); BINDINGS_LEN as usize];
         all[7000..=7099].fill(bound(action::PASS, 0));
         all[7100] = bound(action::PASS, b'x'); // another owner: a run of its own
         all[7101] = bound(action::DROP, 0);

@@ -32,9 +32,18 @@ pub fn map_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
     sys::map_info(fd).map(|info| info.map_flags)
 }
 
+/// The map's id.
+///
+/// # Errors
+/// The kernel's error as an [`io::Error`].
+pub fn map_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    sys::map_info(fd).map(|info| info.id)
+}
+
 /// Every element of the array map `fd`, in one batch lookup: `V` is the map's value type; for
 /// a per-CPU array, one CPU's value, and the result holds each entry's values for every
-/// possible CPU one after the other (entry-major).
+/// possible CPU one after the other (entry-major). A one-entry array whose value is a table of
+/// `V` (`BINDINGS`) gives the table's records, from one lookup.
 ///
 /// # Errors
 /// [`io::ErrorKind::InvalidInput`] when `V` is not the map's value type (its size differs, or
@@ -42,7 +51,22 @@ pub fn map_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
 pub fn read_array<V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<V>> {
     let info = sys::map_info(fd)?;
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
-    if size_of::<V>() != info.value_size as usize {
+    let value_size = info.value_size as usize;
+    if !sys::is_per_cpu(&info)
+        && info.max_entries == 1
+        && value_size > size_of::<V>()
+        && value_size.is_multiple_of(size_of::<V>())
+    {
+        // A one-value table (`BINDINGS`, `SCOPE_V4`, ...): its records, in one lookup.
+        let mut values = vec![V::zeroed(); value_size / size_of::<V>()];
+        sys::lookup(
+            fd,
+            &0u32.to_ne_bytes(),
+            bytemuck::cast_slice_mut(&mut values),
+        )?;
+        return Ok(values);
+    }
+    if size_of::<V>() != value_size {
         return Err(invalid(format!(
             "a {}-byte value type for a map of {}-byte values",
             size_of::<V>(),

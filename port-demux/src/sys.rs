@@ -128,6 +128,67 @@ fn check_element(fd: BorrowedFd<'_>, key: &[u8], value: Option<usize>) -> io::Re
     }
 }
 
+/// `BPF_MAP_CREATE`'s attributes, up to the name.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// `BPF_OBJ_PIN`'s attributes.
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Creates a one-entry array map of `value_size` bytes with `BPF_F_MMAPABLE`, named `name`
+/// (at most 15 bytes), and pins it at `path`.
+///
+/// # Errors
+/// The kernel's error: `EPERM` without privileges, `E2BIG` for a value past its limit,
+/// `EEXIST` when `path` is taken.
+pub(crate) fn create_pinned_mmapable_array(
+    name: &str,
+    value_size: u32,
+    path: &Path,
+) -> io::Result<OwnedFd> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+        map_flags: BPF_F_MMAPABLE,
+        ..MapCreateAttr::default()
+    };
+    let len = name.len().min(15);
+    attr.map_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: a new descriptor the kernel gave us.
+    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("a descriptor")) };
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut pin = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: raw(fd.as_fd()),
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut pin)?;
+    Ok(fd)
+}
+
 /// Opens a pinned BPF object; read-only when `read_only`.
 ///
 /// # Errors

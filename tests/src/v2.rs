@@ -16,8 +16,8 @@ use aya::{
 };
 use port_demux::common::{
     Binding, LAYOUT_VERSION_V2, LAYOUT_VERSION_V3, LAYOUT_VERSION_V4, LAYOUT_VERSION_V5,
-    LAYOUT_VERSION_V6, MODE_NATIVE, Meta, PROTO_UDP, PortScope, ScopeV4, ScopeV6, ScopedBinding,
-    action, port_index,
+    LAYOUT_VERSION_V6, LAYOUT_VERSION_V7, MODE_NATIVE, Meta, PROTO_UDP, PortScope, ScopeV4,
+    ScopeV6, ScopedBinding, action, port_index,
 };
 
 use crate::netns::Netns;
@@ -148,6 +148,20 @@ pub fn load_v6(ns: &Netns, iface: &str) -> PathBuf {
     let mut maps = V4_MAPS;
     maps[1] = "PORT_STATS2";
     load_in_ns_folder(ns, iface, "port-demux-v6.o", &maps, LAYOUT_VERSION_V6)
+}
+
+/// Loads the v7 object (main at 33a2f6c, `BINDINGS` an array of one entry a port, which the
+/// program looked up; kept as `tests/fixtures/port-demux-v7.o`) on `iface` of `ns` in native
+/// mode, as main's `port-demux load IFACE` did then; returns the pin folder. Its maps have
+/// v4's names but the counters, `PORT_STATS3`.
+///
+/// # Panics
+/// When any step fails.
+#[must_use]
+pub fn load_v7(ns: &Netns, iface: &str) -> PathBuf {
+    let mut maps = V4_MAPS;
+    maps[1] = "PORT_STATS3";
+    load_in_ns_folder(ns, iface, "port-demux-v7.o", &maps, LAYOUT_VERSION_V7)
 }
 
 /// [`load_old`] of an object with v4's maps (v4, v5; v6 with its counters) into this build's

@@ -85,14 +85,14 @@ fn status_prog_id(ns: &Netns, iface: &str) -> u32 {
 // ------------------------------------------------------------------------------------------
 // Reading and writing the pinned maps directly, as another tool would.
 
-/// The whole `BINDINGS` array of the instance pinned in `dir`: 131,072 entries of 24 bytes,
-/// read through a read-only descriptor in one batch lookup.
+/// Every binding of the instance pinned in `dir`: 131,072 of 24 bytes, `BINDINGS`' one value,
+/// read through a read-only descriptor in one lookup.
 fn raw_bindings(dir: &Path) -> Vec<Binding> {
     let path = dir.join("BINDINGS");
     let fd =
         pinned::open(&path, true).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
     let values = pinned::read_array::<Binding>(fd.as_fd())
-        .unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_BATCH {}: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_ELEM {}: {e}", path.display()));
     assert_eq!(values.len(), BINDINGS_LEN as usize);
     values
 }
@@ -653,8 +653,8 @@ fn map_flags(path: &Path) -> u32 {
 }
 
 /// Readers copy a fresh instance's `BINDINGS` through a memory mapping (the map is created
-/// mmapable): what they see is what a batch lookup of the kernel returns, entry for entry, at
-/// both ends of the array and of both protocols.
+/// mmapable): what they see is what a lookup of the kernel returns, entry for entry, at both
+/// ends of the table and of both protocols.
 #[test]
 fn bindings_read_through_the_mapping_agree_with_a_batch_lookup() {
     let lab = Lab::new();

@@ -14,6 +14,7 @@
 use std::{
     fs,
     net::SocketAddrV4,
+    os::fd::AsFd as _,
     path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
@@ -36,7 +37,7 @@ use port_demux_testkit::{
         Capture, Lab, Netns, REDIRECT_IF, SERVER_IF, SILENCE, SINK_IF, UDP_OVERHEAD,
         count_datagrams, poll, recv_datagrams, set_rcvbuf, udp_to,
     },
-    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5, load_v6},
+    v2::{bind_scoped_v4, bind_v2, load_v2, load_v3, load_v4, load_v5, load_v6, load_v7},
 };
 
 const PASS_PORT: u16 = 7911;
@@ -453,14 +454,14 @@ fn upgrade_from_v3_keeps_everything_and_adds_the_scope_maps() {
     for map in SCOPE_MAPS {
         assert!(new_dir.join(map).exists(), "{map}");
     }
-    // v3's BINDINGS is kept as it was made, without BPF_F_MMAPABLE: readers fall back from
-    // the mapping to a batch lookup for it (the `bindings` below).
-    let kept = pinned::open(&new_dir.join("BINDINGS"), true).expect("BINDINGS");
-    let flags = pinned::map_flags(std::os::fd::AsFd::as_fd(&kept)).expect("map info");
-    assert_eq!(
+    // v3's BINDINGS, made without BPF_F_MMAPABLE and read by a batch lookup, is copied into
+    // a new one of this layout (one value, mmapable): the `bindings` below come from it.
+    let copied = pinned::open(&new_dir.join("BINDINGS"), true).expect("BINDINGS");
+    let flags = pinned::map_flags(copied.as_fd()).expect("map info");
+    assert_ne!(
         flags & pinned::BPF_F_MMAPABLE,
         0,
-        "v3's BINDINGS: {flags:#x}"
+        "the new BINDINGS: {flags:#x}"
     );
     let stats = pd_json(ns, &["stats", "--json"]);
     let frame = UDP_OVERHEAD + PAYLOAD as u64;
@@ -727,6 +728,115 @@ fn upgrade_from_v6_keeps_its_ipv6_count() {
     assert_eq!(globals2(), 12, "GLOBALS2 moved after the upgrade");
     assert_eq!(counted_now_and_ipv6(&dir, DROP_PORT), (5, 5));
     pd_ok(ns, &["unload", SERVER_IF]);
+}
+
+/// Layout v7 (`BINDINGS` an array of one entry a port, which the program looked up): refused
+/// with one line naming the upgrade; `load --upgrade`, under traffic, copies every binding,
+/// owner included, into layout v8's one-value `BINDINGS` (a new map) before the new program
+/// runs, and keeps `PORT_STATS3`: every passed datagram reaches its socket, none to the
+/// dropped port does, and every frame is counted once.
+#[test]
+fn upgrade_from_v7_moves_the_bindings_under_traffic() {
+    let lab = Lab::new();
+    let ns = &lab.server;
+    let dir = load_v7(&lab.server, SERVER_IF);
+    bind_v2(&dir, PASS_PORT, action::PASS);
+    bind_v2(&dir, DROP_PORT, action::DROP);
+    let old_bindings = pinned::open(&dir.join("BINDINGS"), true).expect("v7's BINDINGS");
+    let e = open_refusal(ns);
+    assert!(matches!(e, Error::LayoutV7 { .. }), "{e:?}");
+    assert_refused(
+        &pd(ns, &["stats"]),
+        "stats of v7 pins",
+        &["layout version 7", "load b0 --upgrade"],
+    );
+    let client = lab.udp_client();
+    let passed = lab.udp_server(PASS_PORT);
+    set_rcvbuf(&passed, 64 << 20);
+    let dropped = lab.udp_server(DROP_PORT);
+    traffic_before_upgrade(&lab, &client, &passed, &dir, "v7", counted_now);
+
+    let both = || counted_now(&dir, PASS_PORT) + counted_now(&dir, DROP_PORT);
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    let out = thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        let sender = s.spawn(|| {
+            let data = vec![0x5a; PAYLOAD];
+            let (to_pass, to_drop) = (
+                SocketAddrV4::new(lab.server_addr(), PASS_PORT),
+                SocketAddrV4::new(lab.server_addr(), DROP_PORT),
+            );
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                client.send_to(&data, to_pass).expect("send");
+                client.send_to(&data, to_drop).expect("send");
+                n += 1;
+                sent.store(n, Ordering::SeqCst);
+                if n.is_multiple_of(32) {
+                    // Stay within the veth's ring: wait for the counters to catch up.
+                    poll("counters catching up", both, |&c| c + 128 >= 30 + 2 * n);
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        poll(
+            "traffic flowing",
+            || sent.load(Ordering::SeqCst),
+            |&n| n >= 300,
+        );
+        let at_upgrade = sent.load(Ordering::SeqCst);
+        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+        poll(
+            "traffic after the upgrade",
+            || sent.load(Ordering::SeqCst),
+            |&n| n >= at_upgrade + 300,
+        );
+        stop.store(true, Ordering::SeqCst);
+        sender.join().expect("sender");
+        out
+    });
+    assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
+    // A new `BINDINGS`, of this layout's shape, in the old one's place.
+    let new_bindings = pinned::open(&dir.join("BINDINGS"), true).expect("BINDINGS");
+    assert_ne!(
+        pinned::map_id(new_bindings.as_fd()).expect("id"),
+        pinned::map_id(old_bindings.as_fd()).expect("id"),
+        "BINDINGS was not replaced"
+    );
+    let n = sent.load(Ordering::SeqCst);
+    let n_usize = usize::try_from(n).expect("a count");
+    assert_eq!(
+        recv_datagrams(&passed, n_usize).len(),
+        n_usize,
+        "passed after the upgrade"
+    );
+    assert_eq!(count_datagrams(&dropped, SILENCE), 0, "udp/{DROP_PORT}");
+    let frame = UDP_OVERHEAD + PAYLOAD as u64;
+    let stats = poll(
+        "every frame counted",
+        || pd_json(ns, &["stats", "--json"]),
+        |s| json_port(s, "udp", PASS_PORT).0 + json_port(s, "udp", DROP_PORT).0 == 30 + 2 * n,
+    );
+    assert_eq!(
+        json_port(&stats, "udp", PASS_PORT),
+        (20 + n, (20 + n) * frame),
+        "{stats}"
+    );
+    assert_eq!(
+        json_port(&stats, "udp", DROP_PORT),
+        (10 + n, (10 + n) * frame),
+        "{stats}"
+    );
+    let bindings = pd_json(ns, &["bindings", "--json"]);
+    let owners: Vec<(&str, &str)> = bindings["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .filter_map(|b| Some((b["action"].as_str()?, b["owner"].as_str()?)))
+        .collect();
+    assert_eq!(owners, [("pass", "v2"), ("drop", "v2")], "{bindings}");
+    pd_ok(ns, &["unload", SERVER_IF]);
+    assert!(!dir.exists(), "{} left", dir.display());
 }
 
 /// An instance of an older layout whose per-port counters were another map (`frozen` reads

@@ -990,11 +990,26 @@ fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
         .override_global("AYA_LOG_LEVEL", &0u8, false)
         .load(&object)?;
     // `struct Binding { action: u32, slot: u32, owner: [u8; 16] }`, indexed by
-    // `proto << 16 | port` (tcp 0, udp 1).
-    let mut bindings: Array<_, [u32; 6]> =
-        Array::try_from(ebpf.map_mut("BINDINGS").context("no BINDINGS map")?)?;
-    bindings.set((1 << 16) | u32::from(BOUND_UDP), [DROP, 0, 0, 0, 0, 0], 0)?;
-    bindings.set(u32::from(BOUND_TCP), [PASS, 0, 0, 0, 0, 0], 0)?;
+    // `proto << 16 | port` (tcp 0, udp 1): a map entry each up to layout v7, in layout v8
+    // the one value of the `.bss.bindings` data map.
+    let udp = (1 << 16) | u32::from(BOUND_UDP);
+    let tcp = u32::from(BOUND_TCP);
+    if let Some(map) = ebpf.map_mut(".bss.bindings") {
+        const BYTES: usize = 2 * 65_536 * 24;
+        let mut table: Box<[u32; BYTES / 4]> = vec![0u32; BYTES / 4]
+            .into_boxed_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a table of every port"))?;
+        table[udp as usize * 6] = DROP;
+        table[tcp as usize * 6] = PASS;
+        let mut bindings: Array<_, [u32; BYTES / 4]> = Array::try_from(map)?;
+        bindings.set(0, table, 0)?;
+    } else {
+        let mut bindings: Array<_, [u32; 6]> =
+            Array::try_from(ebpf.map_mut("BINDINGS").context("no BINDINGS map")?)?;
+        bindings.set(udp, [DROP, 0, 0, 0, 0, 0], 0)?;
+        bindings.set(tcp, [PASS, 0, 0, 0, 0, 0], 0)?;
+    }
     let prog: &mut Xdp = ebpf
         .program_mut("port_demux")
         .context("no port_demux program")?

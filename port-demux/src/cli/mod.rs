@@ -109,7 +109,8 @@ fn hint(e: &Error) -> String {
         | Error::LayoutV3 { iface, .. }
         | Error::LayoutV4 { iface, .. }
         | Error::LayoutV5 { iface, .. }
-        | Error::LayoutV6 { iface, .. } => {
+        | Error::LayoutV6 { iface, .. }
+        | Error::LayoutV7 { iface, .. } => {
             format!(" (`port-demux load {iface} --upgrade`)")
         }
         Error::Conflict { .. } => " (`unbind`, or `bind --replace`)".into(),
