@@ -220,8 +220,9 @@ fn apply<const LOG: bool>(ctx: &XdpContext, index: u32, len: u64, at: &Ip) -> u3
         count_port(group, element, len);
     }
     let at_index = bindings_index(index);
-    // SAFETY: `at_index` < BINDINGS_LEN; only the loader writes the table (whole 8-byte words
-    // through its memory mapping), so a read sees one binding's action and slot.
+    // SAFETY: `at_index` < BINDINGS_LEN: inside the map's one value, plain memory the
+    // program only reads. The loader rewrites the table with one update (the kernel's copy of
+    // the value), as it rewrote entries with a batch update before.
     let (mut act, slot) = unsafe {
         let binding = core::ptr::addr_of!(BINDINGS)
             .cast::<Binding>()

@@ -484,7 +484,9 @@ fn kept_maps(from: u32, dir: &Path) -> Vec<&'static str> {
     // Maps of older layouts this one may hold, but need not.
     let pinned =
         |name: &&str| !matches!(*name, PORT_STATS | PORT_STATS2) || dir.join(name).exists();
-    // `BINDINGS` is never kept: the successor's is a new map, the bindings copied in.
+    // `BINDINGS` (the list's first) is never kept: the successor's is a new map, the
+    // bindings copied in.
+    debug_assert_eq!(all[0], "BINDINGS");
     let all = &all[1..];
     match from {
         LAYOUT_VERSION_V2 => all[..2].to_vec(),

@@ -1,6 +1,7 @@
 //! An instance's pinned maps read and written by their types, for tools and tests that look at
 //! them directly, as another program would: opening a pin, reading a whole array in one
-//! `BPF_MAP_LOOKUP_BATCH`, deleting an element (which aya's `DevMap` lacks). Every call checks
+//! `BPF_MAP_LOOKUP_BATCH` (or a one-value table such as `BINDINGS` in one lookup), writing such
+//! a table in one update, deleting an element (which aya's `DevMap` lacks). Every call checks
 //! the Rust types against the map's own key and value sizes before the kernel sees a buffer.
 
 use std::{
@@ -89,6 +90,32 @@ pub fn read_array<V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<V>> {
         bytemuck::cast_slice_mut(&mut values),
     )?;
     Ok(values)
+}
+
+/// Writes `values` as the one value of the one-entry array map `fd` whose value is a table of
+/// `V` (`BINDINGS`), in one update.
+///
+/// # Errors
+/// [`io::ErrorKind::InvalidInput`] when the map is not such a table of `values.len()` records
+/// of `V`, or the kernel's error.
+pub fn write_table<V: Pod>(fd: BorrowedFd<'_>, values: &[V]) -> io::Result<()> {
+    let info = sys::map_info(fd)?;
+    if sys::is_per_cpu(&info)
+        || info.max_entries != 1
+        || info.value_size as usize != size_of_val(values)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} records of {} bytes for a map of {} values of {} bytes",
+                values.len(),
+                size_of::<V>(),
+                info.max_entries,
+                info.value_size
+            ),
+        ));
+    }
+    sys::update(fd, &0u32.to_ne_bytes(), bytemuck::cast_slice(values))
 }
 
 /// Deletes the element at `key` of map `fd`; `Ok(false)` when it did not exist.

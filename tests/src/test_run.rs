@@ -156,52 +156,6 @@ fn table<R: Copy + Default, const N: usize>(records: &[R]) -> Box<[R; N]> {
         .unwrap_or_else(|_| unreachable!("N records"))
 }
 
-/// Writes `BINDINGS`' one value from `write`, or (`None`) reads it into `read`: one
-/// `BPF_MAP_UPDATE_ELEM` or `BPF_MAP_LOOKUP_ELEM` of key 0 (the value is 3 MiB: aya's typed
-/// arrays would hold it on the stack).
-fn bindings_value(map: &MapData, write: Option<&[u8]>, read: &mut [u8]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    let len = BINDINGS_LEN as usize * size_of::<Binding>();
-    let key = 0u32;
-    let (cmd, value) = if let Some(bytes) = write {
-        assert_eq!(bytes.len(), len, "every binding");
-        (BPF_MAP_UPDATE_ELEM, bytes.as_ptr() as u64)
-    } else {
-        assert_eq!(read.len(), len, "every binding");
-        (BPF_MAP_LOOKUP_ELEM, read.as_mut_ptr() as u64)
-    };
-    let mut attr = Attr {
-        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd()).expect("a descriptor"),
-        _pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value,
-        flags: 0,
-    };
-    // SAFETY: `attr` names a live key and a buffer of the map's value size.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(&mut attr),
-            size_of::<Attr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// One private instance of the XDP program, for `BPF_PROG_TEST_RUN`.
 pub struct Harness {
     ebpf: Ebpf,
@@ -368,12 +322,8 @@ impl Harness {
             stored.action |= action::SCOPED;
         }
         self.table[index as usize] = stored;
-        bindings_value(
-            &self.bindings,
-            Some(bytemuck::cast_slice(&self.table)),
-            &mut [],
-        )
-        .unwrap_or_else(|e| panic!("cannot set binding {index}: {e}"));
+        pinned::write_table(self.bindings.fd().as_fd(), &self.table)
+            .unwrap_or_else(|e| panic!("cannot set binding {index}: {e}"));
         if value == unbound() {
             self.shadow_bindings.remove(&index);
         } else {
@@ -447,10 +397,8 @@ impl Harness {
     /// When the map lookup fails.
     #[must_use]
     pub fn binding(&self, index: u32) -> Binding {
-        let mut all = vec![unbound(); BINDINGS_LEN as usize];
-        bindings_value(&self.bindings, None, bytemuck::cast_slice_mut(&mut all))
-            .unwrap_or_else(|e| panic!("cannot read binding {index}: {e}"));
-        all[index as usize]
+        pinned::read_array::<Binding>(self.bindings.fd().as_fd())
+            .unwrap_or_else(|e| panic!("cannot read binding {index}: {e}"))[index as usize]
     }
 
     /// Points devmap `slot` at interface `ifindex` (use [`LO_IFINDEX`]).

@@ -995,7 +995,7 @@ fn previous_program(path: &Path) -> Result<(aya::Ebpf, std::os::fd::OwnedFd)> {
     let udp = (1 << 16) | u32::from(BOUND_UDP);
     let tcp = u32::from(BOUND_TCP);
     if let Some(map) = ebpf.map_mut(".bss.bindings") {
-        const BYTES: usize = 2 * 65_536 * 24;
+        const BYTES: usize = port_demux::common::BINDINGS_LEN as usize * 24;
         let mut table: Box<[u32; BYTES / 4]> = vec![0u32; BYTES / 4]
             .into_boxed_slice()
             .try_into()
