@@ -371,14 +371,15 @@ fn swap_program(
     opts: &LoadOptions,
     next: Option<Next>,
 ) -> Result<UpgradeReport> {
-    // The maps that carry over, pinned a second time: bindings, counters, (v3) the redirect
+    // The maps that carry over, pinned a second time: counters, (v3) the redirect
     // devmap and `GLOBALS2`, and (v4) the scope maps but the interval tables, which v5 holds
     // as one value each (new maps, v4's bytes copied in), and (up to v6) the per-port
     // counters beside v7's new `PORT_STATS3` ([`kept_maps`]); the ones an older layout lacked
     // are created empty. v2's devmap cannot serve this build's frags-aware program (the kernel
     // lets a devmap serve only programs that agree on multi-buffer support): the successor
-    // gets a new one with the same slots; bindings name slots, so they stay valid. With
-    // `next` (apply), new maps hold the new set: `BINDINGS` and the scope maps (`SCOPED`,
+    // gets a new one with the same slots; bindings name slots, so they stay valid.
+    // `BINDINGS` is never kept: always new, the bindings copied in, or with `next` (apply)
+    // the new set written. With `next`, new scope maps hold the new set too (`SCOPED`,
     // `SCOPES`, `SCOPE_V4`, `SCOPE_V6`), filled before the link update, so that the data path
     // and readers see the old set or the new, never a mix. `SCOPED_STATS` is kept like
     // the per-port counters (the scoped bindings that stay keep their ids, so their counters) unless
@@ -387,10 +388,8 @@ fn swap_program(
     let kept = kept_maps(from, dir);
     let renewed = |name: &str| {
         next.is_some_and(|next| {
-            matches!(
-                name,
-                "BINDINGS" | "SCOPES" | "SCOPE_V4" | "SCOPE_V6" | "SCOPED"
-            ) || (name == "SCOPED_STATS" && !next.scoped.keep_stats)
+            matches!(name, "SCOPES" | "SCOPE_V4" | "SCOPE_V6" | "SCOPED")
+                || (name == "SCOPED_STATS" && !next.scoped.keep_stats)
         })
     };
     for name in kept.iter().filter(|name| !renewed(name)) {

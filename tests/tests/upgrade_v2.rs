@@ -138,6 +138,61 @@ fn counted_v5(dir: &Path, port: u16) -> u64 {
     counted_in::<1>(dir, "PORT_STATS", port)
 }
 
+/// `load b0 --upgrade` in `ns` while `client` sends datagrams of `PAYLOAD` bytes to
+/// `PASS_PORT` and `DROP_PORT` in turns, from 300 pairs before the upgrade to 300 after it.
+/// Every 32 pairs the sender waits until `counted` (the frames the instance counted, `base` of
+/// them before this traffic) is within 128 of what it sent, so as to stay within the veth's
+/// ring. Returns the upgrade's output and the pairs sent.
+fn upgrade_under_traffic(
+    ns: &Netns,
+    lab: &Lab,
+    client: &std::net::UdpSocket,
+    counted: impl Fn() -> u64 + Sync,
+    base: u64,
+) -> (String, u64) {
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    thread::scope(|s| {
+        // A failure below must stop the sender too.
+        let _stop = StopOnDrop(&stop);
+        let sender = s.spawn(|| {
+            let data = vec![0x5a; PAYLOAD];
+            let (to_pass, to_drop) = (
+                SocketAddrV4::new(lab.server_addr(), PASS_PORT),
+                SocketAddrV4::new(lab.server_addr(), DROP_PORT),
+            );
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                client.send_to(&data, to_pass).expect("send");
+                client.send_to(&data, to_drop).expect("send");
+                n += 1;
+                sent.store(n, Ordering::SeqCst);
+                if n.is_multiple_of(32) {
+                    poll("counters catching up", &counted, |&c| {
+                        c + 128 >= base + 2 * n
+                    });
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        poll(
+            "traffic flowing",
+            || sent.load(Ordering::SeqCst),
+            |&n| n >= 300,
+        );
+        let at_upgrade = sent.load(Ordering::SeqCst);
+        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
+        // Traffic goes on after the upgrade as well.
+        poll(
+            "traffic after the upgrade",
+            || sent.load(Ordering::SeqCst),
+            |&n| n >= at_upgrade + 300,
+        );
+        stop.store(true, Ordering::SeqCst);
+        sender.join().expect("sender");
+        (out, sent.load(Ordering::SeqCst))
+    })
+}
+
 /// Sets the flag when dropped, also while unwinding.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -235,49 +290,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
             + counted_now(&new_dir, PASS_PORT)
             + counted_now(&new_dir, DROP_PORT)
     };
-    let (stop, sent_pass, sent_drop) =
-        (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
-    let upgrade = thread::scope(|s| {
-        // A failure below must stop the sender too.
-        let _stop = StopOnDrop(&stop);
-        let sender = s.spawn(|| {
-            let data = vec![0x5a; PAYLOAD];
-            let (to_pass, to_drop) = (
-                SocketAddrV4::new(lab.server_addr(), PASS_PORT),
-                SocketAddrV4::new(lab.server_addr(), DROP_PORT),
-            );
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                client.send_to(&data, to_pass).expect("send");
-                sent_pass.fetch_add(1, Ordering::SeqCst);
-                client.send_to(&data, to_drop).expect("send");
-                sent_drop.fetch_add(1, Ordering::SeqCst);
-                n += 1;
-                if n.is_multiple_of(32) {
-                    // Stay within the veth's ring: wait for the counters to catch up.
-                    let total = 150 + 2 * n;
-                    poll("counters catching up", both, |&c| c + 128 >= total);
-                    thread::sleep(Duration::from_micros(200));
-                }
-            }
-        });
-        poll(
-            "traffic flowing",
-            || sent_pass.load(Ordering::SeqCst),
-            |&n| n >= 300,
-        );
-        let at_upgrade = sent_pass.load(Ordering::SeqCst);
-        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
-        // Traffic goes on after the upgrade as well.
-        poll(
-            "traffic after the upgrade",
-            || sent_pass.load(Ordering::SeqCst),
-            |&n| n >= at_upgrade + 300,
-        );
-        stop.store(true, Ordering::SeqCst);
-        sender.join().expect("sender");
-        out
-    });
+    let (upgrade, pairs) = upgrade_under_traffic(ns, &lab, &client, both, 150);
     assert!(
         upgrade.starts_with("upgraded port-demux on b0: "),
         "{upgrade}"
@@ -285,10 +298,7 @@ fn upgrade_from_v2_keeps_bindings_and_counters_under_traffic() {
     let new_prog = ns.xdp_prog(SERVER_IF).expect("attached");
     assert_ne!(new_prog, v2_prog, "the program was replaced");
 
-    let (sent_pass, sent_drop) = (
-        before_pass + sent_pass.load(Ordering::SeqCst),
-        before_drop + sent_drop.load(Ordering::SeqCst),
-    );
+    let (sent_pass, sent_drop) = (before_pass + pairs, before_drop + pairs);
     // Every passed datagram reached the socket: none was lost while the program changed.
     assert_eq!(
         recv_datagrams(&passed, usize::try_from(sent_pass - 100).unwrap()).len() as u64,
@@ -757,44 +767,7 @@ fn upgrade_from_v7_moves_the_bindings_under_traffic() {
     traffic_before_upgrade(&lab, &client, &passed, &dir, "v7", counted_now);
 
     let both = || counted_now(&dir, PASS_PORT) + counted_now(&dir, DROP_PORT);
-    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
-    let out = thread::scope(|s| {
-        let _stop = StopOnDrop(&stop);
-        let sender = s.spawn(|| {
-            let data = vec![0x5a; PAYLOAD];
-            let (to_pass, to_drop) = (
-                SocketAddrV4::new(lab.server_addr(), PASS_PORT),
-                SocketAddrV4::new(lab.server_addr(), DROP_PORT),
-            );
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                client.send_to(&data, to_pass).expect("send");
-                client.send_to(&data, to_drop).expect("send");
-                n += 1;
-                sent.store(n, Ordering::SeqCst);
-                if n.is_multiple_of(32) {
-                    // Stay within the veth's ring: wait for the counters to catch up.
-                    poll("counters catching up", both, |&c| c + 128 >= 30 + 2 * n);
-                    thread::sleep(Duration::from_micros(200));
-                }
-            }
-        });
-        poll(
-            "traffic flowing",
-            || sent.load(Ordering::SeqCst),
-            |&n| n >= 300,
-        );
-        let at_upgrade = sent.load(Ordering::SeqCst);
-        let out = pd_ok(ns, &["load", SERVER_IF, "--upgrade"]);
-        poll(
-            "traffic after the upgrade",
-            || sent.load(Ordering::SeqCst),
-            |&n| n >= at_upgrade + 300,
-        );
-        stop.store(true, Ordering::SeqCst);
-        sender.join().expect("sender");
-        out
-    });
+    let (out, n) = upgrade_under_traffic(ns, &lab, &client, both, 30);
     assert!(out.starts_with("upgraded port-demux on b0: "), "{out}");
     // A new `BINDINGS`, of this layout's shape, in the old one's place.
     let new_bindings = pinned::open(&dir.join("BINDINGS"), true).expect("BINDINGS");
@@ -803,7 +776,6 @@ fn upgrade_from_v7_moves_the_bindings_under_traffic() {
         pinned::map_id(old_bindings.as_fd()).expect("id"),
         "BINDINGS was not replaced"
     );
-    let n = sent.load(Ordering::SeqCst);
     let n_usize = usize::try_from(n).expect("a count");
     assert_eq!(
         recv_datagrams(&passed, n_usize).len(),
